@@ -1,0 +1,25 @@
+"""Eager PyTorch runner."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class EagerRunner:
+    name = "eager"
+
+    def __init__(self, model: nn.Module, output_names: Sequence[str], threads: int | None = None) -> None:
+        self.model = model.eval()
+        self.output_names = list(output_names)
+        if threads:
+            torch.set_num_threads(threads)
+
+    @torch.inference_mode()
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        out = self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return {n: o.float().numpy() for n, o in zip(self.output_names, outs, strict=True)}

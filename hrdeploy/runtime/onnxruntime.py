@@ -1,0 +1,39 @@
+"""ONNX Runtime runner (CPU provider unless asked otherwise)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from hrdeploy.errors import UserError
+
+
+class OrtRunner:
+    name = "ort"
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        profile: bool = False,
+    ) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.enable_profiling = profile
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(os.fspath(path), opts, providers=list(providers))
+        except Exception as err:  # onnxruntime raises its own untyped errors for bad files
+            raise UserError(f"onnxruntime cannot load {path}: {str(err).splitlines()[0]}") from err
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs, strict=True)}
