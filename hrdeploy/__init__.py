@@ -4,6 +4,7 @@ Public API (imported lazily so that `import hrdeploy` stays light):
     build_model(name, *, dataset, input_size, checkpoint) -> torch.nn.Module
     list_models() -> list[str]
     get_spec(name) -> ModelSpec
+    export_bundle(name, out_dir, **options) -> ExportResult
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ _LAZY = {
     "build_model": "hrdeploy.zoo",
     "list_models": "hrdeploy.registry",
     "get_spec": "hrdeploy.registry",
-    "export": "hrdeploy.export",
+    "export_bundle": "hrdeploy.export",
 }
 
 __all__ = ["__version__", *_LAZY]

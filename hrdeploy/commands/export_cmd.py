@@ -1,0 +1,85 @@
+"""`hrdeploy export NAME -o DIR`: ONNX bundle with manifest and parity report."""
+
+from __future__ import annotations
+
+import click
+from click.core import ParameterSource
+
+# CLI parameter -> ExportOptions field, for the options a --config preset may also set.
+_OPTION_FIELDS = {
+    "dataset": "dataset", "input_size": "input_size", "checkpoint": "checkpoint", "batch": "batch",
+    "dynamic_batch": "dynamic_batch", "dynamic_shape": "dynamic_shape", "opset": "opset", "exporter": "exporter",
+    "simplify": "simplify", "rewrite": "rewrite",
+}
+
+
+@click.command("export")
+@click.argument("name")
+@click.option("-o", "--output", "out_dir", type=click.Path(), help="Bundle directory [default: out/NAME].")
+@click.option("--dataset", type=click.Choice(["coco", "mpii", "cityscapes"]), help="Keypoint set / classes.")
+@click.option("--input-size", metavar="HxW", help="Input height x width [default: the model's].")
+@click.option("--checkpoint", type=click.Path(), help="Upstream / mmpose .pth or .safetensors (strict load).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Static batch size.")
+@click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension.")
+@click.option("--dynamic-shape", is_flag=True, help="Dynamic batch, height and width (multiples of the stride).")
+@click.option("--opset", type=int, default=19, show_default=True, help="ONNX opset.")
+@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
+@click.option("--simplify/--no-simplify", default=True, help="Simplify with onnxsim [default: on].")
+@click.option("--rewrite/--no-rewrite", default=True, help="Apply the export-friendly rewrites [default: on].")
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), help="YAML preset (export_configs/).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.pass_context
+def export_cmd(ctx: click.Context, name: str, out_dir: str | None, config: str | None, force: bool, **flags) -> None:
+    """Export model NAME to an ONNX bundle and check it against the eager model.
+
+    Exit status 0 when parity passes, 1 when the ONNX drifts beyond tolerance, 2 on bad input.
+    """
+    from dataclasses import replace
+
+    from hrdeploy.export import ExportOptions, export_bundle, load_preset, parse_size
+    from hrdeploy.io import console as make_console
+
+    opts = load_preset(config) if config else ExportOptions()
+    overrides = {}
+    for param, field in _OPTION_FIELDS.items():
+        # Without a preset every option applies; with one, only flags given on the command line override it.
+        if config is None or ctx.get_parameter_source(param) == ParameterSource.COMMANDLINE:
+            value = flags[param]
+            overrides[field] = parse_size(value) if param == "input_size" and value is not None else value
+    opts = replace(opts, **overrides)
+    console = make_console()
+    target = out_dir or f"out/{name}"
+    with console.status(f"exporting {name} ..."):
+        result = export_bundle(name, target, opts, force=force)
+    _print_summary(console, result)
+    if not result.passed:
+        ctx.exit(1)
+
+
+def _print_summary(console, result) -> None:  # noqa: ANN001 - rich Console / ExportResult
+    from rich.table import Table
+
+    m, parity = result.manifest, result.parity
+    onnx = m["artifacts"]["onnx"]
+    console.print(
+        f"[bold]{m['model']['name']}[/] -> {result.bundle / onnx['file']} "
+        f"({onnx['size_bytes'] / 1e6:.1f} MB, {m['export']['exporter']} opset {m['export']['opset']}, "
+        f"input {m['input']['shape']}, {result.seconds:.1f} s)"
+    )
+    console.print(f"rewrites applied: {', '.join(m['rewrites']) or 'none'}")
+    if result.simplify_error:
+        console.print(f"[yellow]warning:[/] onnxsim failed ({result.simplify_error}); kept the unsimplified model")
+    table = Table(title=f"parity: onnxruntime CPU vs eager (max rel <= {parity['tolerance']['max_rel']:g})")
+    for col in ("batch", "input", "output", "max abs", "max rel", "p99 abs", "cosine", "argmax %", "max kpt px", "ok"):
+        table.add_column(col, justify="right")
+    for r in parity["rows"]:
+        table.add_row(
+            str(r["batch"]), "x".join(map(str, r["input_size"])), r["output"], f"{r['max_abs']:.2e}",
+            f"{r['max_rel']:.2e}", f"{r['p99_abs']:.2e}", f"{r['cosine']:.7f}",
+            f"{r['argmax_agreement_pct']:.1f}" if "argmax_agreement_pct" in r else "-",
+            f"{r['max_kpt_err_px']:.2f}" if "max_kpt_err_px" in r else "-",
+            "[green]yes[/]" if r["passed"] else "[red]NO[/]",
+        )
+    console.print(table)
+    verdict = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
+    console.print(f"parity {verdict}; report: {result.bundle / 'parity.md'}")
