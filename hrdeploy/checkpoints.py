@@ -21,6 +21,10 @@ MAX_LISTED = 10
 _WRAPPERS = ("state_dict", "model", "module")
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into a flat {key: tensor} dict (wrappers and `module.` prefixes removed)."""
     path = Path(path)
@@ -38,13 +42,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            raise UserError(
-                f"{path} needs arbitrary code to unpickle and was refused (weights_only=True); "
-                "re-save it as a plain state_dict or .safetensors from a trusted environment"
-            ) from err
+            if "Unsupported global" in str(err):  # the pickle names a callable to run
+                raise UserError(
+                    f"{path} needs arbitrary code to unpickle and was refused (weights_only=True); "
+                    "re-save it as a plain state_dict or .safetensors from a trusted environment"
+                ) from err
+            raise UserError(f"{path} is not a PyTorch checkpoint ({_first_line(err)})") from err
         except (RuntimeError, EOFError, OSError, ValueError) as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise UserError(f"{path} is not a PyTorch checkpoint ({first})") from err
+            raise UserError(f"{path} is not a PyTorch checkpoint ({_first_line(err)})") from err
     for key in _WRAPPERS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

@@ -1,0 +1,132 @@
+"""`hrdeploy export`: bundle contents, metadata, presets, and the bad-input paths of the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import hrdeploy
+from hrdeploy.cli import cli
+from hrdeploy.export.metadata import read_metadata
+from hrdeploy.runtime.onnxruntime import OrtRunner
+
+
+def test_bundle_contents(lite18_bundle):
+    manifest = json.loads((lite18_bundle / "manifest.json").read_text())
+    assert manifest["format"] == "hrdeploy-bundle/1"
+    assert manifest["model"] == {
+        "name": "lite_hrnet_18", "family": "lite_hrnet", "task": "pose_topdown", "dataset": "coco",
+        "upstream": hrdeploy.get_spec("lite_hrnet_18").upstream, "checkpoint": None, "seed": 0,
+    }
+    assert manifest["input"]["shape"] == ["batch", 3, 128, 96]
+    assert manifest["outputs"] == [{"name": "heatmaps", "stride": 4, "channels": 17}]
+    assert len(manifest["keypoints"]["names"]) == 17 and [1, 2] in manifest["keypoints"]["flip_pairs"]
+    assert "adaptive_pool" in manifest["rewrites"] and "channel_shuffle" in manifest["rewrites"]
+    assert manifest["export"]["simplified"] is True and manifest["parity"]["export"]["passed"] is True
+    parity = json.loads((lite18_bundle / "parity.json").read_text())["export"]
+    assert [(r["batch"], r["output"]) for r in parity["rows"]] == [(1, "heatmaps"), (4, "heatmaps")]
+    for row in parity["rows"]:
+        assert row["max_rel"] <= 1e-4 and row["cosine"] > 0.99999 and row["argmax_agreement_pct"] == 100.0
+    assert "| 4 | 128x96 | heatmaps |" in (lite18_bundle / "parity.md").read_text()
+
+
+def test_onnx_graph_metadata_and_dynamic_batch(lite18_bundle):
+    model = onnx.load(lite18_bundle / "model.onnx")
+    meta = read_metadata(model)
+    assert meta["model"] == "lite_hrnet_18" and meta["mean"] == [0.485, 0.456, 0.406]
+    assert meta["keypoint_names"][0] == "nose" and meta["output_strides"] == [4]
+    assert [o.name for o in model.graph.output] == ["heatmaps"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    runner = OrtRunner(lite18_bundle / "model.onnx")
+    for batch in (1, 3):
+        out = runner.run(np.zeros((batch, 3, 128, 96), np.float32))["heatmaps"]
+        assert out.shape == (batch, 17, 32, 24)
+
+
+def test_existing_bundle_needs_force(cli_runner, lite18_bundle):
+    before = sorted(p.name for p in lite18_bundle.iterdir())
+    result = cli_runner.invoke(cli, ["export", "lite_hrnet_18", "-o", str(lite18_bundle)])
+    assert result.exit_code == 2
+    assert "already exists; pass --force" in result.output
+    assert sorted(p.name for p in lite18_bundle.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["export", "lite_hrnet18"], "unknown model 'lite_hrnet18'; did you mean lite_hrnet_18"),
+        (["export", "lite_hrnet_18", "--input-size", "250x192"], "does not divide by lite_hrnet_18's stride 32"),
+        (["export", "lite_hrnet_18", "--input-size", "big"], "is not HxW"),
+        (["export", "lite_hrnet_18", "--opset", "9"], "opset 9 is out of range for the dynamo exporter; use 18..23"),
+        (["export", "hrnetv2_w48", "--dataset", "coco"], "has no 'coco' variant"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(cli_runner, tmp_path, args, message):
+    out = tmp_path / "bundle"
+    result = cli_runner.invoke(cli, [*args, "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_output_path_is_a_file(cli_runner, tmp_path):
+    target = tmp_path / "file.onnx"
+    target.write_text("x")
+    result = cli_runner.invoke(cli, ["export", "lite_hrnet_18", "-o", str(target)])
+    assert result.exit_code == 2 and "is a file; pass a directory" in result.output
+
+
+def test_checkpoint_mismatch(cli_runner, tmp_path):
+    import torch
+
+    torch.save(hrdeploy.build_model("naive_lite_hrnet_18").state_dict(), tmp_path / "naive.pth")
+    result = cli_runner.invoke(
+        cli, ["export", "lite_hrnet_18", "--checkpoint", str(tmp_path / "naive.pth"), "-o", str(tmp_path / "b")]
+    )
+    assert result.exit_code == 2 and "does not fit lite_hrnet_18" in result.output
+    assert not (tmp_path / "b").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".b")]
+
+
+def test_preset_unknown_key_and_override(tmp_path):
+    from hrdeploy.export import load_preset
+    from hrdeploy.errors import UserError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("export:\n  dynamic_batch: true\n  fp16: true\n")
+    with pytest.raises(UserError, match="unknown key 'fp16' in 'export'"):
+        load_preset(bad)
+    bad.write_text("deploy:\n  x: 1\n")
+    with pytest.raises(UserError, match="unknown section 'deploy'"):
+        load_preset(bad)
+
+
+@pytest.mark.parametrize("preset", ["onnxruntime_fp32_dynamic", "tensorrt_fp16_dynamic", "tensorrt_int8_static",
+                                    "jetson_orin_fp16"])
+def test_shipped_presets_load(preset):
+    from pathlib import Path
+
+    from hrdeploy.export import load_preset
+
+    opts = load_preset(Path(__file__).parents[1] / "export_configs" / f"{preset}.yaml")
+    assert opts.opset == 19
+    assert opts.dynamic_batch == preset.endswith("dynamic")
+    if preset == "tensorrt_fp16_dynamic":
+        assert opts.stages["build"] == {"precision": "fp16", "min_batch": 1, "opt_batch": 8, "max_batch": 32,
+                                        "workspace": 4}
+
+
+def test_cli_flag_overrides_preset(cli_runner, tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("export:\n  dynamic_batch: true\n  opset: 19\n  input_size: 64x64\n")
+    out = tmp_path / "n18"
+    result = cli_runner.invoke(
+        cli, ["export", "naive_lite_hrnet_18", "--config", str(preset), "--opset", "18", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["export"]["opset"] == 18 and manifest["input"]["shape"] == ["batch", 3, 64, 64]
+    assert "parity PASS" in result.output
