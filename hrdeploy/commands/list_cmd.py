@@ -23,7 +23,9 @@ def zoo_rows() -> list[dict]:
         spec = get_spec(name)
         counts = count_model(name)
         size = tuple(counts["input_size"])
-        published = next((p for p in spec.published if p.input_size == size), None)
+        # The published row at our default input, else the first one (its input is reported with it).
+        fallback = spec.published[0] if spec.published else None
+        published = next((p for p in spec.published if p.input_size == size), fallback)
         rows.append(
             {
                 "name": name,
@@ -31,6 +33,7 @@ def zoo_rows() -> list[dict]:
                 "task": spec.task,
                 "datasets": list(spec.datasets),
                 **counts,
+                "published_input_size": list(published.input_size) if published else None,
                 "published_params": published.params if published else None,
                 "published_macs": published.macs if published else None,
                 "published_metric": published.metric if published else None,
@@ -48,16 +51,24 @@ def list_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
+    from hrdeploy.io import console
+
     table = Table(title="hrdeploy model zoo (MACs at batch 1, default input; published = upstream README)")
-    for col in ("name", "task", "input", "params", "MACs", "published params", "published MACs", "metric"):
-        table.add_column(col, justify="right" if col not in ("name", "task", "metric") else "left")
+    for col in ("name", "task", "input", "params", "MACs", "pub. params", "pub. MACs", "pub. metric"):
+        table.add_column(col, justify="left" if col in ("name", "task", "pub. metric") else "right", no_wrap=True)
     for r in rows:
         h, w = r["input_size"]
         table.add_row(
             r["name"], r["task"], f"{h}x{w}", _fmt_count(r["params"]), _fmt_count(r["macs"]),
-            _fmt_count(r["published_params"]), _fmt_count(r["published_macs"]), r["published_metric"] or "-",
+            _fmt_count(r["published_params"]), _published_macs(r), r["published_metric"] or "-",
         )
-    Console().print(table)
+    console().print(table)
+
+
+def _published_macs(row: dict) -> str:
+    text = _fmt_count(row["published_macs"])
+    if row["published_macs"] is not None and row["published_input_size"] != row["input_size"]:
+        text += " @{}x{}".format(*row["published_input_size"])
+    return text
