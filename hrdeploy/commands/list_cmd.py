@@ -57,7 +57,8 @@ def list_cmd(as_json: bool) -> None:
 
     table = Table(title="hrdeploy model zoo (MACs at batch 1, default input; published = upstream README)")
     for col in ("name", "task", "input", "params", "MACs", "pub. params", "pub. MACs", "pub. metric"):
-        table.add_column(col, justify="left" if col in ("name", "task", "pub. metric") else "right", no_wrap=True)
+        text_col = col in ("name", "task", "pub. metric")
+        table.add_column(col, justify="left" if text_col else "right", no_wrap=col != "pub. metric")
     for r in rows:
         h, w = r["input_size"]
         table.add_row(
