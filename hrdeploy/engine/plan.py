@@ -1,0 +1,356 @@
+"""BuildPlan: everything a TensorRT engine build will do, decided before TensorRT is touched.
+
+`describe_source` reads what the build starts from (a bundle's manifest and ONNX artifacts, or a bare
+ONNX); `make_plan` combines it with the user's options and the TensorRT generation into a `BuildPlan`.
+`make_plan` is pure, so plans for both generations can be made, printed as trtexec lines and tested on
+a machine without TensorRT; the builder (`hrdeploy.engine.builder`) only applies a plan.
+
+Generations (TensorRT 10.x -> 11.x migration guide):
+- 10.x, `precision_from="flags"` (default): FP32 ONNX + BuilderFlag.FP16 for fp16; the INT8 Q/DQ ONNX +
+  BuilderFlag.INT8 (and FP16, for the layers left unquantized, like `trtexec --int8 --fp16`) for int8.
+- 10.x, `precision_from="onnx"`, and always on 11.x: strongly typed; the precision is that of the ONNX
+  (the bundle's fp16 / int8 artifact). A missing fp16 ONNX is made first (hrdeploy.precision); a missing
+  int8 one needs calibration photos, so the build asks for `hrdeploy quantize --calib-dir`. 11.x removed the
+  precision flags.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hrdeploy.engine.version import version_at_least
+from hrdeploy.errors import UserError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+HARDWARE_COMPAT = ("ampere+", "same-cc")
+PRECISION_FROM = ("flags", "onnx")
+# manifest artifact key of the ONNX that carries each precision
+ONNX_KEYS = {"fp32": "onnx", "fp16": "fp16", "int8": "int8"}
+DLA_TRT11_MIN = "11.4.1"  # TensorRT 11.0-11.3 have no DLA; 11.4.1 restores it on AGX Orin (JetPack >= 7.2.2)
+SAME_CC_TRT10_MIN = "10.9"  # HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
+
+
+@dataclass(frozen=True)
+class OnnxInput:
+    name: str
+    shape: tuple[int | str | None, ...]  # int = static, str = named dynamic dim, None = unknown
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a build starts from: a bundle (manifest + ONNX artifacts) or a bare ONNX file."""
+
+    path: Path
+    inputs: tuple[OnnxInput, ...]
+    bundle: Path | None = None
+    onnx_files: Mapping[str, Path] = field(default_factory=dict)  # precision -> existing ONNX
+    size: tuple[int, int] | None = None  # (H, W) from the manifest, for dynamic height/width
+    onnx_precision: str | None = None  # precision of a bare ONNX graph (fp32 / fp16 / int8)
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """The user's build options (the `hrdeploy build` flags)."""
+
+    precision: str = "fp16"
+    min_batch: int | None = None
+    opt_batch: int | None = None
+    max_batch: int | None = None
+    workspace_gib: float | None = None
+    timing_cache: Path | None = None
+    builder_opt_level: int | None = None
+    dla_core: int | None = None
+    gpu_fallback: bool = False
+    version_compatible: bool = False
+    hardware_compat: str | None = None  # "ampere+" | "same-cc"
+    precision_from: str | None = None  # "flags" | "onnx"; default: flags on 10.x, onnx on 11.x
+    output: Path | None = None
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """One input's optimization profile (min / opt / max shapes)."""
+
+    input: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    @property
+    def dynamic(self) -> bool:
+        return not (self.min == self.opt == self.max)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    generation: int  # 10 or 11
+    trt_version: str | None  # the installed TensorRT, or None for a plan made only to print
+    precision: str
+    precision_from: str  # "flags" | "onnx"
+    strongly_typed: bool
+    onnx: Path  # the ONNX TensorRT parses
+    onnx_key: str | None  # its manifest artifact key (bundles)
+    make_first: str | None  # precision ONNX to create before building (missing from the bundle)
+    engine: Path
+    metadata: Path  # engine.json written beside the engine
+    artifact_key: str | None  # manifest key the engine is recorded under (None: engine outside the bundle)
+    bundle: Path | None
+    profiles: tuple[ShapeProfile, ...]
+    builder_flags: tuple[str, ...]  # trt.BuilderFlag names
+    workspace_bytes: int | None = None
+    timing_cache: Path | None = None
+    builder_opt_level: int | None = None
+    dla_core: int | None = None
+    gpu_fallback: bool = False
+    version_compatible: bool = False
+    hardware_compat: str | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key, value in d.items():
+            if isinstance(value, Path):
+                d[key] = os.fspath(value)
+        d["profiles"] = [
+            {"input": p.input, "min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for p in self.profiles
+        ]
+        d["builder_flags"] = list(self.builder_flags)
+        d["notes"] = list(self.notes)
+        return d
+
+
+# ------------------------------------------------------------------------------------------ source
+
+
+def onnx_graph_precision(model: Any) -> str:
+    """'int8' for a Q/DQ graph, 'fp16' when it holds FP16 tensors, else 'fp32'."""
+    from onnx import TensorProto
+
+    g = model.graph
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.node):
+        return "int8"
+    if any(t.data_type == TensorProto.FLOAT16 for t in g.initializer):
+        return "fp16"
+    for vi in [*g.input, *g.output, *g.value_info]:
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            return "fp16"
+    if any(n.op_type == "Cast" and any(a.name == "to" and a.i == TensorProto.FLOAT16 for a in n.attribute)
+           for n in g.node):
+        return "fp16"
+    return "fp32"
+
+
+def _read_onnx(path: Path) -> Any:
+    import onnx
+
+    try:
+        return onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as err:  # protobuf DecodeError and friends
+        raise UserError(f"{path} is not a readable ONNX model; re-export it ({type(err).__name__})") from err
+
+
+def _inputs(model: Any) -> tuple[OnnxInput, ...]:
+    inits = {t.name for t in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in vi.type.tensor_type.shape.dim
+        )
+        out.append(OnnxInput(vi.name, dims))
+    return tuple(out)
+
+
+def describe_source(path: str | os.PathLike) -> Source:
+    """Read a bundle directory or a bare .onnx into a `Source` (reads headers only, no weights)."""
+    from hrdeploy.manifest import load_manifest
+
+    path = Path(path)
+    if path.is_dir():
+        manifest = load_manifest(path)
+        files: dict[str, Path] = {}
+        for precision, key in ONNX_KEYS.items():
+            entry = manifest.get("artifacts", {}).get(key)
+            if entry and (path / entry["file"]).is_file():
+                files[precision] = path / entry["file"]
+        if "fp32" not in files:
+            raise UserError(f"bundle {path} has no ONNX model; re-create it with `hrdeploy export MODEL -o {path}`")
+        inp = manifest.get("input", {})
+        size = (int(inp["height"]), int(inp["width"])) if "height" in inp and "width" in inp else None
+        model = _read_onnx(files["fp32"])
+        return Source(path=path, inputs=_inputs(model), bundle=path, onnx_files=files, size=size,
+                      model=manifest.get("model", {}).get("name"))
+    if path.is_file() and path.suffix == ".onnx":
+        model = _read_onnx(path)
+        precision = onnx_graph_precision(model)
+        return Source(path=path, inputs=_inputs(model), onnx_files={precision: path}, onnx_precision=precision)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass a bundle directory (hrdeploy export) or an .onnx file")
+    raise UserError(f"{path} is neither a bundle directory nor an .onnx file")
+
+
+# ------------------------------------------------------------------------------------------ plan
+
+
+def _profile(inp: OnnxInput, opts: BuildOptions, size: tuple[int, int] | None) -> ShapeProfile:
+    """min/opt/max shapes of one input: batch from the options, other dynamic dims from the bundle size."""
+    fixed: list[int] = []
+    for axis, dim in enumerate(inp.shape[1:], start=1):
+        if isinstance(dim, int) and dim > 0:
+            fixed.append(dim)
+        elif size is not None and axis in (2, 3) and len(inp.shape) == 4:
+            fixed.append(size[axis - 2])
+        else:
+            raise UserError(
+                f"input '{inp.name}' dim {axis} ({dim or 'unnamed'}) is dynamic and there is no size for it; "
+                "build from the bundle directory (its manifest has the input size)"
+            )
+    batch = inp.shape[0] if inp.shape else 1
+    asked = {k: v for k, v in (("--min-batch", opts.min_batch), ("--opt-batch", opts.opt_batch),
+                                ("--max-batch", opts.max_batch)) if v is not None}
+    if isinstance(batch, int) and batch > 0:
+        wrong = [f"{k} {v}" for k, v in asked.items() if v != batch]
+        if wrong:
+            raise UserError(
+                f"input '{inp.name}' has a static batch of {batch}, so {', '.join(wrong)} cannot apply; "
+                "re-export with --dynamic-batch (hrdeploy export NAME --dynamic-batch)"
+            )
+        lo = opt = hi = batch
+    else:
+        lo = opts.min_batch or 1
+        hi = opts.max_batch or max(lo, opts.opt_batch or 1)
+        opt = opts.opt_batch or max(lo, hi // 2)
+        if not lo <= opt <= hi:
+            raise UserError(f"batch profile must satisfy min <= opt <= max; got {lo} / {opt} / {hi}")
+    rest = tuple(fixed)
+    return ShapeProfile(inp.name, (lo, *rest), (opt, *rest), (hi, *rest))
+
+
+def _strip_precision(stem: str) -> str:
+    for p in PRECISIONS:
+        if stem.endswith(f".{p}"):
+            return stem[: -len(p) - 1]
+    return stem
+
+
+def make_plan(source: Source, opts: BuildOptions, generation: int, trt_version: str | None = None) -> BuildPlan:
+    """Decide the build for TensorRT `generation` (10 or 11); UserError for impossible combinations."""
+    if generation not in (10, 11):
+        raise UserError(f"unknown TensorRT generation {generation}; use 10 or 11")
+    if opts.precision not in PRECISIONS:
+        raise UserError(f"unknown precision {opts.precision!r}; use one of {', '.join(PRECISIONS)}")
+    notes: list[str] = []
+    precision = opts.precision
+    precision_from = opts.precision_from or ("flags" if generation == 10 else "onnx")
+    if precision_from not in PRECISION_FROM:
+        raise UserError(f"unknown --precision-from {precision_from!r}; use flags or onnx")
+    if generation == 11 and precision_from == "flags":
+        raise UserError(
+            "TensorRT 11 removed the precision builder flags (BuilderFlag.FP16/INT8, trtexec --fp16/--int8): "
+            "precision comes from the ONNX; drop --precision-from flags"
+        )
+
+    # -- devices and portability
+    if opts.gpu_fallback and opts.dla_core is None:
+        raise UserError("--gpu-fallback only applies to DLA builds; add --dla-core N or drop it")
+    if opts.dla_core is not None:
+        if precision == "fp32":
+            raise UserError("DLA runs FP16 and INT8 only; use --precision fp16 or int8 with --dla-core")
+        if opts.hardware_compat:
+            raise UserError("--hardware-compat is for Ampere+ discrete GPUs, not DLA; drop one of them")
+        if generation == 11:
+            if trt_version is not None and not version_at_least(trt_version, DLA_TRT11_MIN):
+                raise UserError(
+                    f"TensorRT {trt_version} has no DLA (removed in 11.0, back in {DLA_TRT11_MIN} on AGX Orin with "
+                    "JetPack >= 7.2.2); use TensorRT 10.x (JetPack 6) or upgrade"
+                )
+            notes.append(f"DLA on TensorRT 11 needs {DLA_TRT11_MIN}+ on AGX Orin (JetPack >= 7.2.2)")
+        if not opts.gpu_fallback:
+            notes.append("without --gpu-fallback every layer must run on DLA or the build fails")
+    if opts.hardware_compat is not None:
+        if opts.hardware_compat not in HARDWARE_COMPAT:
+            raise UserError(f"unknown --hardware-compat {opts.hardware_compat!r}; use ampere+ or same-cc")
+        if opts.hardware_compat == "same-cc" and generation == 10:
+            if trt_version is not None and not version_at_least(trt_version, SAME_CC_TRT10_MIN):
+                raise UserError(f"--hardware-compat same-cc needs TensorRT >= {SAME_CC_TRT10_MIN}; "
+                                f"this host has {trt_version}: use ampere+ or upgrade")
+            if trt_version is None:
+                notes.append(f"--hardware-compat same-cc needs TensorRT >= {SAME_CC_TRT10_MIN}")
+
+    # -- which ONNX carries the precision, and which flags
+    flags: list[str] = []
+    make_first: str | None = None
+    strongly_typed = precision_from == "onnx"
+    if source.bundle is not None:
+        want = "fp32" if precision_from == "flags" and precision != "int8" else precision
+        onnx_key = ONNX_KEYS[want]
+        if want in source.onnx_files:
+            onnx_path = source.onnx_files[want]
+        else:
+            make_first = want
+            onnx_path = source.bundle / f"model.{want}.onnx"
+            how = "it is made first" if want == "fp16" else "make it first with calibration photos"
+            notes.append(f"the bundle has no {want} ONNX: {how} (hrdeploy quantize {source.bundle} --precision {want}"
+                         f"{' --calib-dir PHOTOS' if want == 'int8' else ''})")
+    else:
+        onnx_key = None
+        onnx_path = source.path
+        graph = source.onnx_precision or "fp32"
+        if precision_from == "flags":
+            ok = {"fp32": ("fp32",), "fp16": ("fp32", "fp16"), "int8": ("int8",)}[precision]
+        else:
+            ok = (precision,)
+        if graph not in ok:
+            how = ("TensorRT 11 takes the precision from the graph" if generation == 11
+                   else "strongly typed builds take the precision from the graph" if strongly_typed
+                   else "INT8 needs explicit Q/DQ nodes (implicit calibration is deprecated in 10.x, gone in 11)")
+            raise UserError(
+                f"{source.path.name} is an {graph} graph but --precision {precision} was asked and {how}; pass "
+                f"--precision {graph}, or build from the bundle so hrdeploy can make the {precision} ONNX "
+                f"(hrdeploy quantize BUNDLE --precision {precision})"
+            )
+    if precision_from == "flags":
+        if precision == "fp16":
+            flags.append("FP16")
+        elif precision == "int8":
+            flags += ["INT8", "FP16"]
+    if opts.dla_core is not None and opts.gpu_fallback:
+        flags.append("GPU_FALLBACK")
+    if opts.version_compatible:
+        flags.append("VERSION_COMPATIBLE")
+
+    profiles = tuple(_profile(inp, opts, source.size) for inp in source.inputs)
+    if opts.dla_core is not None and any(p.dynamic for p in profiles):
+        notes.append("DLA needs static shapes: layers with a dynamic batch fall back to the GPU or fail")
+
+    # -- where the engine goes
+    if opts.output is not None:
+        engine = Path(opts.output)
+    elif source.bundle is not None:
+        engine = source.bundle / f"model.{precision}.engine"
+    else:
+        engine = onnx_path.with_name(f"{_strip_precision(onnx_path.stem)}.{precision}.engine")
+    artifact_key = None
+    if source.bundle is not None:
+        try:
+            Path(os.path.abspath(engine)).relative_to(os.path.abspath(source.bundle))
+            artifact_key = f"engine_{precision}"
+        except ValueError:
+            notes.append("the engine is written outside the bundle, so the manifest does not record it")
+    workspace = None if opts.workspace_gib is None else int(round(opts.workspace_gib * (1 << 30)))
+    if workspace is not None and workspace <= 0:
+        raise UserError("--workspace must be a positive number of GiB")
+    return BuildPlan(
+        generation=generation, trt_version=trt_version, precision=precision, precision_from=precision_from,
+        strongly_typed=strongly_typed, onnx=onnx_path, onnx_key=onnx_key, make_first=make_first, engine=engine,
+        metadata=engine.with_name(engine.name + ".json"), artifact_key=artifact_key, bundle=source.bundle,
+        profiles=profiles, builder_flags=tuple(flags), workspace_bytes=workspace, timing_cache=opts.timing_cache,
+        builder_opt_level=opts.builder_opt_level, dla_core=opts.dla_core, gpu_fallback=opts.gpu_fallback,
+        version_compatible=opts.version_compatible, hardware_compat=opts.hardware_compat, notes=tuple(notes),
+    )
