@@ -1,0 +1,309 @@
+"""`hrdeploy infer IMAGE... (DIR | --onnx FILE | --engine FILE | --model NAME)`: keypoints on images.
+
+Per image it writes <out>/<stem>.png (skeleton drawn; eager | deployed side by side with --compare) and
+<out>/<stem>.json (per person: score, box, and each keypoint's name, x, y, score in image pixels).
+Decoding lives in hrdeploy/pose/ and is shared with `hrdeploy validate`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hrdeploy.errors import UserError
+
+
+@dataclass
+class _Source:
+    runner: Any  # hrdeploy.runtime.Runner
+    cfg: Any  # hrdeploy.pose.pipeline.PoseConfig
+    label: str  # "ort model.onnx", "eager", ...
+    artifact: str | None
+    bundle: Path | None
+
+
+def _parse_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise UserError(f"--bbox {text!r} is not x,y,w,h; write it as e.g. --bbox 120,20,260,480 (pixels)")
+    return values  # type: ignore[return-value]
+
+
+def _split_paths(paths: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
+    """(image files, bundle directories) from the positional arguments."""
+    from hrdeploy.manifest import MANIFEST
+    from hrdeploy.pose.preprocess import IMAGE_SUFFIXES, image_files
+
+    images: list[Path] = []
+    bundles: list[Path] = []
+    for text in paths:
+        p = Path(text)
+        if p.is_dir():
+            if (p / MANIFEST).is_file():
+                bundles.append(p)
+            elif any(c.suffix.lower() in IMAGE_SUFFIXES for c in p.iterdir() if c.is_file()):
+                images.extend(image_files(p))
+            else:
+                raise UserError(
+                    f"{p} is neither a bundle (no manifest.json) nor a folder of images; "
+                    "pass a bundle made by `hrdeploy export` or a folder of JPEG/PNG images"
+                )
+        elif p.is_file():
+            images.append(p)
+        else:
+            what = "image" if p.suffix.lower() in IMAGE_SUFFIXES else "image or bundle directory"
+            raise UserError(f"{what} {p} does not exist; check the path")
+    return images, bundles
+
+
+def _open_deployed(path: Path, threads: int | None) -> Any:
+    from hrdeploy.runtime.factory import open_runner
+
+    try:
+        return open_runner(path, threads=threads)
+    except ImportError as err:
+        from hrdeploy.errors import missing_dependency
+
+        raise missing_dependency("tensorrt", extra="tensorrt", purpose=f"running {path.name}") from err
+
+
+def _static_input_hw(runner: Any) -> tuple[int, int] | None:
+    """(H, W) of an ONNX Runtime session's input when it is static, else None."""
+    session = getattr(runner, "session", None)
+    if session is None or not hasattr(session, "get_inputs"):
+        return None
+    shape = session.get_inputs()[0].shape
+    if len(shape) == 4 and all(isinstance(v, int) for v in shape[2:]):
+        return int(shape[2]), int(shape[3])
+    return None
+
+
+def _sibling_manifest(path: Path) -> dict[str, Any] | None:
+    from hrdeploy.manifest import MANIFEST, load_manifest
+
+    return load_manifest(path.parent) if (path.parent / MANIFEST).is_file() else None
+
+
+def _override_size(cfg: Any, manifest: dict[str, Any] | None, input_size: tuple[int, int] | None) -> Any:
+    if input_size is None or tuple(input_size) == tuple(cfg.input_hw):
+        return cfg
+    if manifest is not None and not manifest["input"].get("dynamic_shape"):
+        h, w = cfg.input_hw
+        raise UserError(
+            f"the model was exported at a fixed {h}x{w} input; drop --input-size or re-export with --dynamic-shape"
+        )
+    stride = (manifest or {}).get("input", {}).get("stride", 32)
+    if input_size[0] % stride or input_size[1] % stride:
+        raise UserError(f"--input-size {input_size[0]}x{input_size[1]} must divide by the stride {stride}")
+    return replace(cfg, input_hw=tuple(input_size))
+
+
+def _check_boxes(cfg: Any, has_boxes: bool) -> Any:
+    if has_boxes and cfg.task == "pose_bottomup":
+        raise UserError(f"{cfg.model} is bottom-up (it finds every person itself); drop --bbox")
+    return cfg
+
+
+def _resolve(
+    bundles: list[Path], onnx: str | None, engine: str | None, model: str | None, checkpoint: str | None,
+    dataset: str | None, input_size: tuple[int, int] | None, artifact: str, threads: int | None, has_boxes: bool,
+) -> _Source:
+    """The model the images run through, with its PoseConfig (a non-pose model is a UserError)."""
+    from hrdeploy.manifest import artifact_path, load_manifest
+    from hrdeploy.pose.pipeline import config_from_manifest, config_from_onnx_metadata, config_from_spec
+
+    given = len(bundles) + bool(onnx) + bool(engine)
+    if len(bundles) > 1:
+        raise UserError(f"{len(bundles)} bundle directories given ({', '.join(map(str, bundles))}); pass one")
+    if given > 1:
+        raise UserError("give one model source: a bundle DIR, --onnx FILE or --engine FILE")
+    if given == 0 and model is None:
+        raise UserError("no model given; pass a bundle DIR (from `hrdeploy export`), --onnx FILE, --engine FILE "
+                        "or --model NAME")
+    if bundles and model:
+        raise UserError("--model is for --onnx/--engine files or eager inference; a bundle already names its model")
+
+    if bundles:
+        bundle = bundles[0]
+        manifest = load_manifest(bundle)
+        cfg = _check_boxes(_override_size(config_from_manifest(manifest), manifest, input_size), has_boxes)
+        path = artifact_path(bundle, manifest, artifact)
+        runner = _open_deployed(path, threads)
+        return _Source(runner, cfg, f"{runner.name} {path.name}", str(path), bundle)
+
+    if onnx or engine:
+        path = Path(onnx or engine)  # type: ignore[arg-type]
+        if not path.is_file():
+            raise UserError(f"{path} does not exist; pass an existing {'ONNX file' if onnx else 'TensorRT engine'}")
+        manifest = _sibling_manifest(path)
+        if model:
+            cfg = config_from_spec(model, dataset, input_size)
+        elif manifest is not None:
+            cfg = _override_size(config_from_manifest(manifest), manifest, input_size)
+        elif onnx:
+            import onnx as onnx_lib
+
+            from hrdeploy.export.metadata import read_metadata
+
+            try:
+                meta = read_metadata(onnx_lib.load(os.fspath(path), load_external_data=False))
+            except Exception as err:  # onnx raises DecodeError and friends for a corrupt file
+                raise UserError(f"{path} is not a readable ONNX file ({type(err).__name__}); re-export it") from err
+            cfg = config_from_onnx_metadata(meta, input_size)
+        else:
+            raise UserError(f"{path} is not inside a bundle; pass --model NAME (and --dataset) to say what it is")
+        _check_boxes(cfg, has_boxes)
+        runner = _open_deployed(path, threads)
+        fixed = _static_input_hw(runner)
+        if fixed is not None and fixed != tuple(cfg.input_hw):
+            if input_size is not None:
+                raise UserError(f"{path.name} takes a fixed {fixed[0]}x{fixed[1]} input; drop --input-size")
+            cfg = replace(cfg, input_hw=fixed)
+        return _Source(runner, cfg, f"{runner.name} {path.name}", str(path), path.parent if manifest else None)
+
+    from hrdeploy.registry import get_spec
+    from hrdeploy.runtime.eager import EagerRunner
+    from hrdeploy.zoo import build_model
+
+    cfg = _check_boxes(config_from_spec(model, dataset, input_size), has_boxes)  # type: ignore[arg-type]
+    net = build_model(model, dataset=cfg.dataset, checkpoint=checkpoint)  # type: ignore[arg-type]
+    return _Source(EagerRunner(net, get_spec(model).output_names, threads=threads), cfg, "eager", None, None)  # type: ignore[arg-type]
+
+
+def _eager_reference(src: _Source, model: str | None, checkpoint: str | None, threads: int | None) -> Any:
+    from hrdeploy.runtime.eager import EagerRunner
+
+    if src.artifact is None:
+        raise UserError("--compare needs a deployed model to compare with eager: pass a bundle DIR, --onnx or --engine")
+    if model:
+        from hrdeploy.zoo import build_model
+
+        net = build_model(model, dataset=src.cfg.dataset, checkpoint=checkpoint)
+    elif src.bundle is not None:
+        from hrdeploy.bundle import eager_model_for_bundle
+
+        net = eager_model_for_bundle(src.bundle)
+    else:
+        raise UserError(
+            "--compare with a file outside a bundle needs --model NAME [--checkpoint FILE] for the eager model"
+        )
+    return EagerRunner(net, src.cfg.output_names, threads=threads)
+
+
+def _finite(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(float(v), 4)
+
+
+@click.command("infer")
+@click.argument("paths", nargs=-1, required=True, metavar="IMAGE... [DIR]")
+@click.option("--onnx", type=click.Path(dir_okay=False), help="Run this ONNX file (ONNX Runtime, CPU).")
+@click.option("--engine", type=click.Path(dir_okay=False), help="Run this TensorRT engine.")
+@click.option("--model", help="Registered model NAME: eager inference, or what an --onnx/--engine file is.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Weights for --model (default: seeded).")
+@click.option("--dataset", type=click.Choice(["coco", "mpii"]), help="Keypoint set for --model.")
+@click.option("--input-size", metavar="HxW", help="Model input height x width [default: the bundle's / model's].")
+@click.option("--artifact", default="onnx", show_default=True,
+              help="Bundle artifact to run (onnx, fp16, int8, engine_fp16, ...).")
+@click.option("--bbox", "bboxes", multiple=True, metavar="x,y,w,h",
+              help="Person box in image pixels (repeat for several people); top-down only [default: whole image].")
+@click.option("--flip-test", is_flag=True, help="Average with the horizontally flipped input (dataset flip pairs).")
+@click.option("--dark", is_flag=True, help="DARK sub-pixel refinement instead of the quarter-pixel shift (top-down).")
+@click.option("--compare", is_flag=True, help="Also run the eager model; draw both and print their keypoint distance.")
+@click.option("--kpt-thr", type=float, default=0.3, show_default=True, help="Draw keypoints scoring above this.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runners.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="pred", show_default=True,
+              help="Folder for the PNG and JSON files.")
+def infer_cmd(
+    paths: tuple[str, ...], onnx: str | None, engine: str | None, model: str | None, checkpoint: str | None,
+    dataset: str | None, input_size: str | None, artifact: str, bboxes: tuple[str, ...], flip_test: bool,
+    dark: bool, compare: bool, kpt_thr: float, threads: int | None, out_dir: str,
+) -> None:
+    """Detect keypoints on IMAGE files or folders with a bundle DIR, an ONNX/engine file or an eager model.
+
+    Top-down models crop each --bbox (or the whole image) at the model's aspect ratio with 1.25 padding;
+    HigherHRNet (bottom-up) finds and groups all people. Writes <out>/<image>.png and <out>/<image>.json.
+    """
+    from hrdeploy.export.options import parse_size
+    from hrdeploy.io import write_json
+    from hrdeploy.pose.draw import draw_people, side_by_side
+    from hrdeploy.pose.pipeline import keypoint_distance, predict
+    from hrdeploy.pose.preprocess import check_box, read_image
+
+    images, bundles = _split_paths(paths)
+    if not images:
+        raise UserError("no images given; pass image files or folders before the model")
+    boxes = [_parse_box(b) for b in bboxes]
+    size = parse_size(input_size) if input_size else None
+    if compare and not (bundles or onnx or engine):
+        raise UserError("--compare needs a deployed model to compare with eager: pass a bundle DIR, --onnx or --engine")
+    src = _resolve(bundles, onnx, engine, model, checkpoint, dataset, size, artifact, threads, bool(boxes))
+    cfg = src.cfg
+    reference = _eager_reference(src, model, checkpoint, threads) if compare else None
+    post_process = "dark" if dark else "default"
+    out = Path(out_dir)
+    used: set[str] = set()
+    distances = []
+    h, w = cfg.input_hw
+    header = f"{cfg.model} ({cfg.task.replace('pose_', '')}, {cfg.dataset}, input {h}x{w}) on {src.label}"
+    for path in images:
+        image = read_image(path)
+        for box in boxes:
+            check_box(box, image.shape[:2])
+        run_boxes = boxes or [None]
+        people = predict(src.runner, image, cfg, run_boxes, flip_test=flip_test, post_process=post_process)
+        stem = path.stem
+        i = 1
+        while stem in used:
+            stem, i = f"{path.stem}_{i}", i + 1
+        used.add(stem)
+        record: dict[str, Any] = {
+            "image": str(path), "width": int(image.shape[1]), "height": int(image.shape[0]),
+            "model": cfg.model, "task": cfg.task, "dataset": cfg.dataset, "backend": src.runner.name,
+            "artifact": src.artifact, "input_size": list(cfg.input_hw), "flip_test": flip_test,
+            "post_process": post_process if cfg.task == "pose_topdown" else "associative_embedding",
+            "people": [p.to_json(cfg.keypoint_names) for p in people],
+        }
+        drawn = draw_people(image, people, cfg.keypoint_names, cfg.skeleton, kpt_thr,
+                            title=src.label if reference else None)
+        if reference is not None:
+            ref_people = predict(reference, image, cfg, run_boxes, flip_test=flip_test, post_process=post_process)
+            dist = keypoint_distance(ref_people, people, in_order=cfg.task == "pose_topdown")
+            distances.append(dist)
+            record["compare"] = {
+                "reference": "eager", "people": [p.to_json(cfg.keypoint_names) for p in ref_people],
+                "mean_keypoint_distance_px": _finite(dist["mean_px"]),
+                "max_keypoint_distance_px": _finite(dist["max_px"]),
+                "paired_people": dist["pairs"], "unpaired_people": dist["unpaired"],
+            }
+            ref_drawn = draw_people(image, ref_people, cfg.keypoint_names, cfg.skeleton, kpt_thr, title="eager")
+            drawn = side_by_side([ref_drawn, drawn])
+        png, js = out / f"{stem}.png", out / f"{stem}.json"
+        _save_png(drawn, png)
+        write_json(js, record)
+        n = len(people)
+        if header:  # printed once the first image went through, so a bad first image gives one error line
+            click.echo(header)
+            header = ""
+        click.echo(f"{path.name}: {n} {'person' if n == 1 else 'people'} -> {png}, {js}")
+        if reference is not None:
+            click.echo(f"  mean keypoint distance eager vs {src.runner.name}: {dist['mean_px']:.4f} px "
+                       f"(max {dist['max_px']:.4f} px, {dist['pairs']} people paired)")
+    if len(distances) > 1:
+        means = [d["mean_px"] for d in distances if math.isfinite(d["mean_px"])]
+        if means:
+            click.echo(f"mean keypoint distance over {len(means)} images: {sum(means) / len(means):.4f} px")
+
+
+def _save_png(img: Any, path: Path) -> None:
+    from hrdeploy.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
