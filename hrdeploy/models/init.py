@@ -2,8 +2,10 @@
 
 Upstream's training init (std 0.001 convs, BN at identity) makes outputs nearly constant, which would
 hide numerical problems in parity and quantization tests. Here: Kaiming-normal convs and linears,
-random BN affine parameters, then BN running statistics measured on a seeded forward pass, so every
-BN normalises to unit variance at the default statistics of a normalised image.
+random BN affine parameters, then BN running statistics measured on a seeded forward pass over
+photo-like noise (smooth low-frequency fields plus fine grain, unit variance), so every BN normalises to
+unit order on normalised photos. White noise alone under-estimates the low-frequency energy of photos,
+which then grows through deep networks (HRNet outputs ~30x louder on a photo than on white noise).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from torch import nn
 
 @torch.no_grad()
 def init_weights(model: nn.Module, seed: int = 0, calib_size: tuple[int, int] = (128, 128)) -> nn.Module:
-    """Initialise `model` in place from `seed` and return it in eval mode."""
+    """Initialise `model` in place from `seed` and return it in eval mode (outputs of unit order)."""
     gen = torch.Generator().manual_seed(seed)
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
@@ -32,13 +34,51 @@ def init_weights(model: nn.Module, seed: int = 0, calib_size: tuple[int, int] = 
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if bns:
-        saved = [(m.momentum, m.training) for m in bns]
+        momenta = [m.momentum for m in bns]
         for m in bns:
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the calibration batches
         model.train()
         for _ in range(2):
-            model(torch.randn((2, 3, *calib_size), generator=gen))
-        for m, (momentum, _) in zip(bns, saved):
+            model(photo_like_noise(calib_size, gen))
+        for m, momentum in zip(bns, momenta, strict=True):
             m.momentum = momentum
-    return model.eval()
+    model.eval()
+    _normalise_heads(model, photo_like_noise(calib_size, gen))
+    return model
+
+
+def photo_like_noise(size: tuple[int, int], gen: torch.Generator, batch: int = 2) -> torch.Tensor:
+    """Unit-variance noise with a photo-like spectrum: coarse fields upsampled, plus a little grain."""
+    h, w = size
+    coarse = torch.randn((batch, 3, max(h // 16, 2), max(w // 16, 2)), generator=gen)
+    x = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+    x = x + 0.3 * torch.randn((batch, 3, h, w), generator=gen)
+    return x / x.std()
+
+
+@torch.no_grad()
+def _normalise_heads(model: nn.Module, x: torch.Tensor) -> None:
+    """Scale each conv whose output is a model output so that output has unit std on `x`.
+
+    Residual streams and multi-branch fuse sums grow through deep HRNets even with calibrated BNs;
+    the heads have no BN after them, so their outputs would carry that growth (std ~30 on a photo).
+    """
+    produced: dict[int, nn.Module] = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, _inp, out: produced.__setitem__(id(out), mod))
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    try:
+        out = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    for tensor in out if isinstance(out, (tuple, list)) else (out,):
+        head = produced.get(id(tensor))
+        if head is not None and float(tensor.std()) > 0:
+            scale = 1.0 / float(tensor.std())
+            head.weight.mul_(scale)
+            if head.bias is not None:
+                head.bias.mul_(scale)
