@@ -36,3 +36,13 @@ bench: setup
 
 clean:
 	rm -rf out pred .pytest_cache .ruff_cache
+
+# ModelOpt (the int8 extra) lives in its own environment: installing nvidia-modelopt[onnx] into .venv would
+# downgrade onnx and add onnxruntime-gpu over onnxruntime. About a minute to set up from the local index.
+.PHONY: test-modelopt
+test-modelopt:
+	test -x .venv-modelopt/bin/python || $(PY) -m venv .venv-modelopt
+	.venv-modelopt/bin/pip install -q --upgrade pip
+	.venv-modelopt/bin/pip install -q torch==2.13.0
+	.venv-modelopt/bin/pip install -q -e '.[int8,dev]'
+	.venv-modelopt/bin/python -m pytest -q -rs -m modelopt $(PYTEST_ARGS)

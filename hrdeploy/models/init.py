@@ -3,9 +3,11 @@
 Upstream's training init (std 0.001 convs, BN at identity) makes outputs nearly constant, which would
 hide numerical problems in parity and quantization tests. Here: Kaiming-normal convs and linears,
 random BN affine parameters, then BN running statistics measured on a seeded forward pass over
-photo-like noise (smooth low-frequency fields plus fine grain, unit variance), so every BN normalises to
-unit order on normalised photos. White noise alone under-estimates the low-frequency energy of photos,
-which then grows through deep networks (HRNet outputs ~30x louder on a photo than on white noise).
+white noise and photo-like noise (smooth low-frequency fields plus fine grain), so every BN normalises to
+unit order on both; the output heads are then scaled to unit output std. White noise alone
+under-estimates the low-frequency energy of photos, which grows through deep networks (HRNet outputs ~30x
+louder on a photo than on white noise); photo-like noise alone leaves white-noise inputs badly conditioned
+in fp32.
 """
 
 from __future__ import annotations
@@ -48,13 +50,18 @@ def init_weights(model: nn.Module, seed: int = 0, calib_size: tuple[int, int] = 
     return model
 
 
-def photo_like_noise(size: tuple[int, int], gen: torch.Generator, batch: int = 2) -> torch.Tensor:
-    """Unit-variance noise with a photo-like spectrum: coarse fields upsampled, plus a little grain."""
+def photo_like_noise(size: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+    """A unit-variance batch of two: white noise, and smooth low-frequency fields with a little grain.
+
+    BN statistics measured on both keep activations at unit order for seeded test inputs (white noise)
+    and for normalised photos (mostly low frequencies) alike.
+    """
     h, w = size
-    coarse = torch.randn((batch, 3, max(h // 16, 2), max(w // 16, 2)), generator=gen)
-    x = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
-    x = x + 0.3 * torch.randn((batch, 3, h, w), generator=gen)
-    return x / x.std()
+    white = torch.randn((1, 3, h, w), generator=gen)
+    coarse = torch.randn((1, 3, max(h // 16, 2), max(w // 16, 2)), generator=gen)
+    smooth = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+    smooth = smooth + 0.3 * torch.randn((1, 3, h, w), generator=gen)
+    return torch.cat([white, smooth / smooth.std()])
 
 
 @torch.no_grad()
