@@ -91,7 +91,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, model_name: str =
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if keys:
-                shown = ", ".join(keys[:MAX_LISTED]) + (f" (+{len(keys) - MAX_LISTED} more)" if len(keys) > MAX_LISTED else "")
+                more = f" (+{len(keys) - MAX_LISTED} more)" if len(keys) > MAX_LISTED else ""
+                shown = ", ".join(keys[:MAX_LISTED]) + more
                 parts.append(f"{len(keys)} {label}: {shown}")
         raise UserError(
             f"checkpoint {path} does not fit {model_name} ({'; '.join(parts)}); "

@@ -92,8 +92,8 @@ def test_checkpoint_mismatch(cli_runner, tmp_path):
 
 
 def test_preset_unknown_key_and_override(tmp_path):
-    from hrdeploy.export import load_preset
     from hrdeploy.errors import UserError
+    from hrdeploy.export import load_preset
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("export:\n  dynamic_batch: true\n  fp16: true\n")
