@@ -1,0 +1,205 @@
+"""Validation of a precision variant on onnxruntime CPU: against eager fp32, layer drift, block sensitivity.
+
+- `compare_outputs`: the tensor and keypoint metrics of hrdeploy.validate.metrics, per output, checked
+  against per-precision `Tolerance`s.
+- `layer_drift`: every float node output common to the fp32 graph and the variant, ranked by relative
+  L2 error (cumulative drift: where the variant's activations depart from fp32 the most).
+- `block_sensitivity` (Q/DQ graphs): quantize one block at a time (all other Q/DQ bypassed, fp32 weights
+  restored) and rank blocks by the output error each one adds on its own, in the spirit of Polygraphy's
+  layer-wise debugging and ModelOpt's sensitivity analysis.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from hrdeploy.precision import graph as G
+from hrdeploy.validate.metrics import keypoint_metrics, tensor_metrics
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass criteria of a variant against eager fp32 (every output, all validation images)."""
+
+    min_cosine: float
+    min_agreement_pct: float  # argmax keypoint agreement, pose models only
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+# fp16: the issue's bar (cosine > 0.999). int8: what per-channel Q/DQ reaches on Lite-/Dite-HRNet with
+# a few dozen calibration photos (see docs/precision.md); both configurable (--min-cosine, --min-agreement).
+DEFAULT_TOLERANCES = {
+    "fp16": Tolerance(min_cosine=0.999, min_agreement_pct=90.0),
+    "int8": Tolerance(min_cosine=0.98, min_agreement_pct=50.0),
+}
+
+
+def session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None):  # noqa: ANN201
+    """An onnxruntime CPU session for a ModelProto or a path."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def run_model(
+    model: onnx.ModelProto | str | os.PathLike, data: np.ndarray, threads: int | None = None, sess: Any = None
+) -> dict[str, np.ndarray]:
+    """All outputs of `model` on one batch, as float32 numpy arrays by name."""
+    sess = sess or session(model, threads)
+    names = [o.name for o in sess.get_outputs()]
+    outs = sess.run(names, {sess.get_inputs()[0].name: np.ascontiguousarray(data, dtype=np.float32)})
+    return {n: np.asarray(o).astype(np.float32) for n, o in zip(names, outs, strict=True)}
+
+
+def run_batches(
+    model: onnx.ModelProto | str | os.PathLike, batches: Sequence[np.ndarray], count: int, threads: int | None = None
+) -> dict[str, np.ndarray]:
+    """Outputs over several batches, concatenated and cut to the first `count` images."""
+    sess = session(model, threads)
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in batches:
+        for name, value in run_model(model, batch, sess=sess).items():
+            parts.setdefault(name, []).append(value)
+    return {name: np.concatenate(values)[:count] for name, values in parts.items()}
+
+
+def eager_outputs(bundle: str | os.PathLike, data: np.ndarray, output_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The bundle's eager fp32 model (upstream form, same weights) on `data`."""
+    from hrdeploy.bundle import eager_model_for_bundle
+    from hrdeploy.runtime.eager import EagerRunner
+
+    return EagerRunner(eager_model_for_bundle(bundle), output_names).run(data)
+
+
+def compare_outputs(
+    ref: dict[str, np.ndarray], out: dict[str, np.ndarray], num_keypoints: int | None, tol: Tolerance
+) -> dict[str, Any]:
+    """Metrics per output and whether every output meets `tol`."""
+    per_output: dict[str, Any] = {}
+    failures: list[str] = []
+    for name, ref_value in ref.items():
+        with np.errstate(invalid="ignore", over="ignore"):  # inf/nan outputs are reported below
+            metrics: dict[str, Any] = tensor_metrics(ref_value, out[name])
+        if num_keypoints and ref_value.ndim == 4 and ref_value.shape[1] >= num_keypoints:
+            metrics.update(keypoint_metrics(ref_value[:, :num_keypoints], out[name][:, :num_keypoints]))
+        per_output[name] = metrics
+        bad = int(np.size(out[name]) - np.count_nonzero(np.isfinite(out[name])))
+        metrics["non_finite"] = bad
+        if bad:
+            failures.append(f"{name}: {bad} non-finite values (inf/nan)")
+        elif metrics["cosine"] < tol.min_cosine:
+            failures.append(f"{name}: cosine {metrics['cosine']:.5f} < {tol.min_cosine}")
+        agreement = metrics.get("argmax_agreement_pct")
+        if agreement is not None and agreement < tol.min_agreement_pct:
+            failures.append(f"{name}: keypoint agreement {agreement:.1f}% < {tol.min_agreement_pct}%")
+    return {"outputs": per_output, "tolerance": tol.as_dict(), "passed": not failures, "failures": failures}
+
+
+def _rel_l2(ref: np.ndarray, out: np.ndarray) -> float:
+    denom = float(np.linalg.norm(ref.astype(np.float64)))
+    return float(np.linalg.norm(ref.astype(np.float64) - out.astype(np.float64)) / denom) if denom else 0.0
+
+
+def _cosine(ref: np.ndarray, out: np.ndarray) -> float:
+    a, b = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
+    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / denom) if denom else 1.0
+
+
+def layer_drift(
+    fp32: onnx.ModelProto,
+    variant: onnx.ModelProto,
+    data: np.ndarray,
+    scopes: dict[str, str],
+    top: int = 5,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """The `top` node outputs (common to both graphs) whose values depart most from fp32."""
+    ref_tensors = G.float_tensors(fp32)
+    var_tensors = G.float_tensors(variant)
+    common = [name for name in ref_tensors if name in var_tensors]
+    ref = run_model(G.with_outputs(fp32, common), data, threads=threads)
+    out = run_model(G.with_outputs(variant, common), data, threads=threads)
+    by_name = {n.name: n for n in fp32.graph.node}
+    rows = []
+    for name in common:
+        if name not in ref or name not in out or ref[name].shape != out[name].shape:
+            continue
+        node = by_name.get(ref_tensors[name])
+        rows.append({
+            "tensor": name,
+            "node": ref_tensors[name],
+            "op": node.op_type if node is not None else "?",
+            "scope": scopes.get(ref_tensors[name], ""),
+            "rel_l2": _rel_l2(ref[name], out[name]),
+            "cosine": _cosine(ref[name], out[name]),
+        })
+    rows.sort(key=lambda r: -r["rel_l2"])
+    return rows[:top]
+
+
+def input_noise_reference(fp32: onnx.ModelProto, data: np.ndarray, threads: int | None = None) -> dict[str, Any]:
+    """How far the fp32 graph's output moves when only its input carries int8 rounding noise.
+
+    Uniform noise of +-half an int8 step (step = max |x| / 127) on the input, fixed seed. A network that
+    amplifies such noise (seeded random weights do: there is no training to make it robust) cannot stay close
+    to fp32 under int8 whatever the Q/DQ placement, so this is the floor to read the int8 numbers against.
+    """
+    step = float(np.abs(data).max()) / 127.0
+    noise = np.random.default_rng(0).uniform(-0.5 * step, 0.5 * step, data.shape).astype(np.float32)
+    sess = session(fp32, threads)
+    ref = run_model(fp32, data, sess=sess)
+    out = run_model(fp32, data + noise, sess=sess)
+    name = next(iter(ref))
+    return {"output": name, "input_rel_l2": _rel_l2(data, data + noise), "rel_l2": _rel_l2(ref[name], out[name]),
+            "cosine": _cosine(ref[name], out[name])}
+
+
+def block_sensitivity(
+    float_ref: onnx.ModelProto,
+    qdq: onnx.ModelProto,
+    data: np.ndarray,
+    scopes: dict[str, str],
+    max_blocks: int = 12,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Rank blocks by the output error their quantization adds alone (everything else fp32)."""
+    quantized, _ = G.conv_quant_status(qdq)
+    q_other = [n.name for n in qdq.graph.node if n.op_type in ("Gemm", "MatMul") and n.name not in quantized]
+    names = quantized + q_other
+    blocks = G.group_blocks(names, scopes, max_blocks=max_blocks)
+    weights = G.conv_float_weights(float_ref)
+    ref = run_model(float_ref, data, threads=threads)
+    baseline = run_model(G.bypass_qdq(qdq, set(), weights), data, threads=threads)
+    full = run_model(qdq, data, threads=threads)
+    out_name = next(iter(ref))
+
+    def err(out: dict[str, np.ndarray]) -> float:
+        return _rel_l2(ref[out_name], out[out_name])
+
+    rows = []
+    for block, members in blocks.items():
+        out = run_model(G.bypass_qdq(qdq, set(members), weights), data, threads=threads)
+        rows.append({"block": block, "convs": len(members), "rel_l2": err(out),
+                     "cosine": _cosine(ref[out_name], out[out_name])})
+    rows.sort(key=lambda r: -r["rel_l2"])
+    return {
+        "output": out_name,
+        "full_rel_l2": err(full),
+        "full_cosine": _cosine(ref[out_name], full[out_name]),
+        "bypass_rel_l2": err(baseline),  # all Q/DQ bypassed: ~0 (checks the method itself)
+        "blocks": rows,
+    }

@@ -1,0 +1,109 @@
+"""The quantize report as Markdown (`quantize.<precision>.md` in the bundle)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def to_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
+    """Conversion facts, parity against eager fp32, the layers that drift most, block sensitivity."""
+    p, info = report["precision"], report["conversion"]
+    cal, val_imgs = report["calibration"], report["validation_images"]
+    lines = [
+        f"# {manifest['model']['name']}: {p} ONNX ({report['backend']} backend)",
+        "",
+        f"- converter: {info.get('converter', report['backend'])}",
+        f"- calibration: {cal['count']} of {cal['available']} image(s) from {cal['source']}"
+        + (f", method {report['method']}" if report.get("method") else ""),
+        f"- validation: {val_imgs['count']} image(s) from {val_imgs['source']}, onnxruntime CPU vs eager fp32",
+    ]
+    if p == "int8":
+        lines += [
+            f"- convolutions quantized: {info['convs_quantized']}, left in fp32: {info['convs_unquantized']}",
+            f"- Q/DQ nodes: {info['quantize_nodes']} Q, {info['dequantize_nodes']} DQ; per-channel weights: "
+            f"{info['per_channel_weights']}; non-zero zero points: {info['nonzero_zero_points']}; "
+            f"quantized outputs: {len(info['outputs_quantized'])}",
+        ]
+        if info.get("auto_excluded"):
+            auto = info["auto_excluded"]
+            shown = ", ".join(f"{k} {v:g}x" for k, v in list(auto.items())[:4]) + (", ..." if len(auto) > 4 else "")
+            lines.append(
+                f"- depthwise convs left fp32 for wide-range inputs (loudest / median channel > 8): "
+                f"{len(auto)} ({shown})"
+            )
+        if info.get("runtime_weight_convs"):
+            lines.append(f"- convs with run-time weights (not quantizable): {len(info['runtime_weight_convs'])}")
+    else:
+        kept = ", ".join(f"{op} x{n}" for op, n in info["kept_fp32_by_op"].items()) or "none"
+        lines += [
+            f"- fp16 compute nodes: {info['fp16_compute_nodes']}; "
+            f"kept in fp32: {len(info['kept_fp32_nodes'])} ({kept})",
+            f"- overflow guard: nodes reading or writing |x| > {info['fp16_safe_max']:g} on the images stay fp32: "
+            f"{len(info['overflow_nodes'])} (largest activation seen {info['max_activation']:g})",
+        ]
+    if info.get("excluded_nodes"):
+        lines.append(f"- excluded by --exclude: {len(info['excluded_nodes'])} node(s)")
+    val = report.get("validation")
+    if val is None:
+        return "\n".join(lines) + "\n"
+    tol = val["tolerance"]
+    lines += [
+        "",
+        f"## Parity vs eager fp32: **{'PASS' if val['passed'] else 'FAIL'}**",
+        "",
+        f"Tolerance: cosine >= {tol['min_cosine']}, keypoint argmax agreement >= {tol['min_agreement_pct']}%.",
+        "",
+        "| output | max abs | max rel | p99 abs | cosine | argmax agree % | mean kpt err px | max kpt err px |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in val["outputs"].items():
+        lines.append(
+            f"| {name} | {m['max_abs']:.3e} | {m['max_rel']:.3e} | {m['p99_abs']:.3e} | {m['cosine']:.6f} "
+            f"| {_fmt(m.get('argmax_agreement_pct'), '.1f')} | {_fmt(m.get('mean_kpt_err_px'), '.2f')} "
+            f"| {_fmt(m.get('max_kpt_err_px'), '.2f')} |"
+        )
+    if val["failures"]:
+        lines.append("")
+    for failure in val["failures"]:
+        lines.append(f"- FAIL {failure}")
+    noise = val.get("input_noise")
+    if noise:
+        lines += [
+            "",
+            f"Noise floor: int8 rounding noise on the input alone (input rel L2 {noise['input_rel_l2']:.1e}) moves "
+            f"the fp32 output to cosine {noise['cosine']:.6f} (rel L2 {noise['rel_l2']:.3e}). When this is far "
+            "from 1 the network itself amplifies small perturbations (typical of untrained, seeded weights) and no "
+            "Q/DQ placement can keep int8 close to fp32.",
+        ]
+    if val.get("drift"):
+        lines += [
+            "",
+            "## Layers that drift most (vs the fp32 ONNX; drift accumulates downstream)",
+            "",
+            "| tensor | op | module | rel L2 | cosine |",
+            "|---|---|---|---|---|",
+        ]
+        for r in val["drift"]:
+            lines.append(f"| {r['tensor']} | {r['op']} | {r['scope'] or '-'} | {r['rel_l2']:.3e} | {r['cosine']:.6f} |")
+    sens = val.get("sensitivity")
+    if sens:
+        lines += [
+            "",
+            "## Block sensitivity (only this block quantized, the rest fp32)",
+            "",
+            f"Output `{sens['output']}`: whole model int8 rel L2 {sens['full_rel_l2']:.3e} (cosine "
+            f"{sens['full_cosine']:.6f}); all Q/DQ bypassed {sens['bypass_rel_l2']:.1e}. Exclude the top blocks "
+            "with `--exclude '<block>*'` to trade speed for accuracy.",
+            "",
+            "| rank | block | convs | rel L2 added | cosine |",
+            "|---|---|---|---|---|",
+        ]
+        for i, r in enumerate(sens["blocks"], 1):
+            lines.append(f"| {i} | {r['block']} | {r['convs']} | {r['rel_l2']:.3e} | {r['cosine']:.6f} |")
+    return "\n".join(lines) + "\n"
