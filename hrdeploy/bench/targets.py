@@ -1,0 +1,227 @@
+"""What `hrdeploy bench` measures: a bundle's artifacts, a bare ONNX or engine, or an eager zoo model.
+
+Each target knows its backend, precision, the batch range it accepts (static ONNX batch, engine
+profile) and how to open its runner lazily, so several backends can be measured side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hrdeploy.errors import UserError
+
+BACKENDS = ("eager", "ort", "trt")
+MAX_BATCH = 1024
+
+
+@dataclass
+class BenchTarget:
+    label: str  # e.g. "ort fp32", "eager", "trt fp16"
+    backend: str
+    precision: str
+    open: Callable[[], Any]  # -> Runner
+    batch_range: tuple[int, int] = (1, MAX_BATCH)
+    file: str | None = None
+
+
+def parse_batches(text: str | Sequence[int] | None) -> list[int]:
+    """'1,4,8' -> [1, 4, 8]; anything but positive integers is a UserError."""
+    if text is None:
+        return [1]
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        batches = [int(str(s).strip()) for s in items if str(s).strip()]
+    except ValueError:
+        batches = []
+    if not batches or any(b < 1 for b in batches):
+        raise UserError(f"--batch {text!r} is not a comma list of positive integers; write e.g. --batch 1,4,8")
+    return list(dict.fromkeys(batches))
+
+
+def parse_backend_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [s.strip().lower() for s in text.split(",") if s.strip()]
+    bad = [n for n in names if n not in BACKENDS]
+    if bad or not names:
+        raise UserError(f"unknown backend {bad[0] if bad else text!r}; use a comma list of {','.join(BACKENDS)}")
+    return list(dict.fromkeys(names))
+
+
+def require_backend(backend: str) -> None:
+    """UserError when an explicitly requested backend cannot run on this machine."""
+    if backend == "trt":
+        from hrdeploy.engine.version import require_tensorrt
+
+        require_tensorrt("benchmarking TensorRT engines")
+
+
+def trt_unavailable() -> str | None:
+    try:
+        require_backend("trt")
+    except UserError as err:
+        return str(err)
+    return None
+
+
+def onnx_precision(model: Any) -> str:
+    """'int8' with Q/DQ nodes, 'fp16' with fp16 initializers, else 'fp32'."""
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        return "int8"
+    if any(t.data_type == 10 for t in model.graph.initializer):  # TensorProto.FLOAT16
+        return "fp16"
+    return "fp32"
+
+
+def onnx_input_info(path: str | os.PathLike) -> tuple[int | None, tuple[int, int] | None, str | None]:
+    """(static batch | None, static (h, w) | None, model name from hrdeploy metadata | None) of an ONNX."""
+    import onnx
+
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    vals = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
+    if len(vals) != 4:
+        raise UserError(f"{path} has input rank {len(vals)}; hrdeploy benchmarks NCHW image models")
+    meta = {p.key: p.value for p in model.metadata_props}
+    size = (vals[2], vals[3]) if vals[2] and vals[3] else None
+    return vals[0], size, meta.get("hrdeploy.model")
+
+
+def _ort(path: Path, threads: int | None) -> Callable[[], Any]:
+    def open_() -> Any:
+        from hrdeploy.runtime.onnxruntime import OrtRunner
+
+        return OrtRunner(path, threads=threads)
+
+    return open_
+
+
+def _trt(path: Path) -> Callable[[], Any]:
+    def open_() -> Any:
+        from hrdeploy.runtime.tensorrt import TrtRunner
+
+        return TrtRunner(path)
+
+    return open_
+
+
+def _static_range(batch: int | None) -> tuple[int, int]:
+    return (batch, batch) if batch else (1, MAX_BATCH)
+
+
+def _engine_range(entry: dict[str, Any] | None) -> tuple[int, int]:
+    profiles = (entry or {}).get("profiles") or []
+    if profiles:
+        return int(profiles[0]["min"][0]), int(profiles[0]["max"][0])
+    return 1, MAX_BATCH
+
+
+def bundle_targets(
+    bundle: Path, manifest: dict[str, Any], backends: list[str] | None, threads: int | None
+) -> tuple[list[BenchTarget], list[dict[str, str]], tuple[int, int]]:
+    """Targets of a bundle: eager, every ONNX on ort, every engine on trt. Returns (targets, skipped, size)."""
+    from hrdeploy.validate.run import artifact_precision, is_engine
+
+    artifacts = manifest.get("artifacts") or {}
+    if not artifacts:
+        raise UserError(f"bundle {bundle} has no artifacts; create them with `hrdeploy export MODEL -o {bundle}`")
+    explicit = backends is not None
+    engines = {k: e for k, e in artifacts.items() if is_engine(e)}
+    onnxs = {k: e for k, e in artifacts.items() if not is_engine(e)}
+    chosen = backends or ["eager", "ort"] + (["trt"] if engines else [])
+    size = (int(manifest["input"]["height"]), int(manifest["input"]["width"]))
+    targets: list[BenchTarget] = []
+    skipped: list[dict[str, str]] = []
+    for backend in chosen:
+        if backend == "eager":
+            targets.append(BenchTarget("eager fp32", "eager", "fp32", lambda: _bundle_eager(bundle, manifest, threads)))
+        elif backend == "ort":
+            if not onnxs:
+                raise UserError(f"bundle {bundle} has no ONNX artifact; create it with `hrdeploy export`")
+            for key, entry in onnxs.items():
+                path = bundle / entry["file"]
+                batch, _, _ = onnx_input_info(path)
+                prec = artifact_precision(key, entry)
+                targets.append(BenchTarget(f"ort {prec}", "ort", prec, _ort(path, threads), _static_range(batch),
+                                           entry["file"]))
+        elif backend == "trt":
+            if not engines:
+                if explicit:
+                    raise UserError(f"bundle {bundle} has no TensorRT engine; build one with `hrdeploy build {bundle}`")
+                continue
+            why = trt_unavailable()
+            if why and explicit:
+                raise UserError(why)
+            for key, entry in engines.items():
+                if why:
+                    skipped.append({"backend": "trt", "target": key, "reason": why})
+                    continue
+                prec = artifact_precision(key, entry)
+                targets.append(BenchTarget(f"trt {prec}", "trt", prec, _trt(bundle / entry["file"]),
+                                           _engine_range(entry), entry["file"]))
+    return targets, skipped, size
+
+
+def _bundle_eager(bundle: Path, manifest: dict[str, Any], threads: int | None) -> Any:
+    from hrdeploy.bundle import eager_model_for_bundle
+    from hrdeploy.runtime.eager import EagerRunner
+
+    return EagerRunner(eager_model_for_bundle(bundle), [o["name"] for o in manifest["outputs"]], threads=threads)
+
+
+def model_target(
+    name: str, dataset: str | None, input_size: tuple[int, int] | None, threads: int | None
+) -> tuple[BenchTarget, tuple[int, int]]:
+    """The eager (upstream-form, seeded) model `name` as a bench target, at its default or given size."""
+    from hrdeploy.registry import get_spec
+    from hrdeploy.zoo import check_dataset, check_input_size
+
+    spec = get_spec(name)
+    ds = check_dataset(spec, dataset)
+    size = check_input_size(spec, input_size or spec.input_size(ds))
+
+    def open_() -> Any:
+        from hrdeploy.runtime.eager import EagerRunner
+        from hrdeploy.zoo import build_model
+
+        return EagerRunner(build_model(name, dataset=ds), spec.output_names, threads=threads)
+
+    return BenchTarget("eager fp32", "eager", "fp32", open_), size
+
+
+def file_target(
+    path: Path, kind: str, input_size: tuple[int, int] | None, threads: int | None
+) -> tuple[BenchTarget, tuple[int, int]]:
+    """A bare ONNX (ort) or engine (trt) as a bench target; the input size comes from the file when static."""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; pass an existing {'.onnx file' if kind == 'onnx' else 'engine'}")
+    if kind == "onnx":
+        import onnx
+
+        batch, size, model = onnx_input_info(path)
+        precision = onnx_precision(onnx.load(os.fspath(path), load_external_data=False))
+        if input_size is None and size is None:
+            if model is None:
+                raise UserError(f"{path} has a dynamic height/width; pass --input-size HxW")
+            from hrdeploy.registry import get_spec
+
+            size = get_spec(model).input_size()
+        target = BenchTarget(f"ort {precision}", "ort", precision, _ort(path, threads), _static_range(batch), path.name)
+        return target, input_size or size  # type: ignore[return-value]
+    require_backend("trt")
+    from hrdeploy.engine.engine_info import read_engine_metadata
+
+    meta = read_engine_metadata(path) or {}
+    rng = _engine_range(meta)
+    size = input_size
+    if size is None:
+        shape = ((meta.get("profiles") or [{}])[0]).get("opt")
+        if not shape:
+            raise UserError(f"{path} has no engine metadata with its input shape; pass --input-size HxW")
+        size = (int(shape[2]), int(shape[3]))
+    prec = str(meta.get("precision", "fp16"))
+    return BenchTarget(f"trt {prec}", "trt", prec, _trt(path), rng, path.name), size

@@ -1,0 +1,144 @@
+"""`hrdeploy bench`: latency percentiles and throughput per backend and batch size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("bench")
+@click.argument("bundle", required=False, type=click.Path(path_type=Path))
+@click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), help="Benchmark this ONNX on onnxruntime.")
+@click.option("--engine", "engine_file", type=click.Path(path_type=Path), help="Benchmark this TensorRT engine.")
+@click.option("--model", "model_name", help="Benchmark the eager PyTorch model NAME (seeded weights).")
+@click.option("--backend", "backends",
+              help="Comma list of eager,ort,trt for a bundle [default: eager,ort and trt when it has engines].")
+@click.option("--batch", "batches", default="1", show_default=True, help="Comma list of batch sizes, e.g. 1,4,8.")
+@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True, help="Timed calls per row.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed calls first.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (onnxruntime intra-op, torch).")
+@click.option("--input-size", metavar="HxW", help="Input size for --model or a dynamic-shape ONNX.")
+@click.option("--dataset", help="Dataset variant for --model [default: the model's first].")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the JSON; .md and .png go beside it [default: DIR/bench.json or ./bench.json].")
+def bench_cmd(
+    bundle: Path | None,
+    onnx_file: Path | None,
+    engine_file: Path | None,
+    model_name: str | None,
+    backends: str | None,
+    batches: str,
+    iterations: int,
+    warmup: int,
+    threads: int | None,
+    input_size: str | None,
+    dataset: str | None,
+    json_file: Path | None,
+) -> None:
+    """Measure latency (p50/p90/p99/mean/min ms) and throughput of a bundle DIR, --onnx, --engine or --model.
+
+    Several backends run side by side (for a bundle: the eager model, every ONNX on onnxruntime, every
+    engine on TensorRT). Writes bench.json, bench.md and bench.png (latency and throughput vs batch).
+    """
+    from hrdeploy.bench.targets import (
+        bundle_targets,
+        file_target,
+        model_target,
+        parse_backend_list,
+        parse_batches,
+    )
+    from hrdeploy.errors import UserError
+
+    chosen = [n for n, v in (("DIR", bundle), ("--onnx", onnx_file), ("--engine", engine_file),
+                             ("--model", model_name)) if v is not None]
+    if len(chosen) != 1:
+        raise UserError("give exactly one of DIR, --onnx FILE, --engine FILE or --model NAME"
+                        + (f" (got {', '.join(chosen)})" if chosen else ""))
+    batch_list = parse_batches(batches)
+    backend_list = parse_backend_list(backends)
+    size = None
+    if input_size is not None:
+        from hrdeploy.export.options import parse_size
+
+        size = parse_size(input_size)
+    if json_file is not None and json_file.suffix.lower() in (".md", ".png"):
+        raise UserError(f"--json {json_file}: the .md and .png are written beside it; give a .json path")
+
+    skipped: list[dict[str, str]] = []
+    if bundle is not None:
+        from hrdeploy.manifest import load_manifest
+
+        manifest = load_manifest(bundle)
+        targets, skipped, size_ = bundle_targets(bundle, manifest, backend_list, threads)
+        size, name, kind = size or size_, manifest["model"]["name"], "bundle"
+        if size != size_ and not manifest["input"].get("dynamic_shape"):
+            raise UserError(f"bundle {bundle} has a static input size {size_[0]}x{size_[1]}; drop --input-size")
+        out = json_file or bundle / "bench.json"
+    else:
+        wanted = {"eager"} if model_name else {"ort"} if onnx_file else {"trt"}
+        if backend_list and set(backend_list) != wanted:
+            raise UserError(f"--backend {backends} does not apply to {chosen[0]} (it runs on {wanted.pop()}); "
+                            "pass a bundle DIR to compare backends side by side")
+        if model_name:
+            target, size = model_target(model_name, dataset, size, threads)
+            name, kind = model_name, "model"
+        else:
+            path = onnx_file or engine_file
+            assert path is not None
+            target, size = file_target(path, "onnx" if onnx_file else "engine", size, threads)
+            name, kind = path.name, "onnx" if onnx_file else "engine"
+        targets = [target]
+        out = json_file or Path("bench.json")
+    if not targets:
+        reasons = "; ".join(s["reason"] for s in skipped) or "no artifacts for the chosen backends"
+        raise UserError(f"nothing to benchmark ({reasons})")
+
+    report = _run_with_progress(targets, batch_list, size, iterations, warmup, threads, name, kind, skipped)
+    from hrdeploy.bench.report import write_reports
+
+    paths = write_reports(report, out)
+    _print(report)
+    click.echo(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def _run_with_progress(targets, batches, size, iterations, warmup, threads, name, kind, skipped):  # noqa: ANN001, ANN202
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hrdeploy.bench.run import run_bench
+    from hrdeploy.io import console as make_console
+
+    console = make_console()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        state: dict = {}
+
+        def on_start(label: str, batch: int, calls: int) -> None:
+            state["task"] = progress.add_task(f"{label} batch {batch}", total=calls)
+
+        def on_step() -> None:
+            progress.advance(state["task"])
+
+        return run_bench(targets, batches, tuple(size), iterations=iterations, warmup=warmup, threads=threads,
+                         name=name, kind=kind, skipped=skipped, on_start=on_start, on_step=on_step)
+
+
+def _print(report: dict) -> None:
+    from rich.table import Table
+
+    from hrdeploy.bench.report import speedups
+    from hrdeploy.io import console as make_console
+
+    console = make_console()
+    h, w = report["target"]["input_size"]
+    table = Table(title=f"{report['target']['name']} {h}x{w}: latency per call ({report['machine']['cpu']})")
+    for col in ("target", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "min ms", "images/s", "vs eager"):
+        table.add_column(col, justify="left" if col == "target" else "right", no_wrap=True)
+    ups = speedups(report["results"])
+    for r in report["results"]:
+        up = ups.get((r["label"], r["batch"]))
+        table.add_row(r["label"], str(r["batch"]), *(f"{r[k]:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms",
+                      "min_ms")), f"{r['throughput_ips']:.1f}", "-" if up is None else f"{up:.2f}")
+    console.print(table)
+    for s in report["skipped"]:
+        console.print(f"[dim]skipped {s['backend']} {s.get('target', '')}: {s['reason']}[/]")

@@ -1,0 +1,93 @@
+"""Validation inputs: real photos (preprocessed like deployment does) and seeded random tensors.
+
+Photos are scikit-image's bundled samples by default (hrdeploy.pose.samples), or a user folder, run
+through hrdeploy.pose.preprocess.preprocess (whole-image letterbox, the manifest's mean/std). Seeded
+standard-normal inputs exercise the whole input range, and with a dynamic-shape bundle a second input
+size catches graphs whose shapes were baked at export (the dynamo exporter's adaptive-pool failure).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ValidationInput:
+    name: str  # file name of the photo, or "seeded:<seed>"
+    kind: str  # "photo" | "seeded"
+    array: np.ndarray  # float32 CHW, normalised
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.array.shape[1]), int(self.array.shape[2])
+
+
+def second_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """Another valid size for dynamic-shape bundles: each side plus one stride (not a multiple of it)."""
+    return size[0] + stride, size[1] + stride
+
+
+def photo_inputs(
+    manifest: dict[str, Any], images: str | os.PathLike | None = None, limit: int | None = None
+) -> list[ValidationInput]:
+    """Preprocessed photos from `images` (a folder) or scikit-image's samples, at the manifest's size."""
+    from hrdeploy.pose.preprocess import image_files, preprocess, read_image
+
+    inp = manifest["input"]
+    size = (int(inp["height"]), int(inp["width"]))
+    if images is None:
+        from hrdeploy.pose.samples import write_sample_photos
+
+        with tempfile.TemporaryDirectory(prefix="hrdeploy-photos-") as tmp:
+            files = write_sample_photos(tmp)
+            pixels = [(p.name, read_image(p)) for p in files]
+    else:
+        pixels = [(p.name, read_image(p)) for p in image_files(images)]
+    pixels = pixels[:limit] if limit else pixels
+    return [
+        ValidationInput(name, "photo", preprocess(img, size, inp["mean"], inp["std"])[0]) for name, img in pixels
+    ]
+
+
+def seeded_inputs(size: tuple[int, int], count: int, first_seed: int = 0) -> list[ValidationInput]:
+    """`count` standard-normal CHW inputs, one seed each (reproducible across runs and machines)."""
+    out = []
+    for seed in range(first_seed, first_seed + count):
+        rng = np.random.default_rng(seed)
+        out.append(ValidationInput(f"seeded:{seed}", "seeded", rng.standard_normal((3, *size), dtype=np.float32)))
+    return out
+
+
+def validation_inputs(
+    manifest: dict[str, Any],
+    images: str | os.PathLike | None = None,
+    *,
+    photos: bool = True,
+    seeded: int = 2,
+    photo_limit: int | None = None,
+) -> list[ValidationInput]:
+    """Photos, then seeded inputs at the manifest size, then (dynamic shape) seeded ones at a second size."""
+    inp = manifest["input"]
+    size = (int(inp["height"]), int(inp["width"]))
+    out = photo_inputs(manifest, images, photo_limit) if photos or images is not None else []
+    out += seeded_inputs(size, seeded)
+    if inp.get("dynamic_shape") and seeded:
+        out += seeded_inputs(second_size(size, int(inp.get("stride", 32))), 1, first_seed=seeded)
+    return out
+
+
+def group_by_size(inputs: list[ValidationInput]) -> dict[tuple[int, int], list[ValidationInput]]:
+    groups: dict[tuple[int, int], list[ValidationInput]] = {}
+    for item in inputs:
+        groups.setdefault(item.size, []).append(item)
+    return groups
+
+
+def image_folder_hint(images: str | os.PathLike | None) -> str:
+    return "scikit-image samples" if images is None else str(Path(images))

@@ -1,0 +1,131 @@
+"""Validation reports: parity.json / parity.md in the bundle, and the console table.
+
+`hrdeploy export` writes parity.json as {"export": <export-time check>} and its own parity.md; validate
+adds {"validate": <this report>} next to it, so neither stage clobbers the other's meaning, and
+parity.md holds the validate section followed by the export section re-rendered from parity.json.
+Other stages' sections (quantize adds "fp16" / "int8") are kept the same way.
+The manifest's "parity" entry gets a "validate" summary beside export's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from hrdeploy.io import write_json, write_text
+from hrdeploy.manifest import load_manifest, save_manifest
+
+PARITY_JSON = "parity.json"
+PARITY_MD = "parity.md"
+
+COLUMNS = ("target", "backend", "precision", "batch", "output", "max abs", "max rel", "p99 abs", "cosine",
+           "argmax %", "kpt err px (mean/max)", "PCK@0.05 %", "status")
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per (target, output), then one per skipped backend: the cells of COLUMNS."""
+    rows = []
+    for r in report["rows"]:
+        status = "pass" if r["passed"] else "FAIL"
+        for name, m in r["outputs"].items():
+            if "shape_mismatch" in m:
+                rows.append((r["target"], r["backend"], r["precision"], str(r["batch"]), name,
+                             "shape mismatch", "-", "-", "-", "-", "-", "-", status))
+                continue
+            kerr = (f"{m['mean_kpt_err_input_px']:.2f}/{m['max_kpt_err_input_px']:.1f}"
+                    if "mean_kpt_err_input_px" in m else "-")
+            agree = m.get("argmax_agreement_pct", m.get("label_agreement_pct"))
+            rows.append((
+                r["target"], r["backend"], r["precision"], str(r["batch"]), name,
+                _fmt(m["max_abs"], ".2e"), _fmt(m["max_rel"], ".2e"), _fmt(m["p99_abs"], ".2e"),
+                _fmt(m["cosine"], ".6f"), _fmt(agree, ".1f"), kerr, _fmt(m.get("pck@0.05"), ".1f"), status,
+            ))
+    for s in report["skipped"]:
+        rows.append((s.get("target", "-"), s["backend"], "-", "-", "-", "-", "-", "-", "-", "-", "-", "-",
+                     f"skipped: {s['reason']}"))
+    return rows
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    tol = "; ".join(
+        f"{p}: " + ", ".join(f"{k} {'<=' if k in ('max_rel', 'p99_rel', 'mean_kpt_err_px') else '>='} {v:g}"
+                             for k, v in t.items())
+        for p, t in report["tolerances"].items()
+    )
+    kinds = {}
+    for i in report["inputs"]:
+        kinds.setdefault(f"{i['kind']} {i['size'][0]}x{i['size'][1]}", []).append(i["name"])
+    inputs = "; ".join(f"{len(v)} {k}" for k, v in kinds.items())
+    lines = [
+        f"# Validation: {report['model']}",
+        "",
+        f"{report['date']}. Reference: {report['reference']}. Inputs: {inputs}. "
+        f"Result: **{'PASS' if report['passed'] else 'FAIL'}**.",
+        "",
+        f"Tolerances (on each whole output; keypoint errors in input pixels): {tol}.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(report)]
+    failing = [r for r in report["rows"] if not r["passed"]]
+    if failing:
+        lines += ["", "## Failures", ""]
+        for r in failing:
+            lines.append(f"- **{r['target']}** ({r['backend']}, {r['precision']}): {'; '.join(r['failures'])}")
+            if "divergence" in r:
+                lines.append(f"  - {r['divergence']['summary']} (input {r['divergence'].get('input')}; "
+                             f"{r['divergence'].get('method', '')})")
+    warnings = [r for r in report["rows"] if r.get("warning")]
+    for r in warnings:
+        lines.append(f"\nWarning: {r['warning']}.")
+    return "\n".join(lines) + "\n"
+
+
+def _section_markdown(key: str, section: dict[str, Any], model: str) -> str:
+    """Another stage's section of parity.json (export's, quantize's) as Markdown, so parity.md keeps it."""
+    if key == "export":
+        try:
+            from hrdeploy.export.parity import to_markdown as export_markdown
+
+            return export_markdown(section, f"Export parity: {model} (fp32 ONNX vs eager)")
+        except (KeyError, TypeError, ValueError):
+            pass
+    verdict = "PASS" if section.get("passed") else "FAIL"
+    lines = [f"# {key} parity ({section.get('stage', key)}): {verdict}", "",
+             "| backend | output | max abs | max rel | cosine | passed |", "|---|---|---|---|---|---|"]
+    for r in section["rows"]:
+        lines.append(f"| {r.get('backend', '-')} | {r.get('output', '-')} | {_fmt(r.get('max_abs'), '.2e')} "
+                     f"| {_fmt(r.get('max_rel'), '.2e')} | {_fmt(r.get('cosine'), '.6f')} | {r.get('passed')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(bundle: str | os.PathLike, report: dict[str, Any]) -> tuple[Path, Path]:
+    """Merge `report` into the bundle's parity.json / parity.md and record it in the manifest."""
+    bundle = Path(bundle)
+    path = bundle / PARITY_JSON
+    try:
+        existing = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        existing = {}
+    if not isinstance(existing, dict):
+        existing = {}
+    merged = {**existing, "validate": report}
+    write_json(path, merged)
+    md = to_markdown(report)
+    for key, section in existing.items():
+        if key != "validate" and isinstance(section, dict) and isinstance(section.get("rows"), list):
+            md += "\n" + _section_markdown(key, section, report["model"])
+    write_text(bundle / PARITY_MD, md)
+    manifest = load_manifest(bundle)
+    manifest.setdefault("parity", {})["validate"] = {
+        "passed": report["passed"], "file": PARITY_JSON, "date": report["date"],
+    }
+    save_manifest(bundle, manifest)
+    return path, bundle / PARITY_MD
