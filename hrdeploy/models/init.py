@@ -45,6 +45,11 @@ def init_weights(model: nn.Module, seed: int = 0, calib_size: tuple[int, int] = 
             model(photo_like_noise(calib_size, gen))
         for m, momentum in zip(bns, momenta, strict=True):
             m.momentum = momentum
+    # Families whose random init needs more (e.g. Dite-HRNet's gates) define refine_seeded_init on a module.
+    for module in list(model.modules()):
+        refine = getattr(module, "refine_seeded_init", None)
+        if callable(refine):
+            refine(model, gen, calib_size)
     model.eval()
     _normalise_heads(model, photo_like_noise(calib_size, gen))
     return model
