@@ -193,8 +193,9 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines += ["Rows measured at different times (--merge): " + "; ".join(
             f"{when}: {', '.join(models)}" for when, models in sorted(stamps.items())) + ".", ""]
     lines += [
-        f"- Machine: {m['cpu']} ({m['caches']}), {m['cores']} cores usable, {m['platform']}, no GPU; "
-        f"load average {meta['load_start']} at start, {meta['load_end']} at the end.",
+        f"- Machine: {m['cpu']} ({m['caches']}), {m['cores']} cores usable, {m['platform']}, no GPU"
+        + (f"; load average {meta['load_start']} at start, {meta['load_end']} at the end." if meta.get("load_start")
+           else ".") + (f" {meta['note']}" if meta.get("note") else ""),
         f"- Versions: {versions}.",
         f"- Threads: {meta['threads']} for both torch and onnxruntime (CPU execution provider). Weights are "
         "seeded (hrdeploy.build_model without checkpoint); the input is a seeded normal tensor at the "
@@ -279,7 +280,31 @@ def targets_section(rows: list[dict[str, Any]]) -> list[str]:
                          f"| {fmt(b8)} | {fmt(ratio(b8, op['ms']))} |")
         lines += ["", "Most expensive nodes at batch 1: " + ", ".join(
             f"{n['node']} ({n['op']}, {n['ms']:.2f} ms)" for n in p1["top_nodes"][:5]) + "."]
+        b1 = {o["op"]: o["ms"] for o in p1["ops"]}
+        grow = sorted(((op, ms - b1[op]) for op, ms in per8.items() if op in b1 and ms > b1[op]), key=lambda t: -t[1])
+        shrink = sum(b1[op] - ms for op, ms in per8.items() if op in b1 and ms < b1[op])
+        if grow and (d["ort_b8_gain"] or 0) < TARGET_BATCH_GAIN:
+            lines += ["", "Where batching loses: per image, " + ", ".join(
+                f"{op} +{extra:.2f} ms ({per8[op] / b1[op]:.2f}x)" for op, extra in grow[:6])
+                + f" at batch 8, against {shrink:.2f} ms saved by the ops that do get cheaper (Conv first). "
+                "The ops that grow are memory-bound data movement and element-wise work (NCHWc reorders around "
+                "the channel-shuffle Transpose/Split/Concat, residual Add, Upsample/Resize); the likely cause is that "
+                "at batch 8 the high-resolution activations (branch 0: 40 x 64 x 48 floats, 0.47 MB per image) "
+                "no longer fit the per-core L2 cache, so they stream from L3."]
     return lines
+
+
+def shown_argv(argv: list[str]) -> str:
+    """The command line for the header, without the --note text (it is printed in the header anyway)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return "".join(f" {a}" for a in out)
 
 
 def load_rows(path: Path) -> list[dict[str, Any]]:
@@ -311,11 +336,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=Path, help="keep the bundles in this folder")
     p.add_argument("--merge", type=Path,
                    help="a previous --json: its rows for models not measured now are kept in the table")
+    p.add_argument("--render-only", action="store_true", help="with --merge: rewrite the table, measure nothing")
+    p.add_argument("--note", default="", help="a sentence added to the header (e.g. the machine's load)")
     args = p.parse_args(argv)
     if args.quick:
         args.row_seconds, args.max_iterations = 1.0, 5
     zoo = list_models()
     names = [n.strip() for n in args.models.split(",")] if args.models else zoo
+    if args.render_only:
+        if not args.merge:
+            p.error("--render-only needs --merge FILE")
+        names = []
     unknown = [n for n in names if n not in zoo]
     if unknown:
         p.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(zoo)}")
@@ -358,12 +389,14 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "row_seconds": args.row_seconds,
         "max_iterations": args.max_iterations,
-        "load_start": load_start,
-        "load_end": ", ".join(f"{v:.1f}" for v in os.getloadavg()),
-        "argv": "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
+        "load_start": None if args.render_only else load_start,
+        "load_end": None if args.render_only else ", ".join(f"{v:.1f}" for v in os.getloadavg()),
+        "note": args.note,
+        "argv": shown_argv(argv if argv is not None else sys.argv[1:]),
     }
     text = render(rows, meta)
-    text = text.replace("Raw numbers", f"Total wall time {time.perf_counter() - start:.0f} s. Raw numbers")
+    if not args.render_only:
+        text = text.replace("Raw numbers", f"Total wall time {time.perf_counter() - start:.0f} s. Raw numbers")
     tmp_out = args.out.with_suffix(".md.tmp")
     tmp_out.write_text(text)
     os.replace(tmp_out, args.out)
