@@ -131,9 +131,7 @@ class ExportDynamicKernelAggregation(nn.Module):
             raise ValueError("dynamic kernels with a bias are not used by Dite-HRNet and not supported")
         self.attention = ExportKernelAttention(module.attention)
         use_matmul = form == "matmul" or (form == "auto" and is_pointwise(agg))
-        self.aggregation: nn.Module = (
-            PerSampleMatMulAggregation(agg) if use_matmul else StackedKernelAggregation(agg)
-        )
+        self.aggregation: nn.Module = PerSampleMatMulAggregation(agg) if use_matmul else StackedKernelAggregation(agg)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.aggregation(x, self.attention(x))
@@ -150,8 +148,12 @@ def rewrite_dynamic_kernel(module: nn.Module) -> nn.Module:
     [N, out, K, H, W], times the sigmoid attention and summed over K. For 1x1 stride-1 ungrouped kernels
     the cheaper exact form mixes the weights per sample as upstream does (attention @ weight) and applies
     them with one batched MatMul over H*W (a 1x1 conv is a matrix product): this avoids the K-fold
-    MACs of the stacked form, which are K times a full pointwise conv (measured in the report; the
-    depthwise kernels stay stacked, a K-fold depthwise conv being cheap and TensorRT-friendly).
+    MACs of the stacked form, which are K times a full pointwise conv. Measured on ONNX Runtime CPU,
+    1 thread: the stem's 1x1 4->16 at 128x96 takes 0.08 ms as MatMul vs 0.86 ms stacked (16->16 at
+    64x48: 0.04 vs 0.30 ms), and the whole dite_hrnet_18 at 256x192 35 ms vs 41 ms. The depthwise
+    kernels stay stacked: one constant grouped Conv (TensorRT-foldable and quantizable per channel);
+    the alternatives measured for them (K separate depthwise convs, per-sample shift-and-add) were
+    not consistently faster.
     Exact for every input size and batch (bias None, as every upstream use); only the float summation
     order differs (errors at the 1e-7 relative level in fp32).
     """
