@@ -130,3 +130,32 @@ def test_cli_flag_overrides_preset(cli_runner, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["export"]["opset"] == 18 and manifest["input"]["shape"] == ["batch", 3, 64, 64]
     assert "parity PASS" in result.output
+
+
+class _Fixed:
+    """A runner returning `value + offset` for any input (one output, `heatmaps`)."""
+
+    def __init__(self, name: str, offset: float, dtype=np.float32) -> None:
+        self.name, self.offset, self.dtype, self.output_names = name, offset, dtype, ["heatmaps"]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        base = np.linspace(-1.0, 1.0, 64, dtype=np.float64).reshape(1, 1, 8, 8)
+        return {"heatmaps": (base + self.offset).astype(self.dtype)}
+
+
+@pytest.mark.parametrize(("candidate_err", "floor", "passed"), [(5e-5, None, True), (3e-4, 1e-4, True),
+                                                               (5e-4, 1e-4, False), (3e-4, None, False)])
+def test_parity_over_tolerance_is_judged_against_the_fp32_floor(candidate_err, floor, passed) -> None:
+    """A row over 1e-4 passes only within FLOOR_FACTOR (4) x the reference's own distance from float64."""
+    from hrdeploy.export.parity import ParityCase, compare
+
+    exact = _Fixed("exact", 0.0, np.float64) if floor is not None else None
+    reference = _Fixed("eager", floor or 0.0)
+    report = compare(reference, _Fixed("ort", (floor or 0.0) + candidate_err), [ParityCase(1, (8, 8))],
+                     exact_reference=exact)
+    row = report["rows"][0]
+    assert row["max_rel"] == pytest.approx(candidate_err, rel=1e-3)
+    assert report["passed"] is passed
+    assert ("fp32_floor_rel" in row) is (floor is not None and candidate_err > 1e-4)
+    if "fp32_floor_rel" in row:
+        assert row["fp32_floor_rel"] == pytest.approx(floor, rel=1e-3)

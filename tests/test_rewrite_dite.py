@@ -19,6 +19,7 @@ from torch import nn
 
 from hrdeploy import build_model
 from hrdeploy.models.dite_hrnet import (
+    ConvBN,
     DenseContextModeling,
     DynamicKernelAggregation,
     GlobalContextModeling,
@@ -28,9 +29,11 @@ from hrdeploy.models.dite_hrnet import (
 from hrdeploy.rewrite import apply, list_rewrites
 from hrdeploy.rewrite.context_pool import ExportDenseContextModeling, ExportGlobalContextModeling
 from hrdeploy.rewrite.dynamic_kernel import (
+    ExportDynamicConvBN,
     ExportDynamicKernelAggregation,
+    PerKernelConvAggregation,
     PerSampleMatMulAggregation,
-    StackedKernelAggregation,
+    rewrite_dynamic_kernel,
 )
 
 NAMES = ["dite_hrnet_18", "dite_hrnet_30"]
@@ -110,17 +113,17 @@ def test_rewrites_are_registered_with_their_identity() -> None:
     [
         (
             dict(in_channels=16, out_channels=16, kernel_size=3, stride=1, padding=1, groups=16),
-            StackedKernelAggregation,
+            PerKernelConvAggregation,
         ),
         (
             dict(in_channels=16, out_channels=16, kernel_size=3, stride=2, padding=1, groups=16),
-            StackedKernelAggregation,
+            PerKernelConvAggregation,
         ),
         (
             dict(in_channels=20, out_channels=20, kernel_size=5, stride=1, padding=2, groups=20),
-            StackedKernelAggregation,
+            PerKernelConvAggregation,
         ),
-        (dict(in_channels=8, out_channels=12, kernel_size=3, stride=1, padding=1, groups=2), StackedKernelAggregation),
+        (dict(in_channels=8, out_channels=12, kernel_size=3, stride=1, padding=1, groups=2), PerKernelConvAggregation),
         (
             dict(in_channels=16, out_channels=4, kernel_size=1, stride=1, padding=0, groups=1),
             PerSampleMatMulAggregation,
@@ -145,16 +148,45 @@ def test_dynamic_kernel_per_module(cfg, form, num_kernels: int) -> None:
         assert _max_rel(ref, out) <= 1e-5
 
 
-def test_dynamic_kernel_stacked_form_also_exact_for_pointwise() -> None:
-    upstream = _randomise(DynamicKernelAggregation(16, 16, 1, num_kernels=4))
-    stacked = ExportDynamicKernelAggregation(upstream, form="stacked").eval()
-    assert isinstance(stacked.aggregation, StackedKernelAggregation)
-    assert stacked.aggregation.stacked_weight().shape == (64, 16, 1, 1)
+@pytest.mark.parametrize("form", ["stacked", "perkernel"])
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_dynamic_kernel_other_forms_are_exact_too(form: str, kernel_size: int) -> None:
+    upstream = _randomise(DynamicKernelAggregation(16, 16, kernel_size, padding=kernel_size // 2, num_kernels=4))
+    rewritten = ExportDynamicKernelAggregation(upstream, form=form).eval()
+    if form == "stacked":
+        assert rewritten.aggregation.stacked_weight().shape == (64, 16, kernel_size, kernel_size)
     x = torch.randn(3, 16, 8, 6)
     with torch.no_grad():
-        assert _max_rel(upstream(x), stacked(x)) <= 1e-5
-    with pytest.raises(ValueError):
-        ExportDynamicKernelAggregation(_randomise(DynamicKernelAggregation(8, 8, 3, 1, 1, groups=8)), form="matmul")
+        assert _max_rel(upstream(x), rewritten(x)) <= 1e-5
+
+
+def test_dynamic_kernel_rejects_unknown_or_impossible_forms() -> None:
+    depthwise = _randomise(DynamicKernelAggregation(8, 8, 3, 1, 1, groups=8))
+    with pytest.raises(ValueError, match="1x1"):
+        ExportDynamicKernelAggregation(depthwise, form="matmul")
+    with pytest.raises(ValueError, match="unknown form"):
+        ExportDynamicKernelAggregation(depthwise, form="loop")
+
+
+@pytest.mark.parametrize(
+    ("kernel_size", "stride", "relu", "aggregation"),
+    [(3, 1, True, PerKernelConvAggregation), (3, 2, False, PerKernelConvAggregation),
+     (5, 1, False, PerKernelConvAggregation), (1, 1, True, PerSampleMatMulAggregation)],
+)
+def test_dynamic_conv_bn_folds_the_bn(kernel_size: int, stride: int, relu: bool, aggregation: type) -> None:
+    """ConvBN(ReLU) around a dynamic conv: the BN folds into the per-kernel convs (weights scaled, shift as
+    the first conv's bias); the upstream state_dict keys and tensors are kept."""
+    groups = 16 if kernel_size > 1 else 1
+    upstream = _randomise(ConvBN(16, 16, kernel_size, stride, kernel_size // 2, groups, num_kernels=4, relu=relu))
+    rewritten = rewrite_dynamic_kernel(upstream).eval()
+    assert isinstance(rewritten, ExportDynamicConvBN) and isinstance(rewritten.conv.aggregation, aggregation)
+    _same_parameters(upstream, rewritten)
+    for batch, size in [(1, (16, 12)), (3, (10, 14))]:
+        x = torch.randn(batch, 16, *size)
+        with torch.no_grad():
+            ref, out = upstream(x), rewritten(x)
+        assert out.shape == ref.shape
+        assert _max_rel(ref, out) <= 1e-5
 
 
 # ----------------------------------------------------------------------------------------- context_pool
@@ -248,8 +280,8 @@ def test_upstream_dynamic_kernel_export_behaviour() -> None:
 def test_rewritten_dynamic_kernel_exports_with_dynamic_batch() -> None:
     import onnxruntime as ort
 
-    upstream = _randomise(DynamicKernelAggregation(16, 16, 3, 2, 1, groups=16, num_kernels=4))
-    rewritten = ExportDynamicKernelAggregation(upstream).eval()
+    upstream = _randomise(ConvBN(16, 16, 3, 2, 1, groups=16, num_kernels=4, relu=True))
+    rewritten = rewrite_dynamic_kernel(upstream).eval()
     program = _quiet_export(
         rewritten,
         (torch.randn(2, 16, 24, 16),),
@@ -261,7 +293,9 @@ def test_rewritten_dynamic_kernel_exports_with_dynamic_batch() -> None:
     graph = program.model_proto.graph
     initializers = {i.name for i in graph.initializer}
     convs = [n for n in graph.node if n.op_type == "Conv"]
-    assert convs and all(n.input[1] in initializers for n in convs)  # constant (folded) weights
+    assert len(convs) == 4 + 2  # the 4 kernels, and the attention's two 1x1 convs
+    assert all(n.input[1] in initializers for n in convs)  # constant weights, the BN folded in
+    assert not [n for n in graph.node if n.op_type == "BatchNormalization"]
     session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
         x = torch.randn(batch, 16, 24, 16)

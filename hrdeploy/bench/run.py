@@ -76,6 +76,8 @@ def run_bench(
     if any(t.backend == "eager" for t in targets):  # EagerRunner(threads=N) changes torch's global setting
         import torch
     saved_threads = torch.get_num_threads() if torch else None
+    if torch is not None and threads:
+        torch.set_num_threads(threads)  # before an eager target builds its model (seeded init runs forwards)
     try:
         _run_targets(targets, batches, input_size, iterations, warmup, on_start, on_step, results)
     finally:

@@ -70,7 +70,9 @@ def _print_summary(console, result) -> None:  # noqa: ANN001 - rich Console / Ex
     if result.simplify_error:
         console.print(f"[yellow]warning:[/] onnxsim failed ({result.simplify_error}); kept the unsimplified model")
     table = Table(title=f"parity: onnxruntime CPU vs eager (max rel <= {parity['tolerance']['max_rel']:g})")
-    for col in ("batch", "input", "output", "max abs", "max rel", "p99 abs", "cosine", "argmax %", "max kpt px", "ok"):
+    floors = any("fp32_floor_rel" in r for r in parity["rows"])
+    columns = ["batch", "input", "output", "max abs", "max rel", "p99 abs", "cosine", "argmax %", "max kpt px"]
+    for col in columns + (["fp32 floor"] if floors else []) + ["ok"]:
         table.add_column(col, justify="right")
     for r in parity["rows"]:
         table.add_row(
@@ -78,8 +80,15 @@ def _print_summary(console, result) -> None:  # noqa: ANN001 - rich Console / Ex
             f"{r['max_rel']:.2e}", f"{r['p99_abs']:.2e}", f"{r['cosine']:.7f}",
             f"{r['argmax_agreement_pct']:.1f}" if "argmax_agreement_pct" in r else "-",
             f"{r['max_kpt_err_px']:.2f}" if "max_kpt_err_px" in r else "-",
+            *([f"{r['fp32_floor_rel']:.2e}" if "fp32_floor_rel" in r else "-"] if floors else []),
             "[green]yes[/]" if r["passed"] else "[red]NO[/]",
         )
     console.print(table)
+    if floors:
+        tol = parity["tolerance"]
+        console.print(
+            f"rows over {tol['max_rel']:g} are judged against the eager model's own fp32 rounding error "
+            f"(its distance from float64, `fp32 floor`): they pass within {tol['floor_factor']:g}x"
+        )
     verdict = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
     console.print(f"parity {verdict}; report: {result.bundle / 'parity.md'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import shutil
@@ -160,6 +161,8 @@ def export_bundle(
         onnx.save(model, os.fspath(onnx_path))
         export_seconds = time.perf_counter() - start
 
+        from torch import float64
+
         from hrdeploy.runtime.eager import EagerRunner
         from hrdeploy.runtime.onnxruntime import OrtRunner
 
@@ -167,6 +170,7 @@ def export_bundle(
         parity = compare(
             EagerRunner(eager, spec.output_names), OrtRunner(onnx_path),
             _parity_cases(opts, size, spec.stride), heatmap_outputs=heatmaps,
+            exact_reference=EagerRunner(copy.deepcopy(eager).double(), spec.output_names, dtype=float64),
         )
         parity["stage"] = "export"
         manifest["export"]["seconds"] = round(export_seconds, 2)

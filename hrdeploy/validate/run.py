@@ -311,6 +311,10 @@ def _validate_bundle(
     output_names = [o["name"] for o in manifest["outputs"]]
 
     start = time.perf_counter()
+    if threads:  # before building the model too: its seeded init runs forward passes
+        import torch
+
+        torch.set_num_threads(threads)
     if eager is None:
         from hrdeploy.bundle import eager_model_for_bundle
 
