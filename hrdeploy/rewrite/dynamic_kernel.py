@@ -26,8 +26,9 @@ from hrdeploy.rewrite.base import register_rewrite
 
 
 class ExportKernelAttention(nn.Module):
-    """KernelAttention with the global pool as mean over (H, W) (ReduceMean) and flatten(1) instead of
-    view(N, -1): no shape is read. Same conv1 / bn / conv2 modules; sigmoid as upstream."""
+    """KernelAttention with the global pool as mean over (H, W) (ReduceMean) and no view(N, -1): the
+    attention stays [N, K, 1, 1], ready to broadcast, and no shape is read. Same conv1 / bn / conv2 modules;
+    sigmoid as upstream."""
 
     def __init__(self, attention: KernelAttention) -> None:
         super().__init__()
@@ -38,7 +39,7 @@ class ExportKernelAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn(self.conv1(x.mean(dim=(2, 3), keepdim=True))))
-        return torch.sigmoid(self.conv2(x).flatten(1))
+        return torch.sigmoid(self.conv2(x))
 
 
 class StackedKernelAggregation(nn.Module):
@@ -71,7 +72,7 @@ class StackedKernelAggregation(nn.Module):
     def forward(self, x: Tensor, attention: Tensor) -> Tensor:
         y = F.conv2d(x, self.stacked_weight(), None, self.stride, self.padding, self.dilation, self.groups)
         y = y.unflatten(1, (self.out_channels, self.num_kernels))  # [N, out, K, H', W']
-        return (y * attention[:, None, :, None, None]).sum(dim=2)
+        return (y * attention.unsqueeze(1)).sum(dim=2)  # attention [N, K, 1, 1] -> [N, 1, K, 1, 1]
 
     def extra_repr(self) -> str:
         return (
@@ -114,7 +115,7 @@ class PerKernelConvAggregation(nn.Module):
 
     def forward(self, x: Tensor, attention: Tensor, bn: nn.BatchNorm2d | None = None) -> Tensor:
         weight, bias = (self.weight, None) if bn is None else fold_batchnorm(self.weight, bn)
-        scales = attention[:, :, None, None].split(1, dim=1)  # K x [N, 1, 1, 1]: one Split, no Gathers
+        scales = attention.split(1, dim=1)  # [N, K, 1, 1] -> K x [N, 1, 1, 1]: one Split, no Gathers
         y = F.conv2d(x * scales[0], weight[0], bias, self.stride, self.padding, self.dilation, self.groups)
         for k in range(1, self.num_kernels):
             y = y + F.conv2d(x * scales[k], weight[k], None, self.stride, self.padding, self.dilation, self.groups)
@@ -146,7 +147,7 @@ class PerSampleMatMulAggregation(nn.Module):
 
     def forward(self, x: Tensor, attention: Tensor) -> Tensor:
         h, w = x.shape[-2], x.shape[-1]
-        weight = torch.matmul(attention, self.weight.reshape(self.num_kernels, -1))  # [N, out*in]
+        weight = torch.matmul(attention.flatten(1), self.weight.reshape(self.num_kernels, -1))  # [N, out*in]
         weight = weight.unflatten(1, (self.out_channels, self.in_channels))
         y = torch.matmul(weight, x.flatten(2))  # [N, out, H*W]
         return y.unflatten(2, (h, w))
