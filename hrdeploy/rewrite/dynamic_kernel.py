@@ -42,15 +42,9 @@ class ExportKernelAttention(nn.Module):
         return torch.sigmoid(self.conv2(x))
 
 
-class StackedKernelAggregation(nn.Module):
-    """sum_k a_k * conv(x, W_k) as one static grouped conv with out*K output channels, then a weighted sum.
-
-    The stacked kernel is `weight` [K, out, in/g, k, k] permuted to [out, K, in/g, k, k] and reshaped to
-    [out*K, in/g, k, k]: output channel o*K + k is conv(x, W_k) for output o and it lies in o's group, so
-    the conv keeps `groups = g` (a depthwise conv stays depthwise with a K-fold channel multiplier). Its
-    output [N, out*K, H', W'] is viewed as [N, out, K, H', W'], multiplied by a [N, 1, K, 1, 1] and
-    summed over K. Costs K times the conv's MACs, which is cheap for the depthwise kernels.
-    """
+class ConvAggregationForm(nn.Module):
+    """Base of the conv forms: holds the upstream KernelAggregation's `weight` (the same Parameter) and its
+    conv settings."""
 
     def __init__(self, aggregation: KernelAggregation) -> None:
         super().__init__()
@@ -64,6 +58,18 @@ class StackedKernelAggregation(nn.Module):
         self.dilation = aggregation.dilation
         self.groups = aggregation.groups
         self.num_kernels = aggregation.num_kernels
+
+
+class StackedKernelAggregation(ConvAggregationForm):
+    """sum_k a_k * conv(x, W_k) as one static grouped conv with out*K output channels, then a weighted sum.
+
+    The stacked kernel is `weight` [K, out, in/g, k, k] permuted to [out, K, in/g, k, k] and reshaped to
+    [out*K, in/g, k, k]: output channel o*K + k is conv(x, W_k) for output o and it lies in o's group, so
+    the conv keeps `groups = g` (a depthwise conv stays depthwise with a K-fold channel multiplier). Its
+    output [N, out*K, H', W'] is viewed as [N, out, K, H', W'], multiplied by a [N, 1, K, 1, 1] and
+    summed over K. Costs K times the conv's MACs. Not the default: onnxruntime's CPU depthwise kernel
+    needs a channel multiplier of 1, so this conv takes its generic grouped path (see rewrite_dynamic_kernel).
+    """
 
     def stacked_weight(self) -> Tensor:
         k, out = self.num_kernels, self.out_channels
@@ -91,7 +97,7 @@ def fold_batchnorm(weight: Tensor, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     return weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
 
 
-class PerKernelConvAggregation(nn.Module):
+class PerKernelConvAggregation(ConvAggregationForm):
     """sum_k conv(a_k * x, W_k): K constant convolutions of the attention-scaled input, summed.
 
     Each W_k keeps the upstream conv's shape and groups, so a depthwise kernel stays a plain depthwise
@@ -99,19 +105,6 @@ class PerKernelConvAggregation(nn.Module):
     its shift as the bias of the first conv only (the bias is outside the a_k scaling). Costs K times the
     conv's MACs plus K broadcast Muls [N, C, H, W] x [N, 1, 1, 1] and K - 1 Adds.
     """
-
-    def __init__(self, aggregation: KernelAggregation) -> None:
-        super().__init__()
-        self.weight = aggregation.weight  # the same Parameter
-        self.bias = None
-        self.in_channels = aggregation.in_channels
-        self.out_channels = aggregation.out_channels
-        self.kernel_size = aggregation.kernel_size
-        self.stride = aggregation.stride
-        self.padding = aggregation.padding
-        self.dilation = aggregation.dilation
-        self.groups = aggregation.groups
-        self.num_kernels = aggregation.num_kernels
 
     def forward(self, x: Tensor, attention: Tensor, bn: nn.BatchNorm2d | None = None) -> Tensor:
         weight, bias = (self.weight, None) if bn is None else fold_batchnorm(self.weight, bn)
