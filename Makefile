@@ -25,7 +25,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 test: setup lint
-	$(BIN)/python -m pytest -q -n 2 -m "not gpu and not modelopt" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not gpu and not modelopt" $(PYTEST_ARGS)
 
 test-gpu: setup
 	$(BIN)/pip install -q -e '.[tensorrt]'

@@ -19,7 +19,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the `slow` tests (the whole-model exports) first, so two xdist workers finish together
-    instead of one of them starting a 3-minute export at the end."""
+    instead of one of them starting a 3-minute export at the end (`make test` uses `--dist worksteal`,
+    so an idle worker takes queued tests from the busy one)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

@@ -325,10 +325,14 @@ def test_dite_hrnet_18_bundle_with_dynamic_batch(models, tmp_path) -> None:
     initializers = {i.name for i in proto.graph.initializer}
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     assert convs and all(n.input[1] in initializers for n in convs)  # no run-time conv weights
-    model, _, _ = models["dite_hrnet_18"]
-    # every BN after a conv is folded; GlobalContextModeling's bn(x * attention) is the only kind left
+    model, rewritten, _ = models["dite_hrnet_18"]
+    # the BNs left are GlobalContextModeling's bn(x * attention) and those after the stem's three dynamic
+    # 1x1 convs (per-sample MatMul form); every other BN is folded into a conv
     bns = [n for n in proto.graph.node if n.op_type == "BatchNormalization"]
-    assert len(bns) == sum(isinstance(m, GlobalContextModeling) for m in model.modules())
+    pointwise = [m for m in rewritten.modules()
+                 if isinstance(m, ExportDynamicConvBN) and isinstance(m.conv.aggregation, PerSampleMatMulAggregation)]
+    assert len(pointwise) == 3
+    assert len(bns) == sum(isinstance(m, GlobalContextModeling) for m in model.modules()) + len(pointwise)
     runner = OrtRunner(tmp_path / "d18" / "model.onnx")
     x = torch.randn(3, 3, 256, 192, generator=torch.Generator().manual_seed(13))
     with torch.no_grad():
