@@ -117,6 +117,9 @@ def bench_model(name: str, work: Path, args: argparse.Namespace, log) -> dict[st
         row["rewrites"] = res.manifest["rewrites"]
         row["parity_passed"] = res.passed
         row["parity_max_rel"] = max(r["max_rel"] for r in res.parity["rows"])
+        floors = [r["fp32_floor_rel"] for r in res.parity["rows"] if "fp32_floor_rel" in r]
+        if floors:  # judged against the eager model's own fp32 rounding error (hrdeploy.export.parity)
+            row["parity_fp32_floor"] = max(floors)
         row["parity_min_cosine"] = min(r["cosine"] for r in res.parity["rows"])
         onnx_path = work / name / "model.onnx"
         row["onnx_mb"] = onnx_path.stat().st_size / 1e6
@@ -249,7 +252,8 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         if "export_error" in r:
             parity = f"export failed: {r['export_error']}"
         else:
-            parity = f"{'pass' if r['parity_passed'] else 'FAIL'} ({r['parity_max_rel']:.1e})"
+            parity = f"{'pass' if r['parity_passed'] else 'FAIL'} ({r['parity_max_rel']:.1e}"
+            parity += f"; fp32 floor {r['parity_fp32_floor']:.1e})" if "parity_fp32_floor" in r else ")"
         if "upstream_ort" in r:
             upstream = fmt(r["upstream_ort"]["p50_ms"], ".1f")
         elif "upstream_error" in r:
@@ -377,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a previous --json: its rows for models not measured now are kept in the table")
     p.add_argument("--render-only", action="store_true", help="with --merge: rewrite the table, measure nothing")
     p.add_argument("--note", default="", help="a sentence added to the header (e.g. the machine's load)")
+    p.add_argument("--append", type=Path, help="a Markdown file appended to the output (hand-measured analyses)")
     args = p.parse_args(argv)
     if args.quick:
         args.row_seconds, args.max_iterations = 1.0, 5
@@ -436,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     text = render(rows, meta)
     if not args.render_only:
         text = text.replace("Raw numbers", f"Total wall time {time.perf_counter() - start:.0f} s. Raw numbers")
+    if args.append:
+        text += "\n" + args.append.read_text()
     tmp_out = args.out.with_suffix(".md.tmp")
     tmp_out.write_text(text)
     os.replace(tmp_out, args.out)
