@@ -381,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a previous --json: its rows for models not measured now are kept in the table")
     p.add_argument("--render-only", action="store_true", help="with --merge: rewrite the table, measure nothing")
     p.add_argument("--note", default="", help="a sentence added to the header (e.g. the machine's load)")
-    p.add_argument("--append", type=Path, help="a Markdown file appended to the output (hand-measured analyses)")
+    p.add_argument("--append", type=Path, action="append", default=[],
+                   help="a Markdown file appended to the output (hand-measured analyses); repeatable")
     args = p.parse_args(argv)
     if args.quick:
         args.row_seconds, args.max_iterations = 1.0, 5
@@ -441,8 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     text = render(rows, meta)
     if not args.render_only:
         text = text.replace("Raw numbers", f"Total wall time {time.perf_counter() - start:.0f} s. Raw numbers")
-    if args.append:
-        text += "\n" + args.append.read_text()
+    for extra in args.append:
+        text += "\n" + extra.read_text()
     tmp_out = args.out.with_suffix(".md.tmp")
     tmp_out.write_text(text)
     os.replace(tmp_out, args.out)
