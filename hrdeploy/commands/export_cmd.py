@@ -9,7 +9,7 @@ from click.core import ParameterSource
 _OPTION_FIELDS = {
     "dataset": "dataset", "input_size": "input_size", "checkpoint": "checkpoint", "batch": "batch",
     "dynamic_batch": "dynamic_batch", "dynamic_shape": "dynamic_shape", "opset": "opset", "exporter": "exporter",
-    "simplify": "simplify", "rewrite": "rewrite",
+    "simplify": "simplify", "rewrite": "rewrite", "graph_passes": "graph_passes",
 }
 
 
@@ -26,6 +26,8 @@ _OPTION_FIELDS = {
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
 @click.option("--simplify/--no-simplify", default=True, help="Simplify with onnxsim [default: on].")
 @click.option("--rewrite/--no-rewrite", default=True, help="Apply the export-friendly rewrites [default: on].")
+@click.option("--graph-passes/--no-graph-passes", default=True,
+              help="Exact ONNX graph passes after the rewrites (hrdeploy.optimize) [default: on].")
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), help="YAML preset (export_configs/).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.pass_context

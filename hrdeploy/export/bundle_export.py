@@ -19,6 +19,8 @@ from hrdeploy.export.metadata import manifest_metadata, set_metadata
 from hrdeploy.export.onnx_export import INPUT_NAME, check_and_infer, export_onnx, simplify
 from hrdeploy.export.options import ExportOptions
 from hrdeploy.export.parity import ParityCase, compare, to_markdown
+from hrdeploy.export.phases import PhaseClock
+from hrdeploy.export.threads import torch_threads
 from hrdeploy.io import sha256, write_json, write_text
 from hrdeploy.manifest import FORMAT, MANIFEST
 from hrdeploy.registry import ModelSpec, get_spec
@@ -130,13 +132,20 @@ def export_bundle(
     spec = get_spec(name)
     dataset = check_dataset(spec, opts.dataset)
     size = check_input_size(spec, opts.input_size or spec.input_size(dataset))
-    start = time.perf_counter()
+    with torch_threads():
+        return _export(name, out_dir, opts, spec, dataset, size)
 
-    eager = build_model(name, dataset=dataset, checkpoint=opts.checkpoint, seed=opts.seed)
+
+def _export(name: str, out_dir: Path, opts: ExportOptions, spec: ModelSpec, dataset: str, size: tuple[int, int]):
+    start = time.perf_counter()
+    clock = PhaseClock()
+    with clock.phase("build_model"):
+        eager = build_model(name, dataset=dataset, checkpoint=opts.checkpoint, seed=opts.seed)
     if opts.rewrite:
         from hrdeploy.rewrite import apply
 
-        deployable, rewrites = apply(eager)
+        with clock.phase("rewrite"):
+            deployable, rewrites = apply(eager)
     else:
         deployable, rewrites = eager, []
 
@@ -144,19 +153,29 @@ def export_bundle(
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         onnx_path = work / ONNX_FILE
-        export_onnx(
-            deployable, onnx_path, size, list(spec.output_names), batch=opts.batch,
-            dynamic_batch=opts.dynamic_batch, dynamic_shape=opts.dynamic_shape, stride=spec.stride,
-            opset=opts.opset, exporter=opts.exporter,
-        )
-        model = check_and_infer(onnx_path)
+        with clock.phase(f"export_{opts.exporter}"):
+            export_onnx(
+                deployable, onnx_path, size, list(spec.output_names), batch=opts.batch,
+                dynamic_batch=opts.dynamic_batch, dynamic_shape=opts.dynamic_shape, stride=spec.stride,
+                opset=opts.opset, exporter=opts.exporter,
+            )
+        with clock.phase("check"):
+            model = check_and_infer(onnx_path)
         simplify_error = None
         if opts.simplify:
-            model, simplify_error = simplify(model)
+            with clock.phase("onnxsim"):
+                model, simplify_error = simplify(model)
+        graph_passes = None
+        if opts.rewrite and opts.graph_passes:
+            from hrdeploy.optimize import optimize_graph
+
+            with clock.phase("graph_passes"):
+                model, graph_passes = optimize_graph(model)
         manifest = build_manifest(spec, opts, dataset, size, rewrites)
         manifest["export"]["simplified"] = opts.simplify and simplify_error is None
         if simplify_error:
             manifest["export"]["simplify_error"] = simplify_error
+        manifest["export"]["graph_passes"] = graph_passes
         set_metadata(model, manifest_metadata(manifest))
         onnx.save(model, os.fspath(onnx_path))
         export_seconds = time.perf_counter() - start
@@ -167,13 +186,15 @@ def export_bundle(
         from hrdeploy.runtime.onnxruntime import OrtRunner
 
         heatmaps = tuple(n for n in spec.output_names if n.startswith("heatmaps")) if spec.is_pose else ()
-        parity = compare(
-            EagerRunner(eager, spec.output_names), OrtRunner(onnx_path),
-            _parity_cases(opts, size, spec.stride), heatmap_outputs=heatmaps,
-            exact_reference=EagerRunner(copy.deepcopy(eager).double(), spec.output_names, dtype=float64),
-        )
+        with clock.phase("parity"):
+            parity = compare(
+                EagerRunner(eager, spec.output_names), OrtRunner(onnx_path, threads=1),
+                _parity_cases(opts, size, spec.stride), heatmap_outputs=heatmaps,
+                exact_reference=EagerRunner(copy.deepcopy(eager).double(), spec.output_names, dtype=float64),
+            )
         parity["stage"] = "export"
         manifest["export"]["seconds"] = round(export_seconds, 2)
+        manifest["export"]["phases"] = clock.to_dict()
         manifest["artifacts"]["onnx"] = {
             "file": ONNX_FILE, "precision": "fp32", "sha256": sha256(onnx_path),
             "size_bytes": onnx_path.stat().st_size,

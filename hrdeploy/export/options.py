@@ -37,6 +37,7 @@ class ExportOptions:
     exporter: str = "dynamo"
     simplify: bool = True
     rewrite: bool = True
+    graph_passes: bool = True  # hrdeploy.optimize on the ONNX; only with rewrite (upstream form stays as-is)
     seed: int = 0
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # preset sections for later stages
 
