@@ -35,12 +35,14 @@ def doctor_cmd(path: Path, trt_gen: str | None, as_json: bool, strict: bool, ver
         installed = installed_tensorrt_version()
         generation = generation_of(installed) if installed else 10
     targets: list[tuple[Path, dict | None]] = []
+    passes_line = None
     if path.is_dir():
         from hrdeploy.manifest import load_manifest
 
         manifest = load_manifest(path)
         inp = manifest.get("input", {})
         hint = {inp.get("name", "input"): [None, 3, inp.get("height"), inp.get("width")]}
+        passes_line = _graph_passes_line(manifest.get("export", {}).get("graph_passes"))
         for key in ("onnx", "fp16", "int8"):
             entry = manifest.get("artifacts", {}).get(key)
             if entry and (path / entry["file"]).is_file():
@@ -55,6 +57,8 @@ def doctor_cmd(path: Path, trt_gen: str | None, as_json: bool, strict: bool, ver
     else:
         for report in reports:
             _print_report(report, verbose)
+        if passes_line:
+            click.echo(passes_line)
     failed = any(not r.ok for r in reports) or (strict and any(r.warnings for r in reports))
     if failed:
         click.get_current_context().exit(1)
@@ -76,3 +80,12 @@ def _print_report(report, verbose: bool) -> None:  # noqa: ANN001 - LintReport
         shown = ", ".join(nodes[:SHOW_NODES]) + more
         click.echo(f"  {severity.upper():7s} {code} x{len(items)}: {shown}")
         click.echo(f"          {items[0].message}")
+
+
+def _graph_passes_line(records: list[dict] | None) -> str | None:
+    """'graph passes: 1076 -> 978 nodes (shuffle_to_gather x49, ...)' from the manifest's export record."""
+    if not records:
+        return None
+    fired = [f"{r['pass']} x{r['sites']}" for r in records if r["sites"]]
+    return (f"graph passes: {records[0]['nodes_before']} -> {records[-1]['nodes_after']} nodes "
+            f"({', '.join(fired) or 'no pattern found'})")
