@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -22,6 +23,8 @@ import click
 @click.option("--dataset", help="Dataset variant for --model [default: the model's first].")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the JSON; .md and .png go beside it [default: DIR/bench.json or ./bench.json].")
+@click.option("--tune", is_flag=True,
+              help="Measure onnxruntime session settings on the bundle's ONNX and record the fastest in its manifest.")
 def bench_cmd(
     bundle: Path | None,
     onnx_file: Path | None,
@@ -35,6 +38,7 @@ def bench_cmd(
     input_size: str | None,
     dataset: str | None,
     json_file: Path | None,
+    tune: bool,
 ) -> None:
     """Measure latency (p50/p90/p99/mean/min ms) and throughput of a bundle DIR, --onnx, --engine or --model.
 
@@ -56,6 +60,11 @@ def bench_cmd(
         raise UserError("give exactly one of DIR, --onnx FILE, --engine FILE or --model NAME"
                         + (f" (got {', '.join(chosen)})" if chosen else ""))
     batch_list = parse_batches(batches)
+    if tune:
+        if bundle is None:
+            raise UserError("--tune records settings in a bundle; pass the bundle DIR")
+        _tune(bundle, batch_list[0], threads, iterations)
+        return
     backend_list = parse_backend_list(backends)
     size = None
     if input_size is not None:
@@ -142,3 +151,30 @@ def _print(report: dict) -> None:
     console.print(table)
     for s in report["skipped"]:
         console.print(f"[dim]skipped {s['backend']} {s.get('target', '')}: {s['reason']}[/]")
+
+
+def _tune(bundle: Path, batch: int, threads: int | None, rounds: int) -> None:
+    """Time the session-setting candidates on the bundle's fp32 ONNX at `batch`; write the fastest."""
+    from rich.table import Table
+
+    from hrdeploy.bench.tune import record, tune
+    from hrdeploy.io import console as make_console
+    from hrdeploy.manifest import artifact_path, load_manifest, save_manifest
+
+    manifest = load_manifest(bundle)
+    path = artifact_path(bundle, manifest, "onnx")
+    inp = manifest["input"]
+    thread_counts = (threads,) if threads else tuple(sorted({1, os.cpu_count() or 1}))
+    result = tune(path, (batch, 3, inp["height"], inp["width"]), thread_counts, rounds=max(rounds, 5))
+    save_manifest(bundle, record(load_manifest(bundle), result))
+    console = make_console()
+    table = Table(title=f"onnxruntime settings, {path.name} batch {batch} ({result['rounds']} alternating rounds)")
+    for col in ("threads", "mem reuse", "graph opt", "p50 ms", "min ms", "peak RSS growth MB"):
+        table.add_column(col, justify="right")
+    for r in result["candidates"]:
+        table.add_row(str(r["threads"]), "on" if r["mem_reuse"] else "off", r["graph_optimization"],
+                      f"{r['p50_ms']:.2f}", f"{r['min_ms']:.2f}", f"{r['peak_rss_growth_mb']:.1f}")
+    console.print(table)
+    chosen = result["chosen"]
+    console.print(f"recorded in {bundle / 'manifest.json'}: threads={chosen['threads']} "
+                  f"mem_reuse={chosen['mem_reuse']} graph_optimization={chosen['graph_optimization']}")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from hrdeploy.errors import UserError
+from hrdeploy.runtime.ort_options import OrtSettings, settings_for_onnx
 
 
 class OrtRunner:
@@ -19,14 +21,16 @@ class OrtRunner:
         threads: int | None = None,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         profile: bool = False,
+        settings: OrtSettings | None = None,
     ) -> None:
+        """`settings` default to the tuned ones of the bundle the file belongs to (`hrdeploy bench --tune`),
+        else onnxruntime's defaults; `threads` overrides their thread count."""
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
+        self.settings = settings or settings_for_onnx(path) or OrtSettings()
         if threads:
-            opts.intra_op_num_threads = threads
-        opts.enable_profiling = profile
-        opts.log_severity_level = 3
+            self.settings = replace(self.settings, threads=threads)
+        opts = self.settings.session_options(profile=profile)
         try:
             self.session = ort.InferenceSession(os.fspath(path), opts, providers=list(providers))
         except Exception as err:  # onnxruntime raises its own untyped errors for bad files
