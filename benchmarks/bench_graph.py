@@ -1,0 +1,194 @@
+"""hrdeploy's bundle vs the upstream-form module exported static batch 1, timed in one process, alternating.
+
+For each model: `export_bundle(name, dynamic_batch=True)` (hrdeploy's graph) and
+`export_bundle(name, rewrite=False, batch=1)` (what a user gets by exporting the upstream module), both
+timed (wall and CPU, with the export's own phase profile). Then, at 1 and 2 onnxruntime threads, the two
+graphs run on the same seeded input in alternation (hrdeploy b1, upstream b1, hrdeploy b8, repeat), once
+with onnxruntime's default session options for both and once with the options `hrdeploy bench --tune`
+picks for the hrdeploy bundle (again applied to both), so a ratio compares graphs, never settings.
+The two graphs' batch-1 outputs are compared too (max rel = max abs difference / max |upstream|).
+
+Writes benchmarks/graph_vs_upstream.md and puts it into benchmarks/RESULTS.md between the
+`<!-- bench_graph -->` markers (appended the first time).
+
+    python benchmarks/bench_graph.py                         # the four models, ~25 min on a busy 2-core machine
+    python benchmarks/bench_graph.py --models lite_hrnet_18 --rounds 10 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from hrdeploy.bench.harness import library_versions, machine_info  # noqa: E402
+from hrdeploy.bench.tune import tune  # noqa: E402
+from hrdeploy.export import export_bundle  # noqa: E402
+from hrdeploy.runtime.onnxruntime import OrtRunner  # noqa: E402
+from hrdeploy.runtime.ort_options import OrtSettings  # noqa: E402
+
+MODELS = ("lite_hrnet_18", "lite_hrnet_30", "wider_naive_lite_hrnet_18", "dite_hrnet_18")
+TARGET_RATIO = {"lite_hrnet_18": 0.75, "wider_naive_lite_hrnet_18": 0.75, "dite_hrnet_18": 0.80}
+TARGET_BATCH_GAIN = ("lite_hrnet_18", 1.2)  # b8 images/s over b1 images/s, one thread
+MARK_START, MARK_END = "<!-- bench_graph:start -->", "<!-- bench_graph:end -->"
+
+
+def timed_export(name: str, out: Path, **kw: Any) -> dict[str, Any]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = export_bundle(name, out, force=True, **kw)
+    worst = max(r["max_rel"] for r in result.parity["rows"])
+    return {"path": out / "model.onnx", "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
+            "phases": result.manifest["export"].get("phases", {}), "parity_passed": result.passed,
+            "parity_max_rel": worst}
+
+
+def alternate(ours: Path, upstream: Path, settings: OrtSettings, x1: np.ndarray, x8: np.ndarray,
+              rounds: int) -> dict[str, Any]:
+    """Median ms of hrdeploy b1, upstream b1 and hrdeploy b8, called in turn `rounds` times."""
+    a, b = OrtRunner(ours, settings=settings), OrtRunner(upstream, settings=settings)
+    for _ in range(2):
+        a.run(x1), b.run(x1), a.run(x8)
+    t_a, t_b, t_a8 = [], [], []
+    for _ in range(rounds):
+        for runner, x, times in ((a, x1, t_a), (b, x1, t_b), (a, x8, t_a8)):
+            t = time.perf_counter()
+            runner.run(x)
+            times.append((time.perf_counter() - t) * 1e3)
+    out_a, out_b = a.run(x1), b.run(x1)
+    rel = max(float(np.abs(out_a[k] - out_b[k]).max() / max(np.abs(out_b[k]).max(), 1e-12)) for k in out_b)
+    ours_b1, up_b1, ours_b8 = (statistics.median(t) for t in (t_a, t_b, t_a8))
+    return {"ours_b1_ms": ours_b1, "upstream_b1_ms": up_b1, "ours_b8_ms": ours_b8, "ratio": ours_b1 / up_b1,
+            "b8_over_b1": (8 / ours_b8) / (1 / ours_b1), "graphs_max_rel": rel}
+
+
+def loadavg() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def bench_model(name: str, work: Path, rounds: int, threads: tuple[int, ...], tune_rounds: int) -> dict[str, Any]:
+    from hrdeploy.registry import get_spec
+
+    spec = get_spec(name)
+    h, w = spec.input_size(spec.datasets[0])
+    ours = timed_export(name, work / name / "hrdeploy", dynamic_batch=True)
+    upstream = timed_export(name, work / name / "upstream", rewrite=False, batch=1)
+    rng = np.random.default_rng(0)
+    x8 = rng.standard_normal((8, 3, h, w), dtype=np.float32)
+    x1 = x8[:1].copy()
+    rows = []
+    for t in threads:
+        tuned = tune(ours["path"], (1, 3, h, w), (t,), rounds=tune_rounds, memory=False)["chosen"]
+        for label, settings in (("defaults", OrtSettings(threads=t)), ("tuned", OrtSettings.from_dict(tuned))):
+            load = loadavg()
+            row = alternate(ours["path"], upstream["path"], settings, x1, x8, rounds)
+            rows.append({"threads": t, "options": label, "settings": settings.label(), "load": load, **row})
+            print(f"{name} t={t} {label}: {row['ours_b1_ms']:.1f} vs {row['upstream_b1_ms']:.1f} ms "
+                  f"(ratio {row['ratio']:.2f}), b8/b1 {row['b8_over_b1']:.2f}, load {load}", flush=True)
+    return {"name": name, "size": (h, w), "ours": ours, "upstream": upstream, "rows": rows}
+
+
+def nodes(path: Path) -> int:
+    import onnx
+
+    return len(onnx.load(os.fspath(path), load_external_data=False).graph.node)
+
+
+def render(results: list[dict[str, Any]], rounds: int, started: str, command: str, loads: tuple[str, str]) -> str:
+    m, v = machine_info(), library_versions()
+    lines = [
+        f"## hrdeploy bundle vs upstream-form static export (bench_graph.py, {started})",
+        "",
+        f"Generated by `{command}`. {m['cpu']}, {m['cores']} cores usable, onnxruntime {v.get('onnxruntime')} CPU, "
+        f"torch {v.get('torch')}. Seeded weights, each model's default input size. Per row, {rounds} rounds of "
+        "alternating calls (hrdeploy b1, upstream b1, hrdeploy b8) in one process after 2 warm-up rounds; "
+        "medians. `defaults` = onnxruntime's session options for both graphs (threads as given); `tuned` = "
+        "the options `hrdeploy bench --tune` chose for the hrdeploy bundle, applied to both. The machine is "
+        f"shared: 1/5/15-minute load average {loads[0]} at the start and {loads[1]} at the end (per row in "
+        "the `load` column), on 2 cores, so absolute times are inflated and noisy; only the ratios of "
+        "alternating calls are comparable.",
+        "",
+        "| model | threads | options | hrdeploy b1 ms | upstream b1 ms | ratio | hrdeploy b8 ms/img | b8/b1 img/s "
+        "| outputs max rel | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for row in r["rows"]:
+            lines.append(
+                f"| {r['name']} | {row['threads']} | {row['options']} ({row['settings']}) | {row['ours_b1_ms']:.1f} "
+                f"| {row['upstream_b1_ms']:.1f} | {row['ratio']:.2f} | {row['ours_b8_ms'] / 8:.1f} "
+                f"| {row['b8_over_b1']:.2f} | {row['graphs_max_rel']:.1e} | {row['load']} |")
+    lines += ["", "Exports (wall / CPU seconds, parity included; CPU is what the export costs, wall adds the "
+              "time other processes held the cores):", "",
+              "| model | graph | nodes | wall s | CPU s | parity max rel | export phases, CPU s |",
+              "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for key, label in (("ours", "hrdeploy (dynamic batch)"), ("upstream", "upstream form, static b1")):
+            e = r[key]
+            phases = ", ".join(f"{k} {p['cpu_s']:.1f}" for k, p in e["phases"].items())
+            lines.append(f"| {r['name']} | {label} | {nodes(e['path'])} | {e['wall_s']:.1f} | {e['cpu_s']:.1f} "
+                         f"| {'pass' if e['parity_passed'] else 'FAIL'} ({e['parity_max_rel']:.1e}) | {phases} |")
+    lines += ["", "Targets (threads 1, `defaults` rows):", ""]
+    for r in results:
+        one = next((row for row in r["rows"] if row["threads"] == 1 and row["options"] == "defaults"), None)
+        if one is None:
+            continue
+        if r["name"] in TARGET_RATIO:
+            goal = TARGET_RATIO[r["name"]]
+            lines.append(f"- {r['name']} hrdeploy / upstream at batch 1: **{one['ratio']:.2f}** (target <= {goal}): "
+                         f"{'met' if one['ratio'] <= goal else 'MISSED'}")
+        if r["name"] == TARGET_BATCH_GAIN[0]:
+            goal = TARGET_BATCH_GAIN[1]
+            lines.append(f"- {r['name']} b8/b1 images/s: **{one['b8_over_b1']:.2f}** (target >= {goal}): "
+                         f"{'met' if one['b8_over_b1'] >= goal else 'MISSED'}")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(section: str, results_md: Path) -> None:
+    from hrdeploy.io import write_text
+
+    text = results_md.read_text() if results_md.is_file() else ""
+    block = f"{MARK_START}\n{section}{MARK_END}\n"
+    if MARK_START in text and MARK_END in text:
+        head, rest = text.split(MARK_START, 1)
+        text = head + block + rest.split(MARK_END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    write_text(results_md, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--rounds", type=int, default=20, help="alternating rounds per row")
+    ap.add_argument("--tune-rounds", type=int, default=8, help="alternating rounds of the session-option tuning")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--work", type=Path, default=Path("out/bench_graph"), help="where the bundles are exported")
+    ap.add_argument("--no-write", action="store_true", help="print the section, leave RESULTS.md alone")
+    args = ap.parse_args(argv)
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load_start = loadavg()
+    threads = tuple(int(t) for t in args.threads.split(","))
+    results = [bench_model(n, args.work, args.rounds, threads, args.tune_rounds) for n in args.models.split(",")]
+    command = "python benchmarks/bench_graph.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    section = render(results, args.rounds, started, command.strip(), (load_start, loadavg()))
+    print(section)
+    if not args.no_write:
+        from hrdeploy.io import write_text
+
+        write_text(HERE / "graph_vs_upstream.md", section)
+        write_results(section, HERE / "RESULTS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
