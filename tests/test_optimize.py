@@ -27,7 +27,7 @@ def _shuffle(prefix: str, x: str, c: int, h: int, w: int, out: str, perm: list[i
     return nodes, [s5, s4]
 
 
-def synthetic(h: int, w: int, transpose_perm: list[int] | None = None) -> onnx.ModelProto:
+def synthetic(h: int, w: int, transpose_perm: list[int] | None = None, slices: bool = False) -> onnx.ModelProto:
     """x -> Conv -> BN -> y; shuffle(Concat(y, x)) -> Split -> (Conv, Relu); a second shuffle read by two
     ungrouped Convs. Dynamic batch, static C/H/W: the shape of a ShuffleNet unit after export."""
     rng = np.random.default_rng(0)
@@ -42,8 +42,14 @@ def synthetic(h: int, w: int, transpose_perm: list[int] | None = None) -> onnx.M
         helper.make_node("Concat", ["y", "x"], ["cat"], axis=1),
     ]
     sh, sh_init = _shuffle("s1", "cat", 2 * C, h, w, "shuffled", transpose_perm)
-    nodes += sh + [
-        helper.make_node("Split", ["shuffled", "halves"], ["lo", "hi"], axis=1),
+    if slices:  # the TorchScript exporter's form of a chunk: one Slice per part
+        inits += [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in
+                  (("zero", 0), ("half", C), ("end", 2 * C), ("one", 1))]
+        nodes += sh + [helper.make_node("Slice", ["shuffled", "zero", "half", "one"], ["lo"]),
+                       helper.make_node("Slice", ["shuffled", "half", "end", "one"], ["hi"])]
+    else:
+        nodes += sh + [helper.make_node("Split", ["shuffled", "halves"], ["lo", "hi"], axis=1)]
+    nodes += [
         helper.make_node("Conv", ["lo", "w1"], ["out_lo"]),
         helper.make_node("Relu", ["hi"], ["out_hi"]),
         helper.make_node("Concat", ["out_lo", "out_hi"], ["cat2"], axis=1),
@@ -53,6 +59,8 @@ def synthetic(h: int, w: int, transpose_perm: list[int] | None = None) -> onnx.M
         helper.make_node("Conv", ["shuffled2", "w2"], ["out_a"]),
         helper.make_node("Conv", ["shuffled2", "w3", "b3"], ["out_b"], pads=[1, 1, 1, 1]),
     ]
+    for k, node in enumerate(nodes):
+        node.name = f"{node.op_type}_{k}"
     graph = helper.make_graph(
         nodes, "synthetic", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", C, h, w])],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("out_a", "out_b", "out_hi")],
@@ -78,16 +86,18 @@ def assert_same(a: onnx.ModelProto, b: onnx.ModelProto, shape: tuple[int, ...], 
         assert np.abs(ra - rb).max() <= rel * np.abs(ra).max()
 
 
-@pytest.mark.parametrize("size", [(8, 6), (16, 12)])
-def test_passes_are_exact_on_a_shuffle_unit(size):
-    model = synthetic(*size)
+@pytest.mark.parametrize(("size", "slices"), [((8, 6), False), ((16, 12), False), ((8, 6), True)])
+def test_passes_are_exact_on_a_shuffle_unit(size, slices):
+    model = synthetic(*size, slices=slices)
     optimized, records = optimize_graph(model)
     sites = {r["pass"]: r["sites"] for r in records}
     assert sites == {"batchnorm_into_conv": 1, "shuffle_to_gather": 2, "gather_into_split": 1, "gather_into_conv": 1}
     ops = [n.op_type for n in optimized.graph.node]
-    assert "Transpose" not in ops and "Reshape" not in ops and "BatchNormalization" not in ops and "Split" not in ops
+    assert not {"Transpose", "Reshape", "BatchNormalization", "Split", "Slice"} & set(ops)
     assert ops.count("Gather") == 2  # the split's two parts; the second shuffle went into the convs' weights
-    assert records[0]["nodes_before"] == len(model.graph.node) == 15
+    names = [n.name for n in optimized.graph.node]
+    assert len(set(names)) == len(names)  # onnxruntime rejects duplicate node names
+    assert records[0]["nodes_before"] == len(model.graph.node) == 15 + slices
     assert records[-1]["nodes_after"] == len(ops) == 9
     for batch in (1, 3):
         assert_same(model, optimized, (batch, C, *size))
@@ -146,3 +156,14 @@ def test_passes_are_exact_on_zoo_models(tmp_path, name):
             assert "Transpose" not in {n.op_type for n in optimized.graph.node}
             for batch in (1, 3):
                 assert_same(original, optimized, (batch, 3, *size))
+
+
+def test_doctor_prints_the_node_counts_before_and_after(lite18_bundle, cli_runner):
+    from hrdeploy.cli import cli
+
+    records = json.loads((lite18_bundle / "manifest.json").read_text())["export"]["graph_passes"]
+    result = cli_runner.invoke(cli, ["doctor", str(lite18_bundle)])
+    assert result.exit_code == 0, result.output
+    before, after = records[0]["nodes_before"], records[-1]["nodes_after"]
+    assert after < before
+    assert f"graph passes: {before} -> {after} nodes (shuffle_to_gather x49, gather_into_split x24)" in result.output

@@ -129,9 +129,9 @@ def gather_into_split(model: onnx.ModelProto) -> int:
             continue
         for user, user_parts in zip(users, parts, strict=True):
             nodes = []
-            for k, (out, channels) in enumerate(user_parts):
+            for out, channels in user_parts:
                 name = add_initializer(g, f"{out}_channel_order", channels.copy())
-                nodes.append(helper.make_node("Gather", [n.input[0], name], [out], axis=1, name=f"{n.name}_part{k}"))
+                nodes.append(helper.make_node("Gather", [n.input[0], name], [out], axis=1, name=f"{out}_gather"))
             insert[id(user)] = nodes
             remove.add(id(user))
         remove.add(id(n))
