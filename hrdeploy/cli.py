@@ -2,7 +2,8 @@
 
 Each command lives in hrdeploy/commands/<name>.py and is imported only when used (click's lazy-group
 pattern), so `hrdeploy --help` never imports torch, onnxruntime or TensorRT. Expected failures are
-`UserError`s: one line on stderr, exit status 2; `--debug` shows the traceback.
+`UserError`s: one line on stderr, exit status 2; `--debug` shows the traceback. Ctrl-C exits 130 (the
+stages clean their temporary files on the way out).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import click
 
 from hrdeploy import __version__
 from hrdeploy.errors import UserError
+
+INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 # name -> (module, attribute, one-line help shown by `hrdeploy --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -54,6 +57,11 @@ class LazyGroup(click.Group):
                 raise
             click.echo(f"error: {err}", err=True)
             ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            if ctx.meta.get("hrdeploy.debug"):
+                raise
+            click.echo("interrupted", err=True)
+            ctx.exit(INTERRUPTED)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from hrdeploy.errors import UserError
+from hrdeploy.runtime.base import RunnerBase
 
 
-class OrtRunner:
+class OrtRunner(RunnerBase):
     name = "ort"
 
     def __init__(
@@ -37,3 +38,6 @@ class OrtRunner:
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
         return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs, strict=True)}
+
+    def close(self) -> None:
+        self.session = None  # onnxruntime frees the session when its last reference goes
