@@ -276,7 +276,7 @@ def load_onnx(path: str | os.PathLike, *, weights: bool = False) -> Any:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} does not exist; pass an existing .onnx file")
+        raise UserError(f"{path} does not exist; pass an existing .onnx file or a bundle directory")
     try:
         model = onnx.load(os.fspath(path), load_external_data=weights)
     except Exception as err:  # protobuf DecodeError, truncated files, missing external data

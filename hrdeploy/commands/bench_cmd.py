@@ -67,12 +67,12 @@ def bench_cmd(
 
     skipped: list[dict[str, str]] = []
     if bundle is not None:
-        from hrdeploy.manifest import load_manifest
+        from hrdeploy.bundle import Bundle
 
-        manifest = load_manifest(bundle)
-        targets, skipped, size_ = bundle_targets(bundle, manifest, backend_list, threads)
-        size, name, kind = size or size_, manifest["model"]["name"], "bundle"
-        if size != size_ and not manifest["input"].get("dynamic_shape"):
+        opened = Bundle.open(bundle)
+        targets, skipped, size_ = bundle_targets(opened, backend_list, threads)
+        size, name, kind = size or size_, opened.model.name, "bundle"
+        if size != size_ and not opened.input.dynamic_shape:
             raise UserError(f"bundle {bundle} has a static input size {size_[0]}x{size_[1]}; drop --input-size")
         out = json_file or bundle / "bench.json"
     else:
@@ -94,6 +94,9 @@ def bench_cmd(
         reasons = "; ".join(s["reason"] for s in skipped) or "no artifacts for the chosen backends"
         raise UserError(f"nothing to benchmark ({reasons})")
 
+    from hrdeploy.io import check_writable
+
+    check_writable(out, "--json")
     report = _run_with_progress(targets, batch_list, size, iterations, warmup, threads, name, kind, skipped)
     from hrdeploy.bench.report import write_reports
 
