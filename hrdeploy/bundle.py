@@ -460,14 +460,23 @@ class Bundle:
         return confine(self.root, rel)
 
     def artifact(self, key: str) -> Artifact:
-        """Artifact `key`; UserError naming the command that makes it when it is absent or its file is missing."""
+        """Artifact `key`, its file checked against the recorded sha256; UserError naming the command that
+        makes it when it is absent, missing or damaged (truncated, overwritten)."""
         art = self.artifacts.get(key)
-        if art is not None and art.exists:
-            return art
         make = MADE_BY.get(key, "hrdeploy build {root}" if key.startswith("engine") else "").format(root=self.root)
-        state = "is not in" if art is None else f"is recorded but its file {art.file} is missing from"
-        how = f"; make it with `{make}`" if make else ""
-        raise UserError(f"artifact {key!r} {state} bundle {self.root}{how}")
+        how = f"; make it again with `{make}`" if make else ""
+        if art is None or not art.exists:
+            state = "is not in" if art is None else f"is recorded but its file {art.file} is missing from"
+            raise UserError(f"artifact {key!r} {state} bundle {self.root}{how}")
+        recorded = art.info.get("sha256")
+        if recorded and "sha256_ok" not in art._cache:
+            if sha256(art.path) != recorded:
+                raise UserError(
+                    f"{art.path} is damaged or was replaced: its sha256 differs from the one recorded when it was "
+                    f"made (truncated or overwritten){how}"
+                )
+            art._cache["sha256_ok"] = True
+        return art
 
     def onnx_artifacts(self) -> dict[str, Artifact]:
         return {k: a for k, a in self.artifacts.items() if a.kind == "onnx"}

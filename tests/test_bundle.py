@@ -89,9 +89,11 @@ def test_corrupt_onnx_is_a_user_error(tmp_path: Path, content: bytes | None) -> 
     root = tiny_bundle(tmp_path / "b")
     data = (root / "model.onnx").read_bytes()
     (root / "model.onnx").write_bytes(content if content is not None else data[: len(data) // 2])
-    art = Bundle.open(root).artifact("onnx")
+    b = Bundle.open(root)
+    with pytest.raises(UserError, match="damaged or was replaced"):
+        b.artifact("onnx")
     with pytest.raises(UserError, match="not a (readable|usable) ONNX model"):
-        art.open_runner()
+        b.artifacts["onnx"].open_runner()  # the file itself, without the recorded hash
 
 
 def test_record_artifact_and_section_are_atomic_and_merge(tmp_path: Path) -> None:
@@ -124,3 +126,11 @@ def test_is_bundle(tmp_path: Path) -> None:
     (tmp_path / "notes" / MANIFEST).write_text(json.dumps({"format": "other"}))
     assert not is_bundle(tmp_path / "notes") and not is_bundle(tmp_path / "absent")
     assert tiny_manifest()["format"] == "hrdeploy-bundle/1"
+
+
+def test_damaged_artifact_is_caught_by_its_sha256(tmp_path: Path) -> None:
+    root = tiny_bundle(tmp_path / "b")
+    data = (root / "model.onnx").read_bytes()
+    (root / "model.onnx").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # still parses; one byte differs
+    with pytest.raises(UserError, match="damaged or was replaced.*hrdeploy export"):
+        Bundle.open(root).artifact("onnx")

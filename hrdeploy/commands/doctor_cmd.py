@@ -40,9 +40,9 @@ def doctor_cmd(path: Path, trt_gen: str | None, as_json: bool, strict: bool, ver
 
         bundle = Bundle.open(path)
         hint = {bundle.input.name: [None, 3, bundle.input.height, bundle.input.width]}
-        for art in bundle.onnx_artifacts().values():
+        for key, art in bundle.onnx_artifacts().items():
             if art.exists:
-                targets.append((art.path, hint))
+                targets.append((bundle.artifact(key).path, hint))
         if not targets:
             raise UserError(f"bundle {path} has no ONNX artifact; create it with `hrdeploy export MODEL -o {path}`")
     else:

@@ -165,7 +165,7 @@ def describe_source(path: str | os.PathLike) -> Source:
     path = Path(path)
     if path.is_dir():
         bundle = Bundle.open(path)
-        files = {a.precision: a.path for k, a in bundle.onnx_artifacts().items()
+        files = {a.precision: bundle.artifact(k).path for k, a in bundle.onnx_artifacts().items()
                  if a.exists and k == ONNX_KEYS.get(a.precision)}
         if "fp32" not in files:
             raise UserError(f"bundle {path} has no ONNX model; re-create it with `hrdeploy export MODEL -o {path}`")
