@@ -49,13 +49,34 @@ class LazyGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: ANN001, ANN201
+        """Click's main, with usage errors on one line (`error: ...; see hrdeploy CMD --help`), exit 2."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except click.UsageError as err:
+            where = f"{err.ctx.command_path} --help" if err.ctx is not None else "hrdeploy --help"
+            click.echo(f"error: {' '.join(err.format_message().split())} (see `{where}`)", err=True)
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except click.Abort:  # Ctrl-C while click itself was running (parsing, prompting)
+            click.echo("interrupted", err=True)
+            sys.exit(INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
         try:
             return super().invoke(ctx)
         except UserError as err:
             if ctx.meta.get("hrdeploy.debug"):
                 raise
-            click.echo(f"error: {err}", err=True)
+            click.echo("error: " + " ".join(str(err).split()), err=True)
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
             if ctx.meta.get("hrdeploy.debug"):
