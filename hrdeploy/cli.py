@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "quantize": ("hrdeploy.commands.quantize_cmd", "quantize_cmd", "Add an FP16 or INT8 (Q/DQ) ONNX to a bundle."),
     "build": ("hrdeploy.commands.build_cmd", "build_cmd", "Build a TensorRT engine from a bundle or ONNX."),
     "doctor": ("hrdeploy.commands.doctor_cmd", "doctor_cmd", "Lint an ONNX for TensorRT compatibility (no GPU)."),
+    "eval": ("hrdeploy.commands.eval_cmd", "eval_cmd", "COCO keypoint AP of every artifact vs eager fp32."),
     "validate": ("hrdeploy.commands.validate_cmd", "validate_cmd", "Check every artifact of a bundle against eager."),
     "bench": ("hrdeploy.commands.bench_cmd", "bench_cmd", "Measure latency and throughput per backend and batch."),
     "infer": ("hrdeploy.commands.infer_cmd", "infer_cmd", "Run pose inference on images and draw keypoints."),

@@ -215,3 +215,59 @@ def results_from_keypoints(
         out.append({"image_id": b.image_id, "category_id": category_id,
                     "keypoints": [round(float(v), 3) for v in flat], "score": round(score, 6)})
     return out
+
+
+@dataclass
+class CropSet:
+    """People cropped for a top-down model: boxes, model inputs [N, 3, H, W] and image->input matrices."""
+
+    boxes: list[PersonBox]
+    x: np.ndarray
+    matrices: np.ndarray
+    input_hw: tuple[int, int]
+
+    @classmethod
+    def build(cls, boxes: Sequence[PersonBox], input_hw: tuple[int, int], mean: Sequence[float],
+              std: Sequence[float], images: ImageCache | None = None) -> CropSet:
+        x, m = crop_people(boxes, input_hw, mean, std, images)
+        return cls(list(boxes), x, m, (int(input_hw[0]), int(input_hw[1])))
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def boxes_wh(self) -> np.ndarray:
+        return np.array([b.box[2:] for b in self.boxes], dtype=np.float64).reshape(-1, 2)
+
+    def keypoints(
+        self, run: RunFn, batch: int = 8, *, fixed_batch: bool = False, flip_index: Sequence[int] | None = None,
+        post_process: str = "default",
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Keypoints [N, K, 3] in image pixels, the (flip-averaged) heatmaps, and seconds spent running `run`.
+
+        flip_index: run the mirrored crops too and average (mmpose's flip test with its heatmap shift).
+        """
+        from hrdeploy.pose.decode import flip_test_average
+
+        heatmaps, seconds = run_heatmaps(run, self.x, batch, fixed_batch)
+        if flip_index is not None:
+            flipped, s2 = run_heatmaps(run, np.ascontiguousarray(self.x[..., ::-1]), batch, fixed_batch)
+            heatmaps, seconds = flip_test_average(heatmaps, flipped, flip_index), seconds + s2
+        return decode_people(heatmaps, self.matrices, self.input_hw, post_process), heatmaps, seconds
+
+
+def bottomup_results(runner: Any, coco: CocoKeypoints, cfg: Any, flip_test: bool = False) -> tuple[list, float]:
+    """COCO results of a bottom-up runner on whole images (HigherHRNet grouping), and seconds spent."""
+    from hrdeploy.pose.pipeline import predict_bottomup
+
+    images, results, seconds = ImageCache(), [], 0.0
+    for image_id in coco.image_ids():
+        image = images(coco.file(image_id))
+        t0 = time.perf_counter()
+        people = predict_bottomup(runner, image, cfg, flip_test=flip_test)
+        seconds += time.perf_counter() - t0
+        for p in people:
+            kp = np.nan_to_num(p.keypoints, nan=0.0)
+            results.append({"image_id": image_id, "category_id": coco.category_id,
+                            "keypoints": [round(float(v), 3) for v in kp.ravel()], "score": round(float(p.score), 6)})
+    return results, seconds

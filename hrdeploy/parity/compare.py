@@ -116,3 +116,13 @@ def judge(metrics: Mapping[str, Any], tol: Tolerance) -> list[str]:
         if bound is not None and key in metrics and bad(float(metrics[key]), bound, upper):
             failures.append(f"{label} {format(float(metrics[key]), spec)} (needs {'<=' if upper else '>='} {bound:g})")
     return failures
+
+
+BOUND_OF = {"max_rel": "max_rel", "cosine": "min_cosine", "ap_drop": "max_ap_drop", "oks": "min_oks",
+            f"pck@{PCK_ALPHA:g}": "min_pck"}
+
+
+def bounds_for(tol: Tolerance, metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The bounds of `tol` that `judge` applies to `metrics` (for reports)."""
+    d = tol.as_dict()
+    return {BOUND_OF[k]: d[BOUND_OF[k]] for k in metrics if k in BOUND_OF and BOUND_OF[k] in d}

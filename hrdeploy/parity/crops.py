@@ -5,9 +5,9 @@ crops, never whole photos squashed into the input:
 - `boxes_from_annotations`: the boxes of a COCO keypoint json (`bbox`) or an MPII-style json list
   (`center`, `scale`; the box is scale x 200 px tall, as wide as the model's aspect ratio).
 - `find_people`: one crop per photo that the eager model finds: it looks at the whole photo (centred,
-  aspect-preserving), and where at least MIN_JOINTS keypoints are confident the box becomes their bounding
-  box; this is repeated REFINE times on the new crop. Photos where it finds no person keep the centred crop
-  at the model's aspect ratio (the largest one that fits the photo).
+  aspect-preserving), and where at least MIN_JOINTS keypoints are confident and span MIN_EXTENT of the
+  photo, the box becomes their bounding box; this is repeated REFINE times on the new crop. Photos where it
+  finds no person keep the centred crop at the model's aspect ratio (the largest one that fits the photo).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from hrdeploy.parity.coco import ImageCache, PersonBox, crop_people, decode_peop
 from hrdeploy.parity.tolerances import CONFIDENT_SCORE
 
 MIN_JOINTS = 4
+MIN_EXTENT = 0.15  # the confident joints must span this fraction of the photo's shorter side
 REFINE = 2
 MPII_PIXEL_STD = 200.0  # MPII's scale unit: scale x 200 px = person height
 
@@ -85,6 +86,9 @@ def find_people(
             lo = np.clip(good.min(axis=0), 0, [w_img - 1, h_img - 1])
             hi = np.clip(good.max(axis=0), 0, [w_img - 1, h_img - 1])
             w, h = max(hi[0] - lo[0], 1.0), max(hi[1] - lo[1], 1.0)
+            if max(w, h) < MIN_EXTENT * min(h_img, w_img):  # a few "joints" on a speck: not a person
+                new.append(b)
+                continue
             # joints lie inside the body: grow their box by 10 % a side (head top, feet) before the 1.25 crop padding
             new.append(PersonBox(b.image_id, b.file, (lo[0] - 0.1 * w, lo[1] - 0.1 * h, 1.2 * w, 1.2 * h)))
         boxes = new
