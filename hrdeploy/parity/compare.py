@@ -46,14 +46,14 @@ def tensor_stats(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
 
 
 def argmax_agreement(ref_heatmaps: np.ndarray, out_heatmaps: np.ndarray) -> dict[str, float]:
-    """Heatmap peaks: % identical and mean / max distance in heatmap pixels (diagnostic, not gated)."""
+    """Heatmap peaks: % identical and mean / max distance in heatmap pixels (`*_kpt_err_px`)."""
     from hrdeploy.pose.decode import heatmap_argmax
 
     ref_xy, _ = heatmap_argmax(ref_heatmaps)
     out_xy, _ = heatmap_argmax(out_heatmaps)
     dist = np.linalg.norm(ref_xy - out_xy, axis=-1)
-    return {"argmax_agreement_pct": float(100.0 * np.mean(dist == 0)), "mean_peak_err_px": float(dist.mean()),
-            "max_peak_err_px": float(dist.max())}
+    return {"argmax_agreement_pct": float(100.0 * np.mean(dist == 0)), "mean_kpt_err_px": float(dist.mean()),
+            "max_kpt_err_px": float(dist.max())}
 
 
 def keypoint_agreement(
@@ -84,8 +84,8 @@ def keypoint_agreement(
     return {
         "oks": float(np.mean(per_person)) if per_person else float("nan"),
         f"pck@{PCK_ALPHA:g}": float(100.0 * np.mean((d <= PCK_ALPHA * size)[mask])) if judged else float("nan"),
-        "mean_kpt_err_px": float(finite.mean()) if finite.size else float("nan"),
-        "max_kpt_err_px": float(d[mask].max()) if judged else float("nan"),
+        "mean_err_img_px": float(finite.mean()) if finite.size else float("nan"),
+        "max_err_img_px": float(d[mask].max()) if judged else float("nan"),
         "people": len(per_person),
         "keypoints": judged,
     }

@@ -67,7 +67,7 @@ def to_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
         a = val["agreement"]
         lines += ["", f"Keypoint agreement with eager on {val['people']} person crop(s) ({a['keypoints']} confident "
                   f"joints): OKS {a['oks']:.4f}, PCK@0.05 {a['pck@0.05']:.1f} %, mean error "
-                  f"{a['mean_kpt_err_px']:.2f} px, max {a['max_kpt_err_px']:.2f} px (image pixels)."]
+                  f"{a['mean_err_img_px']:.2f} px, max {a['max_err_img_px']:.2f} px (image pixels)."]
     t = val.get("tensor")
     if t:
         lines += ["", f"Heatmaps (not gated): max rel {t['max_rel']:.3e}, cosine {t['cosine']:.6f}, peak agreement "
