@@ -14,7 +14,8 @@ import click
               "model's aspect ratio when it finds none). Never the images you evaluate on.")
 @click.option("--calib-ann", type=click.Path(), help="Person boxes of the --calib-dir photos: a COCO keypoint "
               "json (bbox) or an MPII json (list of {image, center, scale}; box height = scale x 200 px).")
-@click.option("--calib-samples", type=int, default=32, show_default=True, help="Use the first N photos by name.")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Use the first N photos by name.")
 @click.option("--method", help="INT8 calibration: entropy|max|percentile "
                                "[default: percentile (ort), entropy (modelopt)].")
 @click.option("--backend", default="auto", show_default=True,
@@ -30,11 +31,12 @@ import click
 @click.option("--images", type=click.Path(), help="Folder of the --ann images.")
 @click.option("--val-dir", type=click.Path(), help="Without --ann: photos whose person crops the keypoint-agreement "
               "gate runs on [default: the calibration crops, else scikit-image's sample photos].")
-@click.option("--val-samples", type=int, default=16, show_default=True, help="Validate on the first N photos.")
+@click.option("--val-samples", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Validate on the first N photos.")
 @click.option("--tolerance", "tolerances", multiple=True, metavar="[PRECISION.]METRIC=VALUE",
               help="Override a bound of the tolerance table, e.g. int8.max_ap_drop=3 or min_oks=0.97 (repeatable).")
 @click.option("--sensitivity/--no-sensitivity", default=True, help="INT8: rank blocks by the error they add.")
-@click.option("--threads", type=int, help="onnxruntime intra-op threads.")
+@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @click.pass_context
 def quantize_cmd(
     ctx: click.Context, bundle: str, precision: str | None, calib_dir: str | None, calib_ann: str | None,
