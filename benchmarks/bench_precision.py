@@ -63,11 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     from hrdeploy.export import parse_size
     from hrdeploy.io import write_json, write_text
     from hrdeploy.manifest import load_manifest
+    from hrdeploy.parity.compare import argmax_agreement as keypoint_metrics
+    from hrdeploy.parity.compare import tensor_stats as tensor_metrics
     from hrdeploy.pose.samples import write_sample_photos
     from hrdeploy.precision import quantize_bundle
     from hrdeploy.precision.calib import load_images
     from hrdeploy.precision.evaluate import run_model
-    from hrdeploy.validate.metrics import keypoint_metrics, tensor_metrics
 
     size = parse_size(args.input_size)
     photos = Path(tempfile.mkdtemp(prefix="hrdeploy-photos-"))

@@ -56,6 +56,12 @@ def argmax_agreement(ref_heatmaps: np.ndarray, out_heatmaps: np.ndarray) -> dict
             "max_kpt_err_px": float(dist.max())}
 
 
+def label_agreement(ref_logits: np.ndarray, out_logits: np.ndarray) -> dict[str, float]:
+    """Segmentation: percentage of pixels whose argmax class agrees ([N, C, H, W] logits)."""
+    agree = ref_logits.argmax(axis=1) == out_logits.argmax(axis=1)
+    return {"label_agreement_pct": float(100.0 * agree.mean())}
+
+
 def keypoint_agreement(
     ref: np.ndarray, out: np.ndarray, boxes_wh: np.ndarray, sigmas: Sequence[float] | None = None,
     min_score: float = CONFIDENT_SCORE,

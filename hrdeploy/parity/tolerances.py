@@ -64,6 +64,11 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+# Not a verdict: the per-tensor bounds (max rel, cosine) at which divergence localisation calls an
+# intermediate of a failing artifact "diverged" (hrdeploy.validate.localize), per precision.
+LOCALIZE: dict[str, tuple[float, float]] = {"fp32": (1e-3, 0.99999), "fp16": (3e-2, 0.999), "int8": (0.35, 0.98)}
+
+
 def parse_tolerances(specs: Iterable[str] | None) -> dict[str, Tolerance]:
     """TOLERANCES with `specs` (e.g. ["min_oks=0.97", "int8.max_ap_drop=3"]) applied."""
     names = [f.name for f in fields(Tolerance)]
