@@ -47,6 +47,7 @@ def tiny_model():
     registry.list_models()  # load the zoo first, so the test entry is added last and removed cleanly
     registry.register_model(
         name=TINY, family="test", task="pose_topdown", default_input_size=(64, 48), stride=8,
+        upstream="tests/test_validate_cli.py",
     )(TinyPose)
     yield TINY
     registry._REGISTRY.pop(TINY, None)
@@ -190,7 +191,7 @@ def test_tolerance_option_reaches_the_verdict(cli_runner, tiny_bundles, tmp_path
 
 def test_bad_inputs_are_one_line_errors(cli_runner, tiny_bundles, tmp_path) -> None:
     static = tiny_bundles[1]
-    _one_line_error(cli_runner.invoke(cli, ["validate", str(tmp_path / "nope")]), "not a bundle")
+    _one_line_error(cli_runner.invoke(cli, ["validate", str(tmp_path / "nope")]), "does not exist")
     _one_line_error(cli_runner.invoke(cli, ["validate", str(static), "--batch", "3"]), "static batch of 1",
                     "--dynamic-batch")
     _one_line_error(cli_runner.invoke(cli, ["validate", str(static), "--backends", "cuda"]), "unknown backend")
