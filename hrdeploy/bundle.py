@@ -73,15 +73,15 @@ class _Fields:
             "`hrdeploy export MODEL -o DIR --force`"
         )
 
-    def _get(self, key: str, default: Any, required: bool) -> Any:
-        if key not in self.data:
-            if required:
-                self.fail(f"{self.where}.{key}", "is missing")
-            return default
+    def _get(self, key: str, required: bool) -> Any:
+        if key not in self.data and required:
+            self.fail(f"{self.where}.{key}", "is missing")
         return self.data[key]
 
     def str(self, key: str, default: str | None = None, *, required: bool = True, none: bool = False) -> Any:
-        v = self._get(key, default, required)
+        if key not in self.data and not required:
+            return default
+        v = self._get(key, required)
         if v is None and (none or not required):
             return v
         if not isinstance(v, str) or not v:
@@ -89,27 +89,31 @@ class _Fields:
         return v
 
     def int(self, key: str, default: int | None = None, *, required: bool = True, minimum: int = 1) -> Any:
-        v = self._get(key, default, required)
-        if v is None and not required:
-            return v
+        if key not in self.data and not required:
+            return default
+        v = self._get(key, required)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             self.fail(f"{self.where}.{key}", f"must be an integer >= {minimum}, not {v!r}")
         return v
 
     def num(self, key: str, default: float | None = None, *, required: bool = True, positive: bool = True) -> Any:
-        v = self._get(key, default, required)
+        if key not in self.data and not required:
+            return default
+        v = self._get(key, required)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (positive and not v > 0):
             self.fail(f"{self.where}.{key}", f"must be a {'positive ' if positive else ''}number, not {v!r}")
         return float(v)
 
     def bool(self, key: str, default: bool | None = None, *, required: bool = True) -> Any:
-        v = self._get(key, default, required)
+        if key not in self.data and not required:
+            return default
+        v = self._get(key, required)
         if not isinstance(v, bool):
             self.fail(f"{self.where}.{key}", f"must be true or false, not {v!r}")
         return v
 
     def nums(self, key: str, length: int, *, positive: bool = False) -> tuple[float, ...]:
-        v = self._get(key, None, True)
+        v = self._get(key, True)
         if (not isinstance(v, list) or len(v) != length
                 or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v)
                 or (positive and any(x <= 0 for x in v))):
@@ -117,13 +121,13 @@ class _Fields:
         return tuple(float(x) for x in v)
 
     def strs(self, key: str, default: list | None = None, *, required: bool = True) -> tuple[str, ...]:
-        v = self._get(key, default, required)
+        v = self._get(key, required) if key in self.data or required else default
         if not isinstance(v, list) or any(not isinstance(x, str) for x in v):
             self.fail(f"{self.where}.{key}", "must be a list of strings")
         return tuple(v)
 
     def pairs(self, key: str, bound: int) -> tuple[tuple[int, int], ...]:
-        v = self._get(key, [], False)
+        v = self.data.get(key, [])
         ok = isinstance(v, list) and all(
             isinstance(p, list) and len(p) == 2 and all(type(i) is int and 0 <= i < bound for i in p) for p in v
         )
@@ -300,6 +304,14 @@ def onnx_static_batch(model: Any) -> int | None:
 # --------------------------------------------------------------------------------------- artifacts
 
 
+def profile_batch_range(profiles: Any) -> tuple[int, int]:
+    """(min, max) batch of an engine's optimization profile 0 (engine.json / manifest), else 1..MAX_BATCH."""
+    try:
+        return int(profiles[0]["min"][0]), int(profiles[0]["max"][0])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return 1, MAX_BATCH
+
+
 def artifact_kind(file: str) -> str | None:
     """'engine' for a TensorRT plan, 'onnx' for an ONNX file, None otherwise."""
     suffix = Path(file).suffix
@@ -334,11 +346,7 @@ class Artifact:
     def batch_range(self) -> tuple[int, int]:
         """(min, max) batch it accepts: an ONNX's static batch, an engine's profile 0, else 1..MAX_BATCH."""
         if self.kind == "engine":
-            profiles = self.info.get("profiles") or []
-            try:
-                return int(profiles[0]["min"][0]), int(profiles[0]["max"][0])
-            except (IndexError, KeyError, TypeError, ValueError):
-                return 1, MAX_BATCH
+            return profile_batch_range(self.info.get("profiles"))
         static = onnx_static_batch(self.onnx_model())
         return (static, static) if static else (1, MAX_BATCH)
 

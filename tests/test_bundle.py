@@ -134,3 +134,18 @@ def test_damaged_artifact_is_caught_by_its_sha256(tmp_path: Path) -> None:
     (root / "model.onnx").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # still parses; one byte differs
     with pytest.raises(UserError, match="damaged or was replaced.*hrdeploy export"):
         Bundle.open(root).artifact("onnx")
+
+
+def test_minimal_manifest_opens_with_defaults(tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    root.mkdir()
+    (root / MANIFEST).write_text(json.dumps({
+        "format": "hrdeploy-bundle/1",
+        "model": {"name": "hrnetv2_w48", "task": "segmentation", "dataset": "cityscapes"},
+        "input": {"height": 512, "width": 1024, "mean": [0.5] * 3, "std": [0.5] * 3},
+        "outputs": [{"name": "logits", "stride": 4, "channels": 19}], "keypoints": None, "artifacts": {},
+    }))
+    b = Bundle.open(root)
+    m, i = b.model, b.input
+    assert (m.family, m.seed, m.checkpoint, i.name, i.scale) == ("", 0, None, "input", 255.0)
+    assert b.input.shape == (1, 3, 512, 1024) and not b.is_pose and b.keypoints is None and b.artifacts == {}

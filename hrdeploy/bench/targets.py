@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hrdeploy.bundle import MAX_BATCH, Bundle
+from hrdeploy.bundle import MAX_BATCH, Bundle, profile_batch_range
 from hrdeploy.errors import UserError
 
 BACKENDS = ("eager", "ort", "trt")
@@ -70,15 +70,6 @@ def trt_unavailable() -> str | None:
     return None
 
 
-def onnx_precision(model: Any) -> str:
-    """'int8' with Q/DQ nodes, 'fp16' with fp16 initializers, else 'fp32'."""
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
-        return "int8"
-    if any(t.data_type == 10 for t in model.graph.initializer):  # TensorProto.FLOAT16
-        return "fp16"
-    return "fp32"
-
-
 def onnx_input_info(model: Any, path: str | os.PathLike) -> tuple[int | None, tuple[int, int] | None, str | None]:
     """(static batch | None, static (h, w) | None, model name from hrdeploy metadata | None) of an ONNX."""
     dims = model.graph.input[0].type.tensor_type.shape.dim
@@ -110,13 +101,6 @@ def _trt(path: Path) -> Callable[[], Any]:
 
 def _static_range(batch: int | None) -> tuple[int, int]:
     return (batch, batch) if batch else (1, MAX_BATCH)
-
-
-def _engine_range(entry: dict[str, Any] | None) -> tuple[int, int]:
-    profiles = (entry or {}).get("profiles") or []
-    if profiles:
-        return int(profiles[0]["min"][0]), int(profiles[0]["max"][0])
-    return 1, MAX_BATCH
 
 
 def bundle_targets(
@@ -194,10 +178,11 @@ def file_target(
         raise UserError(f"{path} does not exist; pass an existing {'.onnx file' if kind == 'onnx' else 'engine'}")
     if kind == "onnx":
         from hrdeploy.bundle import load_onnx
+        from hrdeploy.engine.plan import onnx_graph_precision
 
         graph = load_onnx(path)
         batch, size, model = onnx_input_info(graph, path)
-        precision = onnx_precision(graph)
+        precision = onnx_graph_precision(graph)
         if input_size is None and size is None:
             if model is None:
                 raise UserError(f"{path} has a dynamic height/width; pass --input-size HxW")
@@ -210,7 +195,7 @@ def file_target(
     from hrdeploy.engine.engine_info import read_engine_metadata
 
     meta = read_engine_metadata(path) or {}
-    rng = _engine_range(meta)
+    rng = profile_batch_range(meta.get("profiles"))
     size = input_size
     if size is None:
         shape = ((meta.get("profiles") or [{}])[0]).get("opt")
