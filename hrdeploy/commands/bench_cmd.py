@@ -106,22 +106,33 @@ def bench_cmd(
 
 
 def _run_with_progress(targets, batches, size, iterations, warmup, threads, name, kind, skipped):  # noqa: ANN001, ANN202
+    """run_bench with a progress bar on a terminal, and one plain line per row in logs."""
+    import contextlib
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hrdeploy.bench.run import run_bench
     from hrdeploy.io import console as make_console
 
     console = make_console()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        state: dict = {}
+    state: dict = {}
+    with contextlib.ExitStack() as stack:
+        if console.is_terminal:
+            progress = stack.enter_context(Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=console, transient=True,
+            ))
 
-        def on_start(label: str, batch: int, calls: int) -> None:
-            state["task"] = progress.add_task(f"{label} batch {batch}", total=calls)
+            def on_start(label: str, batch: int, calls: int) -> None:
+                state["task"] = progress.add_task(f"{label} batch {batch}", total=calls)
 
-        def on_step() -> None:
-            progress.advance(state["task"])
+            def on_step() -> None:
+                progress.advance(state["task"])
+        else:
+            def on_start(label: str, batch: int, calls: int) -> None:
+                console.print(f"[bench] {label} batch {batch}: {calls} calls", highlight=False, markup=False)
 
+            on_step = None
         return run_bench(targets, batches, tuple(size), iterations=iterations, warmup=warmup, threads=threads,
                          name=name, kind=kind, skipped=skipped, on_start=on_start, on_step=on_step)
 

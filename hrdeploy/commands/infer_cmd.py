@@ -244,6 +244,7 @@ def infer_cmd(
     if compare and not (bundles or onnx or engine):
         raise UserError("--compare needs a deployed model to compare with eager: pass a bundle DIR, --onnx or --engine")
     src = _resolve(bundles, onnx, engine, model, checkpoint, dataset, size, artifact, threads, bool(boxes))
+    click.get_current_context().call_on_close(src.runner.close)
     cfg = src.cfg
     reference = _eager_reference(src, model, checkpoint, threads) if compare else None
     post_process = "dark" if dark else "default"
