@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from hrdeploy.errors import UserError
 from hrdeploy.parity.coco import CocoKeypoints, CropSet, RunFn, results_from_keypoints
 from hrdeploy.parity.compare import argmax_agreement, bounds_for, judge, keypoint_agreement, tensor_stats
 from hrdeploy.parity.tolerances import Tolerance
@@ -57,6 +58,10 @@ def check_pose(
         out.update(mode="coco-ap", reference_stats=ref.stats, stats=stats)
         gated["ap_drop"] = 100.0 * (ref.stats["AP"] - stats["AP"])
     else:
+        if not agreement["keypoints"]:
+            raise UserError(f"the eager model is sure of no keypoint on the {len(ref.crops)} validation crop(s), so "
+                            "there is nothing to compare; validate on photos of people (--val-dir / --images) or on "
+                            "annotated people (--ann/--images)")
         out["mode"] = "crop-agreement"
         gated.update(oks=agreement["oks"], **{k: v for k, v in agreement.items() if k.startswith("pck@")})
     failures = judge(gated, tol)

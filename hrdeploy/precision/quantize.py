@@ -115,11 +115,14 @@ def _crop_set(
     return crops, ImageSet(crops.x, names, f"{folder} ({how})", available)
 
 
-def _check_disjoint(calib: ImageSet, coco: CocoKeypoints | None) -> None:
+def _check_disjoint(calib_dir: str | os.PathLike, coco: CocoKeypoints | None) -> None:
+    """Calibration photos must not be evaluation images (UserError naming the first shared one)."""
     if coco is None:
         return
-    evaluated = {Path(coco.file(i)).name for i in coco.image_ids()}
-    shared = sorted({f.split("@")[0] for f in calib.files} & evaluated)
+    from hrdeploy.pose.preprocess import image_files
+
+    evaluated = {Path(coco.file(i)).resolve() for i in coco.image_ids()}
+    shared = sorted(p.name for p in image_files(calib_dir) if p.resolve() in evaluated)
     if shared:
         raise UserError(f"calibration image {shared[0]} is also an evaluation image of {coco.ann.name}; calibrate "
                         "on other photos of people (e.g. MPII), never on the images the AP is measured on")
@@ -225,6 +228,8 @@ def quantize_bundle(
     batch = static_batch(src)
     eager = _eager_heatmaps(b, threads)
     coco = CocoKeypoints(ann, images) if ann is not None else None
+    if calib_dir is not None:
+        _check_disjoint(calib_dir, coco)
 
     manifest = b.manifest
     work = Path(tempfile.mkdtemp(prefix="hrdeploy-quantize-"))
@@ -235,7 +240,6 @@ def quantize_bundle(
         elif topdown:
             say(f"{precision}: finding people in {calib_dir}" if calib_ann is None else f"{precision}: cropping")
             calib_crops, calib = _crop_set(b, calib_dir, calib_samples, calib_ann, eager, "calib")
-            _check_disjoint(calib, coco)
         else:
             calib = load_images(calib_dir, manifest, calib_samples)
         val_crops: CropSet | None = None
