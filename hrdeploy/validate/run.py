@@ -35,7 +35,6 @@ from hrdeploy.validate.inputs import ValidationInput, group_by_size, validation_
 from hrdeploy.validate.localize import describe, localize
 
 BACKENDS = ("eager", "ort", "trt")
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 @dataclass
@@ -58,54 +57,20 @@ def parse_backends(text: str | Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def artifact_precision(key: str, entry: dict[str, Any]) -> str:
-    if entry.get("precision"):
-        return str(entry["precision"])
-    for p in ("fp16", "int8", "fp32"):
-        if p in key:
-            return p
-    return "fp32"
-
-
-def is_engine(entry: dict[str, Any]) -> bool:
-    return Path(entry["file"]).suffix in ENGINE_SUFFIXES
-
-
-def plan_targets(bundle: Path, manifest: dict[str, Any], backends: list[str]) -> list[Target]:
+def plan_targets(b: Bundle, backends: list[str]) -> list[Target]:
     """The targets of `backends` in this bundle: eager first, then ONNX artifacts, then engines."""
-    artifacts = manifest.get("artifacts") or {}
-    if not artifacts:
-        raise UserError(f"bundle {bundle} has no artifacts; create them with `hrdeploy export MODEL -o {bundle}`")
+    if not b.artifacts:
+        raise UserError(f"bundle {b.root} has no artifacts; create them with `hrdeploy export MODEL -o {b.root}`")
     targets = []
     if "eager" in backends:
         targets.append(Target("eager", "eager", "fp32"))
-    for backend, want_engine in (("ort", False), ("trt", True)):
+    for backend, kind in (("ort", "onnx"), ("trt", "engine")):
         if backend in backends:
-            for key, entry in artifacts.items():
-                if is_engine(entry) == want_engine:
-                    targets.append(Target(key, backend, artifact_precision(key, entry), entry["file"]))
+            for key, art in b.artifacts.items():
+                if art.kind == kind:
+                    b.artifact(key)  # missing or damaged files are a UserError before any work
+                    targets.append(Target(key, backend, art.precision, art.file))
     return targets
-
-
-def onnx_batch(path: str | os.PathLike) -> int | None:
-    """The static batch of an ONNX input, or None when it is dynamic."""
-    import onnx
-
-    model = onnx.load(os.fspath(path), load_external_data=False)
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    return int(dim.dim_value) if dim.HasField("dim_value") and dim.dim_value > 0 else None
-
-
-def batch_range(bundle: Path, manifest: dict[str, Any], key: str) -> tuple[int, int]:
-    """(min, max) batch an artifact accepts: an ONNX's static batch, an engine's profile, else 1..1024."""
-    entry = manifest["artifacts"][key]
-    if is_engine(entry):
-        profiles = entry.get("profiles") or []
-        if profiles:
-            return int(profiles[0]["min"][0]), int(profiles[0]["max"][0])
-        return 1, 1024
-    static = onnx_batch(bundle / entry["file"])
-    return (static, static) if static else (1, 1024)
 
 
 def choose_batch(requested: int | None, lo_hi: tuple[int, int], what: str, static_hint: str) -> int:
@@ -354,7 +319,7 @@ def _validate_bundle(
     tol = parse_tolerances(tolerances)
     if batch is not None and batch < 1:
         raise UserError(f"--batch must be a positive integer, got {batch}")
-    targets = plan_targets(bundle, manifest, names)
+    targets = plan_targets(b, names)
 
     skipped: list[dict[str, Any]] = []
     if "trt" in names and not any(t.backend == "trt" for t in targets):
@@ -367,7 +332,7 @@ def _validate_bundle(
         else:
             hint = ("re-export with --dynamic-batch" if t.backend == "ort"
                     else "rebuild the engine with a wider --min-batch/--max-batch")
-            batches[t.key] = choose_batch(batch, batch_range(bundle, manifest, t.key), t.file or t.key, hint)
+            batches[t.key] = choose_batch(batch, b.artifact(t.key).batch_range, t.file or t.key, hint)
 
     inputs = validation_inputs(manifest, images, photos=photos, seeded=seeded)
     if not inputs:
@@ -442,7 +407,7 @@ def _validate_bundle(
                 failures = judge(tensor_gate(metrics, t.precision, pose_checked), tolerance)
             row["failures"] += [f"{name}: {f}" for f in failures]
         if pose_checked:
-            lo_hi = (1, 1024) if t.backend == "eager" else batch_range(bundle, manifest, t.key)
+            lo_hi = (1, 1024) if t.backend == "eager" else b.artifact(t.key).batch_range
             n = lo_hi[0] if lo_hi[0] == lo_hi[1] else min(max(batch or 8, lo_hi[0]), lo_hi[1])
             pose = check_pose(pose_ref, lambda x, r=runner: r.run(x)[output_names[0]], tolerance, n,
                               fixed_batch=lo_hi[0] == lo_hi[1])
@@ -457,8 +422,8 @@ def _validate_bundle(
         if not row["passed"] and localize_failures and row["per_input"]:
             worst = max(row["per_input"], key=lambda r: (np.nan_to_num(r["max_rel"], nan=np.inf)))
             item = next(i for i in inputs if i.name == worst["input"] and list(i.size) == worst["size"])
-            n = batches[t.key] if (t.backend != "eager" and batch_range(bundle, manifest, t.key)[0] ==
-                                   batch_range(bundle, manifest, t.key)[1]) else 2
+            fixed = t.backend != "eager" and len(set(b.artifact(t.key).batch_range)) == 1
+            n = batches[t.key] if fixed else 2
             x = np.repeat(item.array[None], n, axis=0)
             log(f"{label} failed; localising the first diverging node on input {item.name}")
             row["divergence"] = _localize_target(t, bundle, manifest, eager, x, t.precision, threads)
