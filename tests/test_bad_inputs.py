@@ -210,6 +210,7 @@ CASES: list[tuple[str, str]] = [
     ("validate {w}/no_input", "input section is missing"),
     ("validate {w}/good --backends foo", "unknown backend 'foo'"),
     ("validate {w}/good --batch 0", "Invalid value for '--batch'"),
+    ("validate {w}/good --batch 1000000000000", r"outside what model.onnx accepts \(batch 1..1024\)"),
     # bench
     ("bench", "give exactly one of"),
     ("bench {w}/good --batch 0", "positive integers"),
