@@ -563,7 +563,3 @@ def hold_lock(path: Path, what: str, timeout: float) -> Iterator[None]:
     finally:
         lock.release()
 
-
-def eager_model_for_bundle(bundle: str | os.PathLike) -> Any:
-    """Deprecated spelling of `Bundle.open(bundle).eager_model()` (kept while stages migrate)."""
-    return Bundle.open(bundle).eager_model()

@@ -17,8 +17,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from hrdeploy.bundle import MANIFEST, Bundle
 from hrdeploy.cli import cli
-from hrdeploy.manifest import load_manifest, save_manifest
 
 TINY = "_tiny_pose_validate_test"
 
@@ -103,7 +103,7 @@ def test_validate_passes_and_keeps_export_report(cli_runner, tiny_bundles, tmp_p
 
     md = (bundle / "parity.md").read_text()
     assert "# Validation" in md and "# Export parity" in md and "skipped" in md
-    assert load_manifest(bundle)["parity"]["validate"]["passed"] is True
+    assert Bundle.open(bundle).section("parity")["validate"]["passed"] is True
 
 
 def test_validate_fails_and_names_the_tampered_node(cli_runner, tiny_bundles, tmp_path) -> None:
@@ -143,14 +143,13 @@ def _tamper(src: Path, dst: Path, conv_index: int, scale: float) -> str:
 def test_precision_artifacts_use_their_tolerance_and_localize_against_fp32(cli_runner, tiny_bundles, tmp_path):
     from onnxconverter_common import float16
 
-    from hrdeploy.manifest import record_artifact
 
     bundle = _copy(tiny_bundles[1], tmp_path)
     fp16 = float16.convert_float_to_float16(onnx.load(bundle / "model.onnx"), keep_io_types=True)
     onnx.save(fp16, bundle / "model.fp16.onnx")
-    record_artifact(bundle, "fp16", "model.fp16.onnx", precision="fp16")
+    Bundle.open(bundle).record_artifact("fp16", "model.fp16.onnx", precision="fp16")
     broken = _tamper(bundle / "model.onnx", bundle / "model.int8.onnx", 2, -3.0)
-    record_artifact(bundle, "int8", "model.int8.onnx", precision="int8")
+    Bundle.open(bundle).record_artifact("int8", "model.int8.onnx", precision="int8")
 
     result = cli_runner.invoke(cli, ["validate", str(bundle), "--threads", "1", "--no-photos", "--backends", "ort"])
     assert result.exit_code == 1, result.output
@@ -166,9 +165,9 @@ def test_precision_artifacts_use_their_tolerance_and_localize_against_fp32(cli_r
 
 def test_weights_changed_since_export_are_diagnosed(cli_runner, tiny_bundles, tmp_path) -> None:
     bundle = _copy(tiny_bundles[0], tmp_path)
-    manifest = load_manifest(bundle)
+    manifest = json.loads((bundle / MANIFEST).read_text())
     manifest["model"]["seed"] = 1  # the eager reference is now rebuilt with other weights than were exported
-    save_manifest(bundle, manifest)
+    (bundle / MANIFEST).write_text(json.dumps(manifest))
     result = cli_runner.invoke(cli, ["validate", str(bundle), "--threads", "1", "--no-photos", "--seeded", "1"])
     assert result.exit_code == 1, result.output
     divergence = json.loads((bundle / "parity.json").read_text())["validate"]["rows"][0]["divergence"]
@@ -199,9 +198,9 @@ def test_bad_inputs_are_one_line_errors(cli_runner, tiny_bundles, tmp_path) -> N
     _one_line_error(cli_runner.invoke(cli, ["validate", str(static), "--backends", "trt"]), "nothing to validate")
 
     empty = _copy(static, tmp_path)
-    manifest = load_manifest(empty)
+    manifest = json.loads((empty / MANIFEST).read_text())
     manifest["artifacts"] = {}
-    save_manifest(empty, manifest)
+    (empty / MANIFEST).write_text(json.dumps(manifest))
     _one_line_error(cli_runner.invoke(cli, ["validate", str(empty)]), "has no artifacts")
 
 
@@ -233,13 +232,12 @@ def test_validate_lite_hrnet_18_bundle(cli_runner, lite18_bundle, tmp_path) -> N
 
 
 def test_localize_in_small_chunks_finds_the_same_node(tiny_bundles, tmp_path) -> None:
-    from hrdeploy.bundle import eager_model_for_bundle
     from hrdeploy.validate.localize import localize
 
     bundle = tiny_bundles[1]  # static batch 1, no rewrites: the eager model is the exported one
     broken = _tamper(bundle / "model.onnx", tmp_path / "broken.onnx", 1, 2.0)
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 48), dtype=np.float32)
-    eager = eager_model_for_bundle(bundle)
+    eager = Bundle.open(bundle).eager_model()
     whole = localize(tmp_path / "broken.onnx", x, eager_model=eager)
     chunked = localize(tmp_path / "broken.onnx", x, eager_model=eager, budget_bytes=1)  # one tensor per chunk
     assert whole["first_divergence"]["node"] == chunked["first_divergence"]["node"] == broken
