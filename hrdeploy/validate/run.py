@@ -68,7 +68,9 @@ def plan_targets(b: Bundle, backends: list[str]) -> list[Target]:
         if backend in backends:
             for key, art in b.artifacts.items():
                 if art.kind == kind:
-                    b.artifact(key)  # missing or damaged files are a UserError before any work
+                    b.artifact(key, verify=False)  # a missing file is a UserError before any work; a changed
+                    if kind == "onnx":  # one is diagnosed below, an unreadable one is a UserError now
+                        art.onnx_model()
                     targets.append(Target(key, backend, art.precision, art.file))
     return targets
 
@@ -332,7 +334,7 @@ def _validate_bundle(
         else:
             hint = ("re-export with --dynamic-batch" if t.backend == "ort"
                     else "rebuild the engine with a wider --min-batch/--max-batch")
-            batches[t.key] = choose_batch(batch, b.artifact(t.key).batch_range, t.file or t.key, hint)
+            batches[t.key] = choose_batch(batch, b.artifacts[t.key].batch_range, t.file or t.key, hint)
 
     inputs = validation_inputs(manifest, images, photos=photos, seeded=seeded)
     if not inputs:
@@ -407,7 +409,7 @@ def _validate_bundle(
                 failures = judge(tensor_gate(metrics, t.precision, pose_checked), tolerance)
             row["failures"] += [f"{name}: {f}" for f in failures]
         if pose_checked:
-            lo_hi = (1, 1024) if t.backend == "eager" else b.artifact(t.key).batch_range
+            lo_hi = (1, 1024) if t.backend == "eager" else b.artifacts[t.key].batch_range
             n = lo_hi[0] if lo_hi[0] == lo_hi[1] else min(max(batch or 8, lo_hi[0]), lo_hi[1])
             pose = check_pose(pose_ref, lambda x, r=runner: r.run(x)[output_names[0]], tolerance, n,
                               fixed_batch=lo_hi[0] == lo_hi[1])
@@ -422,7 +424,7 @@ def _validate_bundle(
         if not row["passed"] and localize_failures and row["per_input"]:
             worst = max(row["per_input"], key=lambda r: (np.nan_to_num(r["max_rel"], nan=np.inf)))
             item = next(i for i in inputs if i.name == worst["input"] and list(i.size) == worst["size"])
-            fixed = t.backend != "eager" and len(set(b.artifact(t.key).batch_range)) == 1
+            fixed = t.backend != "eager" and len(set(b.artifacts[t.key].batch_range)) == 1
             n = batches[t.key] if fixed else 2
             x = np.repeat(item.array[None], n, axis=0)
             log(f"{label} failed; localising the first diverging node on input {item.name}")
