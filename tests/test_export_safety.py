@@ -4,6 +4,7 @@ bundle. Nothing half-written may stay, nothing of the user's may go."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,3 +123,32 @@ def test_manifest_paths_outside_the_bundle_are_refused(tmp_path: Path, cli_runne
     assert result.exit_code == 2, result.output
     assert "outside the bundle" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("case", ["parent_is_file", "not_writable", "checkpoint_missing", "huge_batch"])
+def test_output_and_inputs_are_checked_before_the_model_is_built(tmp_path: Path, cli_runner, monkeypatch,
+                                                                 case: str) -> None:
+    import hrdeploy.export.bundle_export as bundle_export
+
+    def never(*a, **k):
+        raise AssertionError("the model was built before the inputs were checked")
+
+    monkeypatch.setattr(bundle_export, "build_model", never)
+    (tmp_path / "afile").write_text("x")
+    args = ["export", "lite_hrnet_18", "-o", str(tmp_path / "out")]
+    if case == "parent_is_file":
+        args[3], expected = str(tmp_path / "afile" / "out"), "is a file, not a folder"
+    elif case == "not_writable":  # root ignores permission bits, so the check itself is what is exercised
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode))
+        expected = "is not writable"
+    elif case == "checkpoint_missing":
+        args += ["--checkpoint", str(tmp_path / "nope.pth")]
+        expected = "nope.pth does not exist"
+    else:
+        args += ["--batch", "100000"]
+        expected = r"batch must be 1\.\.1024"
+    result = cli_runner.invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert re.search(expected, result.stderr), result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["afile"]
