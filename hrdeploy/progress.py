@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -15,7 +14,7 @@ def steps(console, prefix: str) -> Iterator[Step]:  # noqa: ANN001 - rich Consol
     """Yield `step(text)`: one line per step, under a spinner on a terminal and as plain timestamped lines
     (`[export 12.3s] simplifying ...`) otherwise, so CI logs show where a long command is."""
     start = time.perf_counter()
-    if console.is_terminal and sys.stdout.isatty():
+    if console.is_terminal:
         with console.status(f"{prefix} ...") as status:
             def tty_step(text: str) -> None:
                 console.print(f"[dim]{prefix}:[/] {text}", highlight=False)
