@@ -50,7 +50,7 @@ def _coco(shared_data: Path) -> list[str]:
 def test_quantize_calibrates_on_person_crops_and_passes_the_crop_gate(quantized: Path) -> None:
     manifest = json.loads((quantized / "manifest.json").read_text())
     int8, fp16 = manifest["artifacts"]["int8"], manifest["artifacts"]["fp16"]
-    assert "person crops found by the eager model" in int8["calibration"]["source"]
+    assert "person crops found by the fp32 model" in int8["calibration"]["source"]
     assert int8["calibration"]["count"] == 11  # 5 MPII + 6 scikit-image photos, one crop each
     for entry, precision in ((int8, "int8"), (fp16, "fp16")):
         val = entry["validation"]

@@ -237,7 +237,11 @@ class CropSet:
 
     @property
     def boxes_wh(self) -> np.ndarray:
-        return np.array([b.box[2:] for b in self.boxes], dtype=np.float64).reshape(-1, 2)
+        """Each person's box (w, h) grown to the model's aspect ratio (the region the crop shows, unpadded)."""
+        from hrdeploy.pose.preprocess import box_to_center_scale
+
+        sizes = [box_to_center_scale(b.box, self.input_hw, padding=1.0)[1] for b in self.boxes]
+        return np.array(sizes, dtype=np.float64).reshape(-1, 2)
 
     def keypoints(
         self, run: RunFn, batch: int = 8, *, fixed_batch: bool = False, flip_index: Sequence[int] | None = None,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hrdeploy.parity.tolerances import CONFIDENT_SCORE, FLOOR_FACTOR, PCK_ALPHA, Tolerance
+from hrdeploy.parity.tolerances import CONFIDENT_SCORE, FLOOR_FACTOR, PCK_ALPHA, PERSON_MIN_JOINTS, Tolerance
 
 # COCO's per-keypoint OKS sigmas (pycocotools COCOeval.Params.kpt_oks_sigmas); other keypoint sets use their mean.
 COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0
@@ -64,13 +64,15 @@ def label_agreement(ref_logits: np.ndarray, out_logits: np.ndarray) -> dict[str,
 
 def keypoint_agreement(
     ref: np.ndarray, out: np.ndarray, boxes_wh: np.ndarray, sigmas: Sequence[float] | None = None,
-    min_score: float = CONFIDENT_SCORE,
+    min_score: float = CONFIDENT_SCORE, min_joints: int = PERSON_MIN_JOINTS,
 ) -> dict[str, float]:
     """How well keypoints `out` [N, K, 3] (x, y, score; image pixels) agree with the reference `ref`.
 
-    Only joints the reference is confident about (score >= min_score) count. `boxes_wh` [N, 2] is each
-    person's box (width, height) in image pixels: OKS uses area = w * h and the keypoint sigmas (COCO's for 17
-    joints, else their mean); PCK counts joints within PCK_ALPHA x the box's longer side.
+    Only joints the reference is confident about (score >= min_score) count, and only on crops where it is
+    confident about at least `min_joints` (a person; on crops of no one its few "joints" are noise).
+    `boxes_wh` [N, 2] is each person's box (width, height) in image pixels: OKS uses area = w * h and the
+    keypoint sigmas (COCO's for 17 joints, else their mean); PCK counts joints within PCK_ALPHA x the box's
+    longer side.
     """
     ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
     k = ref.shape[1]
@@ -80,6 +82,7 @@ def keypoint_agreement(
     d = np.linalg.norm(ref[..., :2] - out[..., :2], axis=-1)  # [N, K]
     d = np.where(np.isfinite(d), d, np.inf)
     mask = ref[..., 2] >= min_score
+    mask &= mask.sum(axis=1, keepdims=True) >= min_joints
     area = (wh[:, 0] * wh[:, 1])[:, None]
     e = d**2 / (2.0 * area * (2.0 * s[None]) ** 2)  # COCO's OKS term: d^2 / (2 * s^2 * (2 sigma)^2), s^2 = area
     oks_joint = np.exp(-e)

@@ -33,6 +33,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 FLOOR_FACTOR = 4.0
 # Eager keypoints below this heatmap score are not judged (the model itself does not know where they are).
 CONFIDENT_SCORE = 0.3
+# A crop counts as a person (is judged) when the reference is confident about at least this many joints.
+PERSON_MIN_JOINTS = 4
 PCK_ALPHA = 0.05
 
 
@@ -50,17 +52,18 @@ class Tolerance:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-# Crop-agreement bounds come from the trained PP-TinyPose network (wider_naive_lite_hrnet_18) at 256x192 and
-# 128x96, measured with `python benchmarks/bench_accuracy.py` on the crops the eager model finds in the 5 MPII
-# photos + 6 scikit-image photos: the good onnxruntime INT8 (crop calibration, wide-range depthwise convs
-# kept fp32) reaches mean OKS 0.97-0.98 / PCK 94-97 % against eager (COCO AP within 1 point of fp32), the
-# broken ones (every depthwise conv int8: -14 AP; calibrated on one tiny image: -57 AP) at most OKS 0.91 /
-# PCK 78 %. fp16 agrees to OKS 0.9999. The bars sit between, with margin on both sides.
+# Crop-agreement bounds come from the trained PP-TinyPose network (wider_naive_lite_hrnet_18), measured by
+# `python benchmarks/bench_accuracy.py` (benchmarks/RESULTS.md) on the person crops found in the 5 MPII photos +
+# 6 scikit-image photos (7 crops hold a person). At 128x96: fp16 OKS 0.998 / PCK 100; the onnxruntime INT8
+# OKS 0.971 / PCK 96.4; INT8 calibrated on one tiny random image (COCO AP -30 points) OKS 0.907 / PCK 88.0.
+# The int8 bars sit between the good and the broken INT8 with ~0.03 OKS / ~4 PCK points of margin each side.
+# (INT8 with every depthwise conv quantized, -8.5 AP at 128x96, agrees on these crops as well as the good one,
+# OKS 0.960: only the AP gate with annotations catches it.)
 # AP bars: fp16 0.5 and int8 2 AP points (MMDeploy's regression gate is +-2 AP for int8).
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_rel=1e-4, min_cosine=0.99999, max_ap_drop=0.1, min_oks=0.999, min_pck=99.0),
-    "fp16": Tolerance(min_cosine=0.999, max_ap_drop=0.5, min_oks=0.995, min_pck=98.0),
-    "int8": Tolerance(min_cosine=0.98, max_ap_drop=2.0, min_oks=0.95, min_pck=88.0),
+    "fp16": Tolerance(min_cosine=0.999, max_ap_drop=0.5, min_oks=0.99, min_pck=98.0),
+    "int8": Tolerance(min_cosine=0.98, max_ap_drop=2.0, min_oks=0.94, min_pck=92.0),
 }
 
 

@@ -37,6 +37,7 @@ from hrdeploy.precision.evaluate import (
     run_batches,
 )
 from hrdeploy.precision.int8 import DEFAULT_METHOD, METHODS
+from hrdeploy.runtime.onnxruntime import OrtRunner
 
 PRECISIONS = ("fp16", "int8")
 BACKENDS = ("auto", "modelopt", "ort")
@@ -94,9 +95,9 @@ def _eager_heatmaps(b: Bundle, threads: int | None) -> Callable[[np.ndarray], np
 
 def _crop_set(
     b: Bundle, folder: str | os.PathLike, samples: int | None, ann: str | os.PathLike | None,
-    eager: Callable[[np.ndarray], np.ndarray], what: str,
+    finder: Callable[[np.ndarray], np.ndarray], what: str,
 ) -> tuple[CropSet, ImageSet]:
-    """Person crops of the photos in `folder`: boxes from `ann`, else where the eager model finds people."""
+    """Person crops of the photos in `folder`: boxes from `ann`, else where `finder` (fp32) finds people."""
     from hrdeploy.parity.crops import boxes_from_annotations, find_people
     from hrdeploy.pose.preprocess import image_files
 
@@ -108,8 +109,8 @@ def _crop_set(
         available, how = len(boxes), f"person boxes of {Path(ann).name}"
     else:
         files = image_files(folder)
-        boxes = find_people(files[:samples], eager, hw, mean, std)
-        available, how = len(files), "person crops found by the eager model"
+        boxes = find_people(files[:samples], finder, hw, mean, std)
+        available, how = len(files), "person crops found by the fp32 model"
     crops = CropSet.build(boxes, hw, mean, std)
     names = [f"{p.file.name}@{','.join(f'{v:.0f}' for v in p.box)}" for p in boxes]
     return crops, ImageSet(crops.x, names, f"{folder} ({how})", available)
@@ -133,8 +134,6 @@ def _validate(
     val_crops: CropSet | None, eager: Callable[[np.ndarray], np.ndarray], batch: int | None, threads: int | None,
 ) -> dict[str, Any]:
     """The variant against eager fp32 with hrdeploy.parity: AP drop (annotated), crop agreement, or tensors."""
-    from hrdeploy.runtime.onnxruntime import OrtRunner
-
     with OrtRunner(variant, threads=threads) as runner:
         def run(x: np.ndarray) -> np.ndarray:
             return runner.run(x)[b.output_names[0]]
@@ -181,8 +180,8 @@ def quantize_bundle(
     precision: "fp16" (mixed precision, fp32 I/O) or "int8" (Q/DQ; needs `calib_dir`).
     calib_dir / calib_samples: calibration photos (first N by file name). Top-down pose models calibrate on
         person crops: the boxes of `calib_ann` (COCO keypoint json or MPII json with center/scale), else one
-        crop per photo where the eager model finds a person (hrdeploy.parity.crops); other models on whole
-        images, letterboxed.
+        crop per photo where the fp32 model finds a person (hrdeploy.parity.crops.find_people); other models
+        on whole images, letterboxed.
     method: int8 activation calibration, "entropy" | "max" | "percentile" (99.99th) [default: percentile
         with ort, entropy with modelopt].
     backend: "modelopt" (NVIDIA ModelOpt), "ort" (onnxruntime / onnxconverter-common) or "auto".
@@ -227,6 +226,11 @@ def quantize_bundle(
     _check_exclude(model, exclude, scopes)
     batch = static_batch(src)
     eager = _eager_heatmaps(b, threads)
+    # the person search runs dozens of windows per photo: on the fp32 ONNX (export-checked against eager)
+    fp32 = OrtRunner(src, threads=threads)
+
+    def finder(x: np.ndarray) -> np.ndarray:
+        return fp32.run(x)[b.output_names[0]]
     coco = CocoKeypoints(ann, images) if ann is not None else None
     if calib_dir is not None:
         _check_disjoint(calib_dir, coco)
@@ -239,7 +243,7 @@ def quantize_bundle(
             calib = None
         elif topdown:
             say(f"{precision}: finding people in {calib_dir}" if calib_ann is None else f"{precision}: cropping")
-            calib_crops, calib = _crop_set(b, calib_dir, calib_samples, calib_ann, eager, "calib")
+            calib_crops, calib = _crop_set(b, calib_dir, calib_samples, calib_ann, finder, "calib")
         else:
             calib = load_images(calib_dir, manifest, calib_samples)
         val_crops: CropSet | None = None
@@ -249,7 +253,7 @@ def quantize_bundle(
                            len(val_crops))
         elif val_dir is not None:
             if topdown:
-                val_crops, val = _crop_set(b, val_dir, val_samples, None, eager, "val")
+                val_crops, val = _crop_set(b, val_dir, val_samples, None, finder, "val")
             else:
                 val = load_images(val_dir, manifest, val_samples)
         elif calib is not None:
@@ -261,8 +265,8 @@ def quantize_bundle(
             from hrdeploy.pose.samples import write_sample_photos
 
             write_sample_photos(work / "samples")
-            val_crops, val = _crop_set(b, work / "samples", val_samples, None, eager, "val")
-            val.source = "skimage sample photos (person crops found by the eager model)"
+            val_crops, val = _crop_set(b, work / "samples", val_samples, None, finder, "val")
+            val.source = "skimage sample photos (person crops found by the fp32 model)"
         else:
             val = default_images(manifest, work, samples=val_samples)
         calib_set = calib if calib is not None else val

@@ -226,18 +226,24 @@ def pose_reference(b: Bundle, eager: Any, ann: str | os.PathLike | None, images:
         return eager.run(x)[b.output_names[0]]
 
     hw, mean, std = b.input.size, b.input.mean, b.input.std
+    find = run
+    if "onnx" in b.artifacts and b.artifacts["onnx"].exists:  # the person search runs dozens of windows a photo
+        fp32 = b.artifacts["onnx"].open_runner()
+
+        def find(x: np.ndarray) -> np.ndarray:
+            return fp32.run(x)[b.output_names[0]]
     if ann is not None:
         coco = CocoKeypoints(ann, images)  # type: ignore[arg-type]
         return Reference.compute(run, CropSet.build(coco.gt_boxes(), hw, mean, std), coco)
     if images is not None:
-        boxes = find_people(image_files(images), run, hw, mean, std)
+        boxes = find_people(image_files(images), find, hw, mean, std)
     else:
         import tempfile
 
         from hrdeploy.pose.samples import write_sample_photos
 
         with tempfile.TemporaryDirectory(prefix="hrdeploy-photos-") as tmp:
-            boxes = find_people(write_sample_photos(tmp), run, hw, mean, std)
+            boxes = find_people(write_sample_photos(tmp), find, hw, mean, std)
             crops = CropSet.build(boxes, hw, mean, std)
         return Reference.compute(run, crops)
     return Reference.compute(run, CropSet.build(boxes, hw, mean, std))
