@@ -152,3 +152,16 @@ def test_output_and_inputs_are_checked_before_the_model_is_built(tmp_path: Path,
     assert result.exit_code == 2, result.output
     assert re.search(expected, result.stderr), result.stderr
     assert sorted(os.listdir(tmp_path)) == ["afile"]
+
+
+def test_failed_export_removes_the_folders_it_created(tmp_path: Path, cli_runner, monkeypatch) -> None:
+    import hrdeploy.export.bundle_export as bundle_export
+    from hrdeploy.errors import UserError
+
+    def fails(*a, **k):
+        raise UserError("the network cannot be built here")
+
+    monkeypatch.setattr(bundle_export, "build_model", fails)
+    result = cli_runner.invoke(cli, ["export", "lite_hrnet_18", "-o", str(tmp_path / "new" / "deeper" / "b")])
+    assert result.exit_code == 2 and "cannot be built here" in result.stderr
+    assert os.listdir(tmp_path) == []

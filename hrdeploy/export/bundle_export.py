@@ -94,16 +94,26 @@ def _stale_work_dirs(out: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def _writing(out: Path) -> Iterator[None]:
-    """Hold `.NAME.lock` beside the bundle: a second export into the same folder fails at once."""
+    """Hold `.NAME.lock` beside the bundle: a second export into the same folder fails at once. Parent
+    folders created here are removed again if the export fails."""
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.parent / f".{out.name}.lock"
-    with hold_lock(lock, f"bundle {out}", timeout=0):
-        try:
-            for stale in _stale_work_dirs(out):
-                shutil.rmtree(stale, ignore_errors=True)
-            yield
-        finally:
-            lock.unlink(missing_ok=True)
+    ok = False
+    try:
+        with hold_lock(lock, f"bundle {out}", timeout=0):
+            try:
+                for stale in _stale_work_dirs(out):
+                    shutil.rmtree(stale, ignore_errors=True)
+                yield
+                ok = True
+            finally:
+                lock.unlink(missing_ok=True)
+    finally:
+        if not ok:
+            for folder in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def _parity_cases(opts: ExportOptions, size: tuple[int, int], stride: int) -> list[ParityCase]:
