@@ -89,6 +89,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "build_str": 'build:\n  max_batch: "8"\n',
         "quantize_bool": "quantize:\n  calib_samples: true\n",
         "batch_huge": "export:\n  batch: 1000000000000\n",
+        "size_strs": 'export:\n  input_size: [256, "192"]\n',
     }
     (w / "presets").mkdir()
     for name, text in presets.items():
@@ -148,6 +149,7 @@ CASES: list[tuple[str, str]] = [
     ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/build_str.yaml", "build.max_batch must be an integer"),
     ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/quantize_bool.yaml", "calib_samples must be an integer"),
     ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/batch_huge.yaml", r"batch must be 1\.\.1024"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/size_strs.yaml", "is not HxW"),
     ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/missing.yaml", "does not exist"),
     # export: output paths
     ("export lite_hrnet_18 -o {w}/afile", "is a file; pass a directory"),

@@ -141,7 +141,9 @@ def build_manifest(spec: ModelSpec, opts: ExportOptions, dataset: str, size: tup
         "format": FORMAT,
         "model": {
             "name": spec.name, "family": spec.family, "task": spec.task, "dataset": dataset,
-            "upstream": spec.upstream, "checkpoint": opts.checkpoint, "seed": opts.seed,
+            "upstream": spec.upstream, "seed": opts.seed,
+            # absolute, so later stages rebuild the eager reference from any working folder
+            "checkpoint": os.path.abspath(opts.checkpoint) if opts.checkpoint else None,
         },
         "input": {
             "name": INPUT_NAME, "shape": shape, "layout": "NCHW", "color": "RGB", "scale": 255.0,

@@ -78,6 +78,8 @@ def parse_size(text: str | list | tuple) -> tuple[int, int]:
             h, w = text.lower().split("x")
         else:
             h, w = text
+            if not all(type(v) is int for v in (h, w)):
+                raise TypeError("sizes in a list must be integers")
         return int(h), int(w)
     except (ValueError, TypeError) as err:
         raise UserError(f"input size {text!r} is not HxW; write it as e.g. 256x192") from err
