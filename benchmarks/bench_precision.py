@@ -60,14 +60,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime
 
+    from hrdeploy.bundle import Bundle
     from hrdeploy.export import parse_size
     from hrdeploy.io import write_json, write_text
-    from hrdeploy.manifest import load_manifest
+    from hrdeploy.parity.compare import argmax_agreement as keypoint_metrics
+    from hrdeploy.parity.compare import tensor_stats as tensor_metrics
     from hrdeploy.pose.samples import write_sample_photos
     from hrdeploy.precision import quantize_bundle
     from hrdeploy.precision.calib import load_images
     from hrdeploy.precision.evaluate import run_model
-    from hrdeploy.validate.metrics import keypoint_metrics, tensor_metrics
 
     size = parse_size(args.input_size)
     photos = Path(tempfile.mkdtemp(prefix="hrdeploy-photos-"))
@@ -78,15 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         variants = [("fp32", "model.onnx", None)]
         t0 = time.perf_counter()
         quantize_bundle(bundle, "fp16", calib_dir=photos, backend="ort", sensitivity=False)
-        variants.append(("fp16", "model.fp16.onnx", load_manifest(bundle)["artifacts"]["fp16"]))
+        variants.append(("fp16", "model.fp16.onnx", Bundle.open(bundle).artifacts["fp16"].info))
         for backend in args.backends:
             quantize_bundle(bundle, "int8", calib_dir=photos, backend=backend, sensitivity=False)
-            entry = load_manifest(bundle)["artifacts"]["int8"]
+            entry = Bundle.open(bundle).artifacts["int8"].info
             target = bundle / f"model.int8.{backend}.onnx"
             shutil.copyfile(bundle / "model.int8.onnx", target)
             variants.append((f"int8-{backend}", target.name, entry))
         print(f"{name}: variants ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        images = load_images(photos, load_manifest(bundle)).data
+        images = load_images(photos, Bundle.open(bundle).manifest).data
         fp32_out = run_model(bundle / "model.onnx", images)
         out_name = next(iter(fp32_out))
         for label, file, entry in variants:

@@ -5,6 +5,7 @@ Public API (imported lazily so that `import hrdeploy` stays light):
     list_models() -> list[str]
     get_spec(name) -> ModelSpec
     export_bundle(name, out_dir, **options) -> ExportResult
+    Bundle.open(path) -> Bundle   (typed, validated view of a bundle directory; hrdeploy.bundle)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ _LAZY = {
     "list_models": "hrdeploy.registry",
     "get_spec": "hrdeploy.registry",
     "export_bundle": "hrdeploy.export",
+    "Bundle": "hrdeploy.bundle",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +20,22 @@ from hrdeploy.errors import UserError
 MAX_LISTED = 10
 # Containers that wrap the state_dict in mmcv / mmpose / plain training checkpoints, in lookup order.
 _WRAPPERS = ("state_dict", "model", "module")
+
+
+# torch's weights-only unpickler names the callable it blocked: "Unsupported global: GLOBAL posix.system" (older)
+# or "unsupported GLOBAL posix.system whose module ..." (torch 2.13).
+_GLOBAL = re.compile(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", re.IGNORECASE)
+
+
+def refused_pickle(path: str | os.PathLike, name: str) -> UserError:
+    """The error for a pickle that needs code execution to load (never run, never offered to run)."""
+    return UserError(
+        f"{path} is a pickle that would run code ({name}) while loading, so hrdeploy refused it: checkpoints "
+        "may only hold tensors. If you trust its source, convert it once to plain weights, e.g. "
+        "`python -c \"import torch; sd = torch.load('IN.pth', weights_only=False); "
+        "torch.save(sd.get('state_dict', sd), 'OUT.pth')\"` (or save_file from safetensors.torch), "
+        "and pass OUT.pth"
+    )
 
 
 def _first_line(err: BaseException) -> str:
@@ -37,19 +54,23 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             obj: object = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
-            raise UserError(f"{path} is not a readable safetensors file ({err})") from err
+            raise UserError(f"{path} is not a readable safetensors file ({_first_line(err)})") from err
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            if "Unsupported global" in str(err):  # the pickle names a callable to run
-                raise UserError(
-                    f"{path} needs arbitrary code to unpickle and was refused (weights_only=True); "
-                    "re-save it as a plain state_dict or .safetensors from a trusted environment"
-                ) from err
-            raise UserError(f"{path} is not a PyTorch checkpoint ({_first_line(err)})") from err
-        except (RuntimeError, EOFError, OSError, ValueError) as err:
-            raise UserError(f"{path} is not a PyTorch checkpoint ({_first_line(err)})") from err
+            found = _GLOBAL.search(str(err))
+            if found:  # the pickle names a callable that would run while loading
+                raise refused_pickle(path, found.group(1)) from err
+            raise UserError(
+                f"{path} is not a PyTorch checkpoint (not a weights-only pickle); pass a .pth/.pt state_dict "
+                "or a .safetensors file"
+            ) from err
+        except Exception as err:  # a text or foreign file fails anywhere inside torch.load (KeyError, EOFError...)
+            raise UserError(
+                f"{path} is not a PyTorch checkpoint (torch.load failed with {type(err).__name__}); "
+                "pass a .pth/.pt state_dict or a .safetensors file"
+            ) from err
     for key in _WRAPPERS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

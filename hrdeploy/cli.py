@@ -2,7 +2,8 @@
 
 Each command lives in hrdeploy/commands/<name>.py and is imported only when used (click's lazy-group
 pattern), so `hrdeploy --help` never imports torch, onnxruntime or TensorRT. Expected failures are
-`UserError`s: one line on stderr, exit status 2; `--debug` shows the traceback.
+`UserError`s: one line on stderr, exit status 2; `--debug` shows the traceback. Ctrl-C exits 130 (the
+stages clean their temporary files on the way out).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import click
 from hrdeploy import __version__
 from hrdeploy.errors import UserError
 
+INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+
 # name -> (module, attribute, one-line help shown by `hrdeploy --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "list": ("hrdeploy.commands.list_cmd", "list_cmd", "List the model zoo with parameter and MAC counts."),
@@ -22,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "quantize": ("hrdeploy.commands.quantize_cmd", "quantize_cmd", "Add an FP16 or INT8 (Q/DQ) ONNX to a bundle."),
     "build": ("hrdeploy.commands.build_cmd", "build_cmd", "Build a TensorRT engine from a bundle or ONNX."),
     "doctor": ("hrdeploy.commands.doctor_cmd", "doctor_cmd", "Lint an ONNX for TensorRT compatibility (no GPU)."),
+    "eval": ("hrdeploy.commands.eval_cmd", "eval_cmd", "COCO keypoint AP of every artifact vs eager fp32."),
     "validate": ("hrdeploy.commands.validate_cmd", "validate_cmd", "Check every artifact of a bundle against eager."),
     "bench": ("hrdeploy.commands.bench_cmd", "bench_cmd", "Measure latency and throughput per backend and batch."),
     "infer": ("hrdeploy.commands.infer_cmd", "infer_cmd", "Run pose inference on images and draw keypoints."),
@@ -46,14 +50,40 @@ class LazyGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: ANN001, ANN201
+        """Click's main, with usage errors on one line (`error: ...; see hrdeploy CMD --help`), exit 2."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except click.UsageError as err:
+            where = f"{err.ctx.command_path} --help" if err.ctx is not None else "hrdeploy --help"
+            click.echo(f"error: {' '.join(err.format_message().split())} (see `{where}`)", err=True)
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except click.Abort:  # Ctrl-C while click itself was running (parsing, prompting)
+            click.echo("interrupted", err=True)
+            sys.exit(INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: click.Context):  # noqa: ANN201 - click's signature
         try:
             return super().invoke(ctx)
         except UserError as err:
             if ctx.meta.get("hrdeploy.debug"):
                 raise
-            click.echo(f"error: {err}", err=True)
+            click.echo("error: " + " ".join(str(err).split()), err=True)
             ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            if ctx.meta.get("hrdeploy.debug"):
+                raise
+            click.echo("interrupted", err=True)
+            ctx.exit(INTERRUPTED)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -60,3 +60,19 @@ def console():  # noqa: ANN201 - rich.console.Console, imported lazily
     from rich.console import Console
 
     return Console(width=None if sys.stdout.isatty() else 120)
+
+
+def check_writable(path: str | os.PathLike, flag: str) -> Path:
+    """UserError unless `path` (a file or folder to create or replace) can be written: its first existing
+    ancestor must be a writable folder. Called before any expensive work."""
+    from hrdeploy.errors import UserError
+
+    path = Path(os.path.abspath(path))
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create {flag} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"cannot write {flag} {path}: {parent} is not writable; choose another path")
+    return path

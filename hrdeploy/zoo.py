@@ -9,6 +9,8 @@ from torch import nn
 from hrdeploy.errors import UserError
 from hrdeploy.registry import ModelSpec, get_spec
 
+MAX_INPUT_SIDE = 4096  # pixels; a larger model input is a typo, not a deployment (and would exhaust memory)
+
 
 def check_dataset(spec: ModelSpec, dataset: str | None) -> str:
     dataset = dataset or spec.datasets[0]
@@ -28,6 +30,8 @@ def check_input_size(spec: ModelSpec, input_size: tuple[int, int]) -> tuple[int,
             f"input size {h}x{w} does not divide by {spec.name}'s stride {spec.stride}; "
             f"use a multiple of {spec.stride}, e.g. {lo_h}x{lo_w}"
         )
+    if max(h, w) > MAX_INPUT_SIDE:
+        raise UserError(f"input size {h}x{w} is above {MAX_INPUT_SIDE} pixels a side; use a smaller --input-size")
     return h, w
 
 

@@ -204,10 +204,10 @@ def test_batches_outside_an_engine_profile_are_rejected() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="checks the no-TensorRT path")
 def test_engine_in_bundle_is_skipped_by_default_and_an_error_when_asked_for(cli_runner, l18) -> None:
-    from hrdeploy.manifest import record_artifact
+    from hrdeploy.bundle import Bundle
 
     (l18 / "model.fp16.engine").write_bytes(b"engine bytes")
-    record_artifact(l18, "engine_fp16", "model.fp16.engine", precision="fp16",
+    Bundle.open(l18).record_artifact("engine_fp16", "model.fp16.engine", precision="fp16",
                     profiles=[{"input": "input", "min": [1, 3, 128, 96], "opt": [2, 3, 128, 96],
                                "max": [4, 3, 128, 96]}])
     result = cli_runner.invoke(cli, ["bench", str(l18), "--backend", "ort,trt", "--iterations", "1", "--warmup", "0"])

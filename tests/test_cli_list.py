@@ -54,3 +54,25 @@ def test_unknown_command_and_version(cli_runner):
     assert cli_runner.invoke(cli, ["--version"]).output.startswith("hrdeploy, version")
     result = cli_runner.invoke(cli, ["exprot"])
     assert result.exit_code == 2 and "No such command 'exprot'" in result.output
+
+
+def test_list_reads_the_checked_in_table_without_torch():
+    code = (
+        "import sys; from click.testing import CliRunner; from hrdeploy.cli import cli; "
+        "r = CliRunner().invoke(cli, ['list', '--json']); assert r.exit_code == 0, r.output; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_cached_table_matches_a_fresh_count():
+    """The table `hrdeploy list` prints equals what counting computes now (regenerate it with
+    `python -m hrdeploy.counting` after changing a network or ModelSpec)."""
+    from hrdeploy.counting import cached_zoo_rows, zoo_row
+    from hrdeploy.registry import list_models
+
+    cached = {r["name"]: r for r in cached_zoo_rows()}
+    assert list(cached) == list_models()
+    for name in ("lite_hrnet_18", "dite_hrnet_18"):
+        assert cached[name] == json.loads(json.dumps(zoo_row(name)))

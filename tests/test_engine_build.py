@@ -14,16 +14,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_engine_plan import tiny_bundle
+from tiny_bundles import tiny_bundle
 
 import hrdeploy.engine.builder as builder
 import hrdeploy.engine.device as device_mod
+from hrdeploy.bundle import Bundle
 from hrdeploy.cli import cli
 from hrdeploy.engine.device import DeviceInfo
 from hrdeploy.engine.plan import BuildOptions, describe_source, make_plan
 from hrdeploy.engine.version import installed_tensorrt_version
 from hrdeploy.io import sha256
-from hrdeploy.manifest import load_manifest, record_artifact
 
 GPU = DeviceInfo(0, "NVIDIA GeForce RTX 3090", "8.6", 24 << 30)
 no_trt = pytest.mark.skipif(installed_tensorrt_version() is not None, reason="tensorrt is installed on this host")
@@ -165,7 +165,7 @@ def test_build_writes_engine_metadata_and_manifest(bundle, cli_runner, fake_trt_
                                  "max": [4, 3, 64, 48]}]
     assert meta["onnx"] == {"file": "model.onnx", "sha256": sha256(bundle / "model.onnx")}
     assert meta["sha256"] == sha256(engine) and meta["trtexec"].startswith("trtexec --onnx=")
-    entry = load_manifest(bundle)["artifacts"]["engine_fp16"]
+    entry = Bundle.open(bundle).artifacts["engine_fp16"].info
     assert entry["file"] == "model.fp16.engine" and entry["sha256"] == sha256(engine)
     assert entry["tensorrt"] == "10.8.0.43" and entry["metadata"] == "model.fp16.engine.json"
     assert str(engine) in res.output and "TensorRT 10.8.0.43" in res.output
@@ -185,7 +185,7 @@ def test_trt11_makes_the_missing_precision_onnx_first(bundle, cli_runner, fake_t
     def quantize_bundle(path, precision, log=None):
         calls.append((Path(path), precision))
         (Path(path) / "model.fp16.onnx").write_bytes((Path(path) / "model.onnx").read_bytes())
-        record_artifact(path, "fp16", "model.fp16.onnx", precision="fp16")
+        Bundle.open(path).record_artifact("fp16", "model.fp16.onnx", precision="fp16")
 
     monkeypatch.setattr(builder, "_quantize_function", lambda: quantize_bundle)
     res = cli_runner.invoke(cli, ["build", str(bundle), "--precision", "fp16"])
@@ -232,7 +232,7 @@ def test_polygraphy_configuration_follows_the_plan(bundle, monkeypatch):
                           HardwareCompatibilityLevel=SimpleNamespace(AMPERE_PLUS="AP", SAME_COMPUTE_CAPABILITY="SCC"))
     opts = BuildOptions(precision="int8", max_batch=2, workspace_gib=1, timing_cache=bundle / "t.cache",
                         builder_opt_level=5, dla_core=1, gpu_fallback=True)
-    record_artifact(bundle, "int8", "model.onnx", precision="int8")  # stand-in Q/DQ artifact
+    Bundle.open(bundle).record_artifact("int8", "model.onnx", precision="int8")  # stand-in Q/DQ artifact
     plan = make_plan(describe_source(bundle), opts, 10, "10.8.0.43")
     assert builder.build_serialized(plan, trt) == b"ENGINE"
     assert seen["network"] == (str(bundle / "model.onnx"), False)

@@ -8,47 +8,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from tiny_bundles import tiny_bundle, tiny_onnx
 
 from hrdeploy.engine.plan import BuildOptions, OnnxInput, Source, describe_source, make_plan, onnx_graph_precision
 from hrdeploy.errors import UserError
-from hrdeploy.manifest import FORMAT, record_artifact, save_manifest
-
-
-def tiny_onnx(path: Path, *, batch="batch", height=64, width=48, fp16=False) -> Path:
-    """A 1-conv pose-like graph: input 'input' [batch, 3, H, W] -> 'heatmaps'."""
-    dtype = np.float16 if fp16 else np.float32
-    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((17, 3, 3, 3)).astype(dtype), "w")
-    nodes = [helper.make_node("Conv", ["input" if not fp16 else "x16", "w"], ["h"], strides=[4, 4], pads=[1, 1, 1, 1])]
-    if fp16:
-        nodes.insert(0, helper.make_node("Cast", ["input"], ["x16"], to=TensorProto.FLOAT16))
-        nodes.append(helper.make_node("Cast", ["h"], ["heatmaps"], to=TensorProto.FLOAT))
-    else:
-        nodes.append(helper.make_node("Identity", ["h"], ["heatmaps"]))
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, height, width])],
-        [helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, None)], initializer=[w],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), path)
-    return path
-
-
-def tiny_bundle(root: Path, *, dynamic_batch=True, with_fp16=False) -> Path:
-    """A bundle directory with manifest.json and model.onnx (and optionally model.fp16.onnx)."""
-    root.mkdir(parents=True, exist_ok=True)
-    tiny_onnx(root / "model.onnx", batch="batch" if dynamic_batch else 1)
-    save_manifest(root, {
-        "format": FORMAT,
-        "model": {"name": "tiny", "family": "test", "task": "pose_topdown", "dataset": "coco"},
-        "input": {"name": "input", "shape": ["batch" if dynamic_batch else 1, 3, 64, 48], "height": 64, "width": 48,
-                  "dynamic_batch": dynamic_batch, "dynamic_shape": False, "stride": 32},
-        "outputs": [{"name": "heatmaps", "stride": 4, "channels": 17}],
-        "artifacts": {},
-    })
-    record_artifact(root, "onnx", "model.onnx", precision="fp32")
-    if with_fp16:
-        tiny_onnx(root / "model.fp16.onnx", fp16=True)
-        record_artifact(root, "fp16", "model.fp16.onnx", precision="fp16")
-    return root
 
 
 def bundle_source(root="/b", files=("fp32",), batch="batch", size=(256, 192)) -> Source:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hrdeploy.bundle import FORMAT, MANIFEST
 from hrdeploy.cli import cli
 from hrdeploy.datasets import COCO
-from hrdeploy.manifest import FORMAT, MANIFEST
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from hrdeploy.errors import UserError
 from hrdeploy.pose.preprocess import (
@@ -82,24 +81,6 @@ def test_preprocess_normalises_and_pads_with_zero_pixels() -> None:
     np.testing.assert_allclose(x[:, 32, 16], inside, rtol=1e-5)
     np.testing.assert_allclose(x[:, 2, 16], (0 - np.array(MEAN)) / STD, rtol=1e-5)  # letterbox band
     np.testing.assert_allclose(m, crop_transform(None, (100, 100), (64, 32)))
-
-
-def test_read_image_converts_modes(tmp_path) -> None:
-    gray = tmp_path / "gray.png"
-    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(gray)
-    rgba = tmp_path / "rgba.PNG"
-    Image.fromarray(np.full((4, 6, 4), (10, 20, 30, 255), dtype=np.uint8)).save(rgba)
-    g = read_image(gray)
-    assert g.shape == (8, 8, 3) and g.dtype == np.uint8
-    np.testing.assert_array_equal(g[..., 0], g[..., 2])
-    assert g[1, 2, 0] == 10
-    np.testing.assert_array_equal(read_image(rgba)[0, 0], [10, 20, 30])
-    bad = tmp_path / "broken.jpg"
-    bad.write_bytes(b"not an image")
-    with pytest.raises(UserError, match="broken.jpg"):
-        read_image(bad)
-    with pytest.raises(UserError, match="missing.png"):
-        read_image(tmp_path / "missing.png")
 
 
 def test_image_files_sorted_case_insensitive(tmp_path) -> None:

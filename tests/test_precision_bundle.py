@@ -48,17 +48,16 @@ VAL_IMAGES = 3
 def eager_ref(lite18_bundle: Path, photos: Path) -> tuple[np.ndarray, np.ndarray]:
     """Independent reference: the first photos preprocessed here, and the eager fp32 model rebuilt from the
     manifest on them (computed once: eager Lite-HRNet is the slow part on a busy CPU)."""
-    from hrdeploy.bundle import eager_model_for_bundle
-    from hrdeploy.manifest import load_manifest
+    from hrdeploy.bundle import Bundle
     from hrdeploy.pose.preprocess import image_files, preprocess, read_image
     from hrdeploy.runtime.eager import EagerRunner
 
-    spec = load_manifest(lite18_bundle)["input"]
+    b = Bundle.open(lite18_bundle)
     x = np.stack([
-        preprocess(read_image(p), (spec["height"], spec["width"]), spec["mean"], spec["std"])[0]
+        preprocess(read_image(p), b.input.size, b.input.mean, b.input.std)[0]
         for p in image_files(photos)[:VAL_IMAGES]
     ])
-    return x, EagerRunner(eager_model_for_bundle(lite18_bundle), ["heatmaps"]).run(x)["heatmaps"]
+    return x, EagerRunner(b.eager_model(), ["heatmaps"]).run(x)["heatmaps"]
 
 
 def _variant(bundle: Path, variant: str, x: np.ndarray) -> np.ndarray:

@@ -39,14 +39,13 @@ def _run_targets(
     results: list[dict[str, Any]],
 ) -> None:
     for t in targets:
-        runner = t.open()
-        for b in batches:
-            if on_start:
-                on_start(t.label, b, warmup + iterations)
-            stats = bench_runner(runner, bench_input(b, input_size), iterations, warmup, on_step)
-            results.append({"label": t.label, "backend": t.backend, "precision": t.precision, "file": t.file,
-                            "batch": b, **stats})
-        del runner
+        with t.open() as runner:
+            for b in batches:
+                if on_start:
+                    on_start(t.label, b, warmup + iterations)
+                stats = bench_runner(runner, bench_input(b, input_size), iterations, warmup, on_step)
+                results.append({"label": t.label, "backend": t.backend, "precision": t.precision, "file": t.file,
+                                "batch": b, **stats})
         gc.collect()
 
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hrdeploy.bundle import MAX_BATCH, Bundle, profile_batch_range
 from hrdeploy.errors import UserError
 
 BACKENDS = ("eager", "ort", "trt")
-MAX_BATCH = 1024
 
 
 @dataclass
@@ -39,6 +39,8 @@ def parse_batches(text: str | Sequence[int] | None) -> list[int]:
         batches = []
     if not batches or any(b < 1 for b in batches):
         raise UserError(f"--batch {text!r} is not a comma list of positive integers; write e.g. --batch 1,4,8")
+    if max(batches) > MAX_BATCH:
+        raise UserError(f"--batch {max(batches)} is above the largest batch hrdeploy runs ({MAX_BATCH})")
     return list(dict.fromkeys(batches))
 
 
@@ -68,20 +70,8 @@ def trt_unavailable() -> str | None:
     return None
 
 
-def onnx_precision(model: Any) -> str:
-    """'int8' with Q/DQ nodes, 'fp16' with fp16 initializers, else 'fp32'."""
-    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
-        return "int8"
-    if any(t.data_type == 10 for t in model.graph.initializer):  # TensorProto.FLOAT16
-        return "fp16"
-    return "fp32"
-
-
-def onnx_input_info(path: str | os.PathLike) -> tuple[int | None, tuple[int, int] | None, str | None]:
+def onnx_input_info(model: Any, path: str | os.PathLike) -> tuple[int | None, tuple[int, int] | None, str | None]:
     """(static batch | None, static (h, w) | None, model name from hrdeploy metadata | None) of an ONNX."""
-    import onnx
-
-    model = onnx.load(os.fspath(path), load_external_data=False)
     dims = model.graph.input[0].type.tensor_type.shape.dim
     vals = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
     if len(vals) != 4:
@@ -113,64 +103,51 @@ def _static_range(batch: int | None) -> tuple[int, int]:
     return (batch, batch) if batch else (1, MAX_BATCH)
 
 
-def _engine_range(entry: dict[str, Any] | None) -> tuple[int, int]:
-    profiles = (entry or {}).get("profiles") or []
-    if profiles:
-        return int(profiles[0]["min"][0]), int(profiles[0]["max"][0])
-    return 1, MAX_BATCH
-
-
 def bundle_targets(
-    bundle: Path, manifest: dict[str, Any], backends: list[str] | None, threads: int | None
+    bundle: Bundle, backends: list[str] | None, threads: int | None
 ) -> tuple[list[BenchTarget], list[dict[str, str]], tuple[int, int]]:
     """Targets of a bundle: eager, every ONNX on ort, every engine on trt. Returns (targets, skipped, size)."""
-    from hrdeploy.validate.run import artifact_precision, is_engine
-
-    artifacts = manifest.get("artifacts") or {}
-    if not artifacts:
-        raise UserError(f"bundle {bundle} has no artifacts; create them with `hrdeploy export MODEL -o {bundle}`")
+    root = bundle.root
+    if not bundle.artifacts:
+        raise UserError(f"bundle {root} has no artifacts; create them with `hrdeploy export MODEL -o {root}`")
     explicit = backends is not None
-    engines = {k: e for k, e in artifacts.items() if is_engine(e)}
-    onnxs = {k: e for k, e in artifacts.items() if not is_engine(e)}
+    engines = bundle.engine_artifacts()
+    onnxs = bundle.onnx_artifacts()
     chosen = backends or ["eager", "ort"] + (["trt"] if engines else [])
-    size = (int(manifest["input"]["height"]), int(manifest["input"]["width"]))
     targets: list[BenchTarget] = []
     skipped: list[dict[str, str]] = []
     for backend in chosen:
         if backend == "eager":
-            targets.append(BenchTarget("eager fp32", "eager", "fp32", lambda: _bundle_eager(bundle, manifest, threads)))
+            targets.append(BenchTarget("eager fp32", "eager", "fp32", lambda: _bundle_eager(bundle, threads)))
         elif backend == "ort":
             if not onnxs:
-                raise UserError(f"bundle {bundle} has no ONNX artifact; create it with `hrdeploy export`")
-            for key, entry in onnxs.items():
-                path = bundle / entry["file"]
-                batch, _, _ = onnx_input_info(path)
-                prec = artifact_precision(key, entry)
-                targets.append(BenchTarget(f"ort {prec}", "ort", prec, _ort(path, threads), _static_range(batch),
-                                           entry["file"]))
+                raise UserError(f"bundle {root} has no ONNX artifact; create it with `hrdeploy export`")
+            for key in onnxs:
+                art = bundle.artifact(key)
+                targets.append(BenchTarget(f"ort {art.precision}", "ort", art.precision,
+                                           lambda art=art: art.open_runner(threads), art.batch_range, art.file))
         elif backend == "trt":
             if not engines:
                 if explicit:
-                    raise UserError(f"bundle {bundle} has no TensorRT engine; build one with `hrdeploy build {bundle}`")
+                    raise UserError(f"bundle {root} has no TensorRT engine; build one with `hrdeploy build {root}`")
                 continue
             why = trt_unavailable()
             if why and explicit:
                 raise UserError(why)
-            for key, entry in engines.items():
+            for key in engines:
                 if why:
                     skipped.append({"backend": "trt", "target": key, "reason": why})
                     continue
-                prec = artifact_precision(key, entry)
-                targets.append(BenchTarget(f"trt {prec}", "trt", prec, _trt(bundle / entry["file"]),
-                                           _engine_range(entry), entry["file"]))
-    return targets, skipped, size
+                art = bundle.artifact(key)
+                targets.append(BenchTarget(f"trt {art.precision}", "trt", art.precision,
+                                           lambda art=art: art.open_runner(), art.batch_range, art.file))
+    return targets, skipped, bundle.input.size
 
 
-def _bundle_eager(bundle: Path, manifest: dict[str, Any], threads: int | None) -> Any:
-    from hrdeploy.bundle import eager_model_for_bundle
+def _bundle_eager(bundle: Bundle, threads: int | None) -> Any:
     from hrdeploy.runtime.eager import EagerRunner
 
-    return EagerRunner(eager_model_for_bundle(bundle), [o["name"] for o in manifest["outputs"]], threads=threads)
+    return EagerRunner(bundle.eager_model(), bundle.output_names, threads=threads)
 
 
 def model_target(
@@ -200,10 +177,12 @@ def file_target(
     if not path.is_file():
         raise UserError(f"{path} does not exist; pass an existing {'.onnx file' if kind == 'onnx' else 'engine'}")
     if kind == "onnx":
-        import onnx
+        from hrdeploy.bundle import load_onnx
+        from hrdeploy.engine.plan import onnx_graph_precision
 
-        batch, size, model = onnx_input_info(path)
-        precision = onnx_precision(onnx.load(os.fspath(path), load_external_data=False))
+        graph = load_onnx(path)
+        batch, size, model = onnx_input_info(graph, path)
+        precision = onnx_graph_precision(graph)
         if input_size is None and size is None:
             if model is None:
                 raise UserError(f"{path} has a dynamic height/width; pass --input-size HxW")
@@ -216,7 +195,7 @@ def file_target(
     from hrdeploy.engine.engine_info import read_engine_metadata
 
     meta = read_engine_metadata(path) or {}
-    rng = _engine_range(meta)
+    rng = profile_batch_range(meta.get("profiles"))
     size = input_size
     if size is None:
         shape = ((meta.get("profiles") or [{}])[0]).get("opt")

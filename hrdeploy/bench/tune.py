@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from hrdeploy.runtime.ort_options import MANIFEST_SECTION, OrtSettings
+from hrdeploy.runtime.ort_options import OrtSettings
 
 
 def candidates(threads: tuple[int, ...]) -> list[OrtSettings]:
@@ -98,12 +98,9 @@ def tune(
             "candidates": rows}
 
 
-def record(manifest: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
-    """Put the chosen settings (and the measurements behind them) into the manifest's runtime section."""
-    outer, inner = MANIFEST_SECTION
-    manifest.setdefault(outer, {})[inner] = {**result["chosen"], "tuning": {
-        k: v for k, v in result.items() if k != "chosen"}}
-    return manifest
+def manifest_entry(result: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's `runtime.onnxruntime` entry: the chosen settings and the measurements behind them."""
+    return {**result["chosen"], "tuning": {k: v for k, v in result.items() if k != "chosen"}}
 
 
 if __name__ == "__main__":

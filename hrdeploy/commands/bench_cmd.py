@@ -76,12 +76,12 @@ def bench_cmd(
 
     skipped: list[dict[str, str]] = []
     if bundle is not None:
-        from hrdeploy.manifest import load_manifest
+        from hrdeploy.bundle import Bundle
 
-        manifest = load_manifest(bundle)
-        targets, skipped, size_ = bundle_targets(bundle, manifest, backend_list, threads)
-        size, name, kind = size or size_, manifest["model"]["name"], "bundle"
-        if size != size_ and not manifest["input"].get("dynamic_shape"):
+        opened = Bundle.open(bundle)
+        targets, skipped, size_ = bundle_targets(opened, backend_list, threads)
+        size, name, kind = size or size_, opened.model.name, "bundle"
+        if size != size_ and not opened.input.dynamic_shape:
             raise UserError(f"bundle {bundle} has a static input size {size_[0]}x{size_[1]}; drop --input-size")
         out = json_file or bundle / "bench.json"
     else:
@@ -103,6 +103,9 @@ def bench_cmd(
         reasons = "; ".join(s["reason"] for s in skipped) or "no artifacts for the chosen backends"
         raise UserError(f"nothing to benchmark ({reasons})")
 
+    from hrdeploy.io import check_writable
+
+    check_writable(out, "--json")
     report = _run_with_progress(targets, batch_list, size, iterations, warmup, threads, name, kind, skipped)
     from hrdeploy.bench.report import write_reports
 
@@ -112,22 +115,33 @@ def bench_cmd(
 
 
 def _run_with_progress(targets, batches, size, iterations, warmup, threads, name, kind, skipped):  # noqa: ANN001, ANN202
+    """run_bench with a progress bar on a terminal, and one plain line per row in logs."""
+    import contextlib
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from hrdeploy.bench.run import run_bench
     from hrdeploy.io import console as make_console
 
     console = make_console()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        state: dict = {}
+    state: dict = {}
+    with contextlib.ExitStack() as stack:
+        if console.is_terminal:
+            progress = stack.enter_context(Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=console, transient=True,
+            ))
 
-        def on_start(label: str, batch: int, calls: int) -> None:
-            state["task"] = progress.add_task(f"{label} batch {batch}", total=calls)
+            def on_start(label: str, batch: int, calls: int) -> None:
+                state["task"] = progress.add_task(f"{label} batch {batch}", total=calls)
 
-        def on_step() -> None:
-            progress.advance(state["task"])
+            def on_step() -> None:
+                progress.advance(state["task"])
+        else:
+            def on_start(label: str, batch: int, calls: int) -> None:
+                console.print(f"[bench] {label} batch {batch}: {calls} calls", highlight=False, markup=False)
 
+            on_step = None
         return run_bench(targets, batches, tuple(size), iterations=iterations, warmup=warmup, threads=threads,
                          name=name, kind=kind, skipped=skipped, on_start=on_start, on_step=on_step)
 
@@ -157,16 +171,17 @@ def _tune(bundle: Path, batch: int, threads: int | None, rounds: int) -> None:
     """Time the session-setting candidates on the bundle's fp32 ONNX at `batch`; write the fastest."""
     from rich.table import Table
 
-    from hrdeploy.bench.tune import record, tune
+    from hrdeploy.bench.tune import manifest_entry, tune
+    from hrdeploy.bundle import Bundle
     from hrdeploy.io import console as make_console
-    from hrdeploy.manifest import artifact_path, load_manifest, save_manifest
+    from hrdeploy.runtime.ort_options import MANIFEST_SECTION
 
-    manifest = load_manifest(bundle)
-    path = artifact_path(bundle, manifest, "onnx")
-    inp = manifest["input"]
-    thread_counts = (threads,) if threads else tuple(sorted({1, os.cpu_count() or 1}))
-    result = tune(path, (batch, 3, inp["height"], inp["width"]), thread_counts, rounds=max(rounds, 5))
-    save_manifest(bundle, record(load_manifest(bundle), result))
+    opened = Bundle.open(bundle)
+    path = opened.artifact("onnx").path
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    thread_counts = (threads,) if threads else tuple(sorted({1, cores}))
+    result = tune(path, (batch, 3, *opened.input.size), thread_counts, rounds=max(rounds, 5))
+    opened.record_section(MANIFEST_SECTION[0], manifest_entry(result), key=MANIFEST_SECTION[1])
     console = make_console()
     table = Table(title=f"onnxruntime settings, {path.name} batch {batch} ({result['rounds']} alternating rounds)")
     for col in ("threads", "mem reuse", "graph opt", "p50 ms", "min ms", "peak RSS growth MB"):

@@ -70,6 +70,9 @@ def build_cmd(source: Path, trt_gen: str | None, print_trtexec: bool, **options)
     # A real build: say what is missing (TensorRT, a GPU) before anything else.
     _, version, _ = check_build_host(int(trt_gen) if trt_gen else None)
     plan = make_plan(src, opts, generation_of(version), version)
+    from hrdeploy.io import check_writable
+
+    check_writable(plan.engine, "the engine")
     for note in plan.notes:
         click.echo(f"note: {note}")
     result = build_engine(plan, src, log=click.echo)

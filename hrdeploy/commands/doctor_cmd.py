@@ -37,16 +37,14 @@ def doctor_cmd(path: Path, trt_gen: str | None, as_json: bool, strict: bool, ver
     targets: list[tuple[Path, dict | None]] = []
     passes_line = None
     if path.is_dir():
-        from hrdeploy.manifest import load_manifest
+        from hrdeploy.bundle import Bundle
 
-        manifest = load_manifest(path)
-        inp = manifest.get("input", {})
-        hint = {inp.get("name", "input"): [None, 3, inp.get("height"), inp.get("width")]}
-        passes_line = _graph_passes_line(manifest.get("export", {}).get("graph_passes"))
-        for key in ("onnx", "fp16", "int8"):
-            entry = manifest.get("artifacts", {}).get(key)
-            if entry and (path / entry["file"]).is_file():
-                targets.append((path / entry["file"], hint))
+        bundle = Bundle.open(path)
+        hint = {bundle.input.name: [None, 3, bundle.input.height, bundle.input.width]}
+        passes_line = _graph_passes_line(bundle.section("export", {}).get("graph_passes"))
+        for key, art in bundle.onnx_artifacts().items():
+            if art.exists:
+                targets.append((bundle.artifact(key).path, hint))
         if not targets:
             raise UserError(f"bundle {path} has no ONNX artifact; create it with `hrdeploy export MODEL -o {path}`")
     else:

@@ -19,7 +19,7 @@ _OPTION_FIELDS = {
 @click.option("--dataset", type=click.Choice(["coco", "mpii", "cityscapes"]), help="Keypoint set / classes.")
 @click.option("--input-size", metavar="HxW", help="Input height x width [default: the model's].")
 @click.option("--checkpoint", type=click.Path(), help="Upstream / mmpose .pth or .safetensors (strict load).")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Static batch size.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Static batch size (<= 1024).")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension.")
 @click.option("--dynamic-shape", is_flag=True, help="Dynamic batch, height and width (multiples of the stride).")
 @click.option("--opset", type=int, default=19, show_default=True, help="ONNX opset.")
@@ -29,7 +29,7 @@ _OPTION_FIELDS = {
 @click.option("--graph-passes/--no-graph-passes", default=True,
               help="Exact ONNX graph passes after the rewrites (hrdeploy.optimize) [default: on].")
 @click.option("--config", "config", type=click.Path(exists=True, dir_okay=False), help="YAML preset (export_configs/).")
-@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle (never a folder that is not one).")
 @click.pass_context
 def export_cmd(ctx: click.Context, name: str, out_dir: str | None, config: str | None, force: bool, **flags) -> None:
     """Export model NAME to an ONNX bundle and check it against the eager model.
@@ -40,6 +40,7 @@ def export_cmd(ctx: click.Context, name: str, out_dir: str | None, config: str |
 
     from hrdeploy.export import ExportOptions, export_bundle, load_preset, parse_size
     from hrdeploy.io import console as make_console
+    from hrdeploy.progress import steps
 
     opts = load_preset(config) if config else ExportOptions()
     overrides = {}
@@ -51,8 +52,8 @@ def export_cmd(ctx: click.Context, name: str, out_dir: str | None, config: str |
     opts = replace(opts, **overrides)
     console = make_console()
     target = out_dir or f"out/{name}"
-    with console.status(f"exporting {name} ..."):
-        result = export_bundle(name, target, opts, force=force)
+    with steps(console, f"export {name}") as step:
+        result = export_bundle(name, target, opts, force=force, step=step)
     _print_summary(console, result)
     if not result.passed:
         ctx.exit(1)

@@ -8,7 +8,6 @@ Decoding lives in hrdeploy/pose/ and is shared with `hrdeploy validate`.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ class _Source:
     cfg: Any  # hrdeploy.pose.pipeline.PoseConfig
     label: str  # "ort model.onnx", "eager", ...
     artifact: str | None
-    bundle: Path | None
+    bundle: Any  # hrdeploy.bundle.Bundle | None
 
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:
@@ -39,8 +38,8 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
 
 def _split_paths(paths: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
     """(image files, bundle directories) from the positional arguments."""
-    from hrdeploy.manifest import MANIFEST
-    from hrdeploy.pose.preprocess import IMAGE_SUFFIXES, image_files
+    from hrdeploy.bundle import MANIFEST
+    from hrdeploy.images import IMAGE_SUFFIXES, image_files
 
     images: list[Path] = []
     bundles: list[Path] = []
@@ -64,15 +63,16 @@ def _split_paths(paths: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
     return images, bundles
 
 
-def _open_deployed(path: Path, threads: int | None) -> Any:
+def _open_deployed(target: Any, threads: int | None) -> Any:
+    """A runner for a bundle Artifact or a bare .onnx/.engine path."""
     from hrdeploy.runtime.factory import open_runner
 
     try:
-        return open_runner(path, threads=threads)
+        return target.open_runner(threads) if hasattr(target, "open_runner") else open_runner(target, threads)
     except ImportError as err:
         from hrdeploy.errors import missing_dependency
 
-        raise missing_dependency("tensorrt", extra="tensorrt", purpose=f"running {path.name}") from err
+        raise missing_dependency("tensorrt", extra="tensorrt", purpose="running TensorRT engines") from err
 
 
 def _static_input_hw(runner: Any) -> tuple[int, int] | None:
@@ -86,23 +86,28 @@ def _static_input_hw(runner: Any) -> tuple[int, int] | None:
     return None
 
 
-def _sibling_manifest(path: Path) -> dict[str, Any] | None:
-    from hrdeploy.manifest import MANIFEST, load_manifest
+def _sibling_bundle(path: Path) -> Any:
+    """The Bundle a file sits in (validated), or None for a file outside any bundle."""
+    from hrdeploy.bundle import MANIFEST, Bundle
 
-    return load_manifest(path.parent) if (path.parent / MANIFEST).is_file() else None
+    return Bundle.open(path.parent) if (path.parent / MANIFEST).is_file() else None
 
 
-def _override_size(cfg: Any, manifest: dict[str, Any] | None, input_size: tuple[int, int] | None) -> Any:
+def _override_size(cfg: Any, bundle: Any, input_size: tuple[int, int] | None) -> Any:
     if input_size is None or tuple(input_size) == tuple(cfg.input_hw):
         return cfg
-    if manifest is not None and not manifest["input"].get("dynamic_shape"):
+    if bundle is not None and not bundle.input.dynamic_shape:
         h, w = cfg.input_hw
         raise UserError(
             f"the model was exported at a fixed {h}x{w} input; drop --input-size or re-export with --dynamic-shape"
         )
-    stride = (manifest or {}).get("input", {}).get("stride", 32)
+    stride = bundle.input.stride if bundle is not None else 32
     if input_size[0] % stride or input_size[1] % stride:
         raise UserError(f"--input-size {input_size[0]}x{input_size[1]} must divide by the stride {stride}")
+    from hrdeploy.zoo import MAX_INPUT_SIDE
+
+    if max(input_size) > MAX_INPUT_SIDE:
+        raise UserError(f"--input-size {input_size[0]}x{input_size[1]} is above {MAX_INPUT_SIDE} pixels a side")
     return replace(cfg, input_hw=tuple(input_size))
 
 
@@ -117,8 +122,8 @@ def _resolve(
     dataset: str | None, input_size: tuple[int, int] | None, artifact: str, threads: int | None, has_boxes: bool,
 ) -> _Source:
     """The model the images run through, with its PoseConfig (a non-pose model is a UserError)."""
-    from hrdeploy.manifest import artifact_path, load_manifest
-    from hrdeploy.pose.pipeline import config_from_manifest, config_from_onnx_metadata, config_from_spec
+    from hrdeploy.bundle import Bundle
+    from hrdeploy.pose.pipeline import config_from_bundle, config_from_onnx_metadata, config_from_spec
 
     given = len(bundles) + bool(onnx) + bool(engine)
     if len(bundles) > 1:
@@ -132,32 +137,26 @@ def _resolve(
         raise UserError("--model is for --onnx/--engine files or eager inference; a bundle already names its model")
 
     if bundles:
-        bundle = bundles[0]
-        manifest = load_manifest(bundle)
-        cfg = _check_boxes(_override_size(config_from_manifest(manifest), manifest, input_size), has_boxes)
-        path = artifact_path(bundle, manifest, artifact)
-        runner = _open_deployed(path, threads)
-        return _Source(runner, cfg, f"{runner.name} {path.name}", str(path), bundle)
+        opened = Bundle.open(bundles[0])
+        cfg = _check_boxes(_override_size(config_from_bundle(opened), opened, input_size), has_boxes)
+        art = opened.artifact(artifact)
+        runner = _open_deployed(art, threads)
+        return _Source(runner, cfg, f"{runner.name} {art.path.name}", str(art.path), opened)
 
     if onnx or engine:
         path = Path(onnx or engine)  # type: ignore[arg-type]
         if not path.is_file():
             raise UserError(f"{path} does not exist; pass an existing {'ONNX file' if onnx else 'TensorRT engine'}")
-        manifest = _sibling_manifest(path)
+        sibling = _sibling_bundle(path)
         if model:
             cfg = config_from_spec(model, dataset, input_size)
-        elif manifest is not None:
-            cfg = _override_size(config_from_manifest(manifest), manifest, input_size)
+        elif sibling is not None:
+            cfg = _override_size(config_from_bundle(sibling), sibling, input_size)
         elif onnx:
-            import onnx as onnx_lib
-
+            from hrdeploy.bundle import load_onnx
             from hrdeploy.export.metadata import read_metadata
 
-            try:
-                meta = read_metadata(onnx_lib.load(os.fspath(path), load_external_data=False))
-            except Exception as err:  # onnx raises DecodeError and friends for a corrupt file
-                raise UserError(f"{path} is not a readable ONNX file ({type(err).__name__}); re-export it") from err
-            cfg = config_from_onnx_metadata(meta, input_size)
+            cfg = config_from_onnx_metadata(read_metadata(load_onnx(path)), input_size)
         else:
             raise UserError(f"{path} is not inside a bundle; pass --model NAME (and --dataset) to say what it is")
         _check_boxes(cfg, has_boxes)
@@ -167,7 +166,7 @@ def _resolve(
             if input_size is not None:
                 raise UserError(f"{path.name} takes a fixed {fixed[0]}x{fixed[1]} input; drop --input-size")
             cfg = replace(cfg, input_hw=fixed)
-        return _Source(runner, cfg, f"{runner.name} {path.name}", str(path), path.parent if manifest else None)
+        return _Source(runner, cfg, f"{runner.name} {path.name}", str(path), sibling)
 
     from hrdeploy.registry import get_spec
     from hrdeploy.runtime.eager import EagerRunner
@@ -188,9 +187,7 @@ def _eager_reference(src: _Source, model: str | None, checkpoint: str | None, th
 
         net = build_model(model, dataset=src.cfg.dataset, checkpoint=checkpoint)
     elif src.bundle is not None:
-        from hrdeploy.bundle import eager_model_for_bundle
-
-        net = eager_model_for_bundle(src.bundle)
+        net = src.bundle.eager_model()
     else:
         raise UserError(
             "--compare with a file outside a bundle needs --model NAME [--checkpoint FILE] for the eager model"
@@ -232,11 +229,13 @@ def infer_cmd(
     HigherHRNet (bottom-up) finds and groups all people. Writes <out>/<image>.png and <out>/<image>.json.
     """
     from hrdeploy.export.options import parse_size
-    from hrdeploy.io import write_json
+    from hrdeploy.images import read_image
+    from hrdeploy.io import check_writable, write_json
     from hrdeploy.pose.draw import draw_people, side_by_side
     from hrdeploy.pose.pipeline import keypoint_distance, predict
-    from hrdeploy.pose.preprocess import check_box, read_image
+    from hrdeploy.pose.preprocess import check_box
 
+    check_writable(Path(out_dir) / "x.png", "--out")
     images, bundles = _split_paths(paths)
     if not images:
         raise UserError("no images given; pass image files or folders before the model")
@@ -245,6 +244,7 @@ def infer_cmd(
     if compare and not (bundles or onnx or engine):
         raise UserError("--compare needs a deployed model to compare with eager: pass a bundle DIR, --onnx or --engine")
     src = _resolve(bundles, onnx, engine, model, checkpoint, dataset, size, artifact, threads, bool(boxes))
+    click.get_current_context().call_on_close(src.runner.close)
     cfg = src.cfg
     reference = _eager_reference(src, model, checkpoint, threads) if compare else None
     post_process = "dark" if dark else "default"

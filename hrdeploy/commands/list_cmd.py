@@ -1,4 +1,8 @@
-"""`hrdeploy list`: the zoo with measured parameter/MAC counts beside the published ones."""
+"""`hrdeploy list`: the zoo with measured parameter/MAC counts beside the published ones.
+
+The rows come from the checked-in table hrdeploy/zoo_table.json (hrdeploy.counting.zoo_rows computed once),
+so listing imports neither torch nor the networks; tests keep the table equal to a fresh count.
+"""
 
 from __future__ import annotations
 
@@ -13,41 +17,13 @@ def _fmt_count(value: float | None) -> str:
     return f"{value / 1e9:.2f}G" if value >= 1e9 else f"{value / 1e6:.2f}M"
 
 
-def zoo_rows() -> list[dict]:
-    """One dict per model: name, task, input_size, params, macs and the published figures."""
-    from hrdeploy.counting import count_model
-    from hrdeploy.registry import get_spec, list_models
-
-    rows = []
-    for name in list_models():
-        spec = get_spec(name)
-        counts = count_model(name)
-        size = tuple(counts["input_size"])
-        # The published row at our default input, else the first one (its input is reported with it).
-        fallback = spec.published[0] if spec.published else None
-        published = next((p for p in spec.published if p.input_size == size), fallback)
-        rows.append(
-            {
-                "name": name,
-                "family": spec.family,
-                "task": spec.task,
-                "datasets": list(spec.datasets),
-                **counts,
-                "published_input_size": list(published.input_size) if published else None,
-                "published_params": published.params if published else None,
-                "published_macs": published.macs if published else None,
-                "published_metric": published.metric if published else None,
-                "published_source": published.source if published else None,
-            }
-        )
-    return rows
-
-
 @click.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 def list_cmd(as_json: bool) -> None:
     """List the model zoo: task, default input, parameters and MACs (ours and published)."""
-    rows = zoo_rows()
+    from hrdeploy.counting import cached_zoo_rows
+
+    rows = cached_zoo_rows()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

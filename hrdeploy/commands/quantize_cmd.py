@@ -8,8 +8,14 @@ import click
 @click.command("quantize")
 @click.argument("bundle", type=click.Path())
 @click.option("--precision", help="fp16 (mixed precision, fp32 I/O) or int8 (Q/DQ) [default: the bundle's preset].")
-@click.option("--calib-dir", type=click.Path(), help="Folder of calibration images (needed for int8).")
-@click.option("--calib-samples", type=int, default=32, show_default=True, help="Use the first N images by name.")
+@click.option("--calib-dir", type=click.Path(), help="Folder of calibration photos of people (needed for int8). "
+              "Top-down models calibrate on person crops: the boxes of --calib-ann, or else one crop per photo "
+              "where the eager model finds a person (its confident keypoints' box; the centred crop at the "
+              "model's aspect ratio when it finds none). Never the images you evaluate on.")
+@click.option("--calib-ann", type=click.Path(), help="Person boxes of the --calib-dir photos: a COCO keypoint "
+              "json (bbox) or an MPII json (list of {image, center, scale}; box height = scale x 200 px).")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Use the first N photos by name.")
 @click.option("--method", help="INT8 calibration: entropy|max|percentile "
                                "[default: percentile (ort), entropy (modelopt)].")
 @click.option("--backend", default="auto", show_default=True,
@@ -20,38 +26,44 @@ import click
                    "(e.g. '*spatial_weighting*'). Repeatable.")
 @click.option("--auto-exclude/--no-auto-exclude", default=True,
               help="INT8: keep depthwise convs with wide-range inputs in fp32 [default: on].")
-@click.option("--val-dir", type=click.Path(), help="Validation images [default: the calibration images, else "
-                                                  "scikit-image's sample photos].")
-@click.option("--val-samples", type=int, default=16, show_default=True, help="Validate on the first N images.")
-@click.option("--min-cosine", type=float, help="Pass threshold vs eager fp32 [default: 0.999 fp16, 0.98 int8].")
-@click.option("--min-agreement", type=float, help="Keypoint argmax agreement % threshold [default: 90 fp16, 50 int8].")
+@click.option("--ann", type=click.Path(), help="COCO keypoint json: gate on the COCO AP drop against eager fp32 "
+              "on its annotated people [default bars: fp16 0.5, int8 2 AP points].")
+@click.option("--images", type=click.Path(), help="Folder of the --ann images.")
+@click.option("--val-dir", type=click.Path(), help="Without --ann: photos whose person crops the keypoint-agreement "
+              "gate runs on [default: the calibration crops, else scikit-image's sample photos].")
+@click.option("--val-samples", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Validate on the first N photos.")
+@click.option("--tolerance", "tolerances", multiple=True, metavar="[PRECISION.]METRIC=VALUE",
+              help="Override a bound of the tolerance table, e.g. int8.max_ap_drop=3 or min_oks=0.97 (repeatable).")
 @click.option("--sensitivity/--no-sensitivity", default=True, help="INT8: rank blocks by the error they add.")
-@click.option("--threads", type=int, help="onnxruntime intra-op threads.")
+@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @click.pass_context
 def quantize_cmd(
-    ctx: click.Context, bundle: str, precision: str | None, calib_dir: str | None, calib_samples: int,
-    method: str | None, backend: str, exclude: tuple[str, ...], auto_exclude: bool, val_dir: str | None,
-    val_samples: int, min_cosine: float | None, min_agreement: float | None, sensitivity: bool, threads: int | None,
+    ctx: click.Context, bundle: str, precision: str | None, calib_dir: str | None, calib_ann: str | None,
+    calib_samples: int, method: str | None, backend: str, exclude: tuple[str, ...], auto_exclude: bool,
+    ann: str | None, images: str | None, val_dir: str | None, val_samples: int, tolerances: tuple[str, ...],
+    sensitivity: bool, threads: int | None,
 ) -> None:
     """Write model.fp16.onnx or model.int8.onnx into BUNDLE and check it against the eager fp32 model.
 
     Options not given on the command line come from the `quantize` section of the preset the bundle was
     exported with (`hrdeploy export --config`), when it has one.
 
+    The gate (hrdeploy.parity, the same table as export, validate and eval): with --ann/--images the COCO
+    keypoint AP drop against eager fp32; without, keypoint agreement (OKS, PCK) with eager on person crops.
+
     Exit status 0 when the variant is within tolerance, 1 when it drifts beyond it (the file is kept and
     recorded as failed), 2 on bad input (the bundle is left unchanged).
     """
-    from dataclasses import replace
-
     from click.core import ParameterSource
 
+    from hrdeploy.bundle import Bundle
     from hrdeploy.errors import UserError
     from hrdeploy.io import console as make_console
-    from hrdeploy.manifest import load_manifest
-    from hrdeploy.precision.evaluate import DEFAULT_TOLERANCES
+    from hrdeploy.parity.tolerances import parse_tolerances
     from hrdeploy.precision.quantize import PRECISIONS, quantize_bundle
 
-    preset = (load_manifest(bundle).get("stages") or {}).get("quantize") or {}
+    preset = Bundle.open(bundle).section("stages", {}).get("quantize") or {}
     given = {name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE for name in ctx.params}
     precision = precision if given["precision"] else preset.get("precision", precision)
     calib_samples = calib_samples if given["calib_samples"] else int(preset.get("calib_samples", calib_samples))
@@ -63,18 +75,14 @@ def quantize_cmd(
     if precision is None:
         raise UserError("pass --precision fp16 or --precision int8 (the bundle's preset names none)")
     precision = str(precision).lower()
-    tol = DEFAULT_TOLERANCES.get(precision) if precision in PRECISIONS else None
-    if tol is not None:
-        if min_cosine is not None:
-            tol = replace(tol, min_cosine=min_cosine)
-        if min_agreement is not None:
-            tol = replace(tol, min_agreement_pct=min_agreement)
+    tol = parse_tolerances(tolerances).get(precision) if precision in PRECISIONS else None
     console = make_console()
     with console.status(f"quantizing {bundle} to {precision} ..."):
         path = quantize_bundle(
             bundle, precision, calib_dir=calib_dir, calib_samples=calib_samples, method=method, backend=backend,
-            exclude=exclude, auto_exclude=auto_exclude, val_dir=val_dir, val_samples=val_samples, tolerance=tol,
-            sensitivity=sensitivity, threads=threads, log=console.log,
+            exclude=exclude, calib_ann=calib_ann, auto_exclude=auto_exclude, val_dir=val_dir,
+            val_samples=val_samples, ann=ann, images=images, tolerance=tol, sensitivity=sensitivity,
+            threads=threads, log=console.log,
         )
     passed = _print_summary(console, bundle, precision, path)
     if not passed:
@@ -84,9 +92,9 @@ def quantize_cmd(
 def _print_summary(console, bundle: str, precision: str, path) -> bool:  # noqa: ANN001 - rich Console, Path
     from rich.table import Table
 
-    from hrdeploy.manifest import load_manifest
+    from hrdeploy.bundle import Bundle
 
-    entry = load_manifest(bundle)["artifacts"][precision]
+    entry = dict(Bundle.open(bundle).artifact(precision).info)
     console.print(f"[bold]{precision}[/] -> {path} ({entry['size_bytes'] / 1e6:.1f} MB, {entry['converter']})")
     cal = entry["calibration"]
     console.print(f"images: {cal['count']} of {cal['available']} from {cal['source']}")
@@ -104,16 +112,19 @@ def _print_summary(console, bundle: str, precision: str, path) -> bool:  # noqa:
     val = entry.get("validation")
     if val is None:
         return True
-    table = Table(title=f"{precision} on onnxruntime CPU vs eager fp32 ({val['images']} images)")
-    for col in ("cosine", "max rel", "argmax %", "mean kpt px", "ok"):
+    what = {"coco-ap": "COCO AP drop on annotated people", "crop-agreement": "keypoint agreement on person crops",
+            "tensor": "output tensors"}[val["mode"]]
+    table = Table(title=f"{precision} on onnxruntime CPU vs eager fp32: {what} ({val['inputs']} inputs)")
+    cells = dict(val["gated"])
+    cells.pop("non_finite", None)
+    if "ap" in val:
+        cells = {"eager AP": val["eager_ap"], f"{precision} AP": val["ap"], **cells}
+    for col in (*cells, "ok"):
         table.add_column(col, justify="right")
-    agree, kpt = val.get("argmax_agreement_pct"), val.get("mean_kpt_err_px")
-    table.add_row(
-        f"{val['cosine']:.6f}", f"{val['max_rel']:.2e}", "-" if agree is None else f"{agree:.1f}",
-        "-" if kpt is None else f"{kpt:.2f}", "[green]yes[/]" if val["passed"] else "[red]NO[/]",
-    )
+    table.add_row(*(f"{v:.4g}" for v in cells.values()), "[green]yes[/]" if val["passed"] else "[red]NO[/]")
     console.print(table)
+    bounds = ", ".join(f"{k} {v:g}" for k, v in val["tolerance"].items())
     for failure in val["failures"]:
-        console.print(f"[red]FAIL[/] {failure} (set the bar with --min-cosine / --min-agreement)")
+        console.print(f"[red]FAIL[/] {failure} (bounds {bounds}; override with --tolerance)")
     console.print(f"report: {bundle}/{entry['report']}")
     return bool(val["passed"])

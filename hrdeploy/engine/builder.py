@@ -159,11 +159,11 @@ def build_engine(plan: BuildPlan, source: Source, *, log: Callable[[str], None] 
     )
     write_json(plan.metadata, meta)
     if plan.artifact_key is not None and plan.bundle is not None:
-        from hrdeploy.manifest import record_artifact
+        from hrdeploy.bundle import Bundle
 
         rel = os.path.relpath(plan.engine, plan.bundle)
-        record_artifact(
-            plan.bundle, plan.artifact_key, rel, precision=plan.precision, tensorrt=version, gpu=device.name,
+        Bundle.open(plan.bundle).record_artifact(
+            plan.artifact_key, rel, precision=plan.precision, tensorrt=version, gpu=device.name,
             compute_capability=device.compute_capability, metadata=os.path.relpath(plan.metadata, plan.bundle),
             profiles=meta["profiles"], flags=meta["flags"], build_seconds=meta["build_seconds"],
         )

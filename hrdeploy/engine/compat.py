@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -453,14 +452,7 @@ def lint_file(
     profile_shapes: Mapping[str, Sequence[int | None]] | None = None,
 ) -> LintReport:
     """Load `path` (graph structure only: external weights are not needed) and lint it."""
-    from hrdeploy.errors import UserError
+    from hrdeploy.bundle import load_onnx
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; pass an .onnx file or a bundle directory")
-    try:
-        model = onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as err:  # protobuf raises its own DecodeError
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{path} is not a readable ONNX model ({first}); re-export it") from err
+    model = load_onnx(path)
     return lint_model(model, generation, path=os.fspath(path), profile_shapes=profile_shapes)

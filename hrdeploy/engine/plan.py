@@ -145,15 +145,6 @@ def onnx_graph_precision(model: Any) -> str:
     return "fp32"
 
 
-def _read_onnx(path: Path) -> Any:
-    import onnx
-
-    try:
-        return onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as err:  # protobuf DecodeError and friends
-        raise UserError(f"{path} is not a readable ONNX model; re-export it ({type(err).__name__})") from err
-
-
 def _inputs(model: Any) -> tuple[OnnxInput, ...]:
     inits = {t.name for t in model.graph.initializer}
     out = []
@@ -169,25 +160,20 @@ def _inputs(model: Any) -> tuple[OnnxInput, ...]:
 
 def describe_source(path: str | os.PathLike) -> Source:
     """Read a bundle directory or a bare .onnx into a `Source` (reads headers only, no weights)."""
-    from hrdeploy.manifest import load_manifest
+    from hrdeploy.bundle import Bundle, load_onnx
 
     path = Path(path)
     if path.is_dir():
-        manifest = load_manifest(path)
-        files: dict[str, Path] = {}
-        for precision, key in ONNX_KEYS.items():
-            entry = manifest.get("artifacts", {}).get(key)
-            if entry and (path / entry["file"]).is_file():
-                files[precision] = path / entry["file"]
+        bundle = Bundle.open(path)
+        files = {a.precision: bundle.artifact(k).path for k, a in bundle.onnx_artifacts().items()
+                 if a.exists and k == ONNX_KEYS.get(a.precision)}
         if "fp32" not in files:
             raise UserError(f"bundle {path} has no ONNX model; re-create it with `hrdeploy export MODEL -o {path}`")
-        inp = manifest.get("input", {})
-        size = (int(inp["height"]), int(inp["width"])) if "height" in inp and "width" in inp else None
-        model = _read_onnx(files["fp32"])
-        return Source(path=path, inputs=_inputs(model), bundle=path, onnx_files=files, size=size,
-                      model=manifest.get("model", {}).get("name"))
+        model = bundle.artifact("onnx").onnx_model()
+        return Source(path=path, inputs=_inputs(model), bundle=path, onnx_files=files, size=bundle.input.size,
+                      model=bundle.model.name)
     if path.is_file() and path.suffix == ".onnx":
-        model = _read_onnx(path)
+        model = load_onnx(path)
         precision = onnx_graph_precision(model)
         return Source(path=path, inputs=_inputs(model), onnx_files={precision: path}, onnx_precision=precision)
     if not path.exists():

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
 
 from hrdeploy import __version__
+from hrdeploy.bundle import FORMAT, MANIFEST, Bundle, hold_lock, is_bundle
 from hrdeploy.errors import UserError
 from hrdeploy.export.metadata import manifest_metadata, set_metadata
 from hrdeploy.export.onnx_export import INPUT_NAME, check_and_infer, export_onnx, simplify
@@ -21,8 +25,7 @@ from hrdeploy.export.options import ExportOptions
 from hrdeploy.export.parity import ParityCase, compare, to_markdown
 from hrdeploy.export.phases import PhaseClock
 from hrdeploy.export.threads import torch_threads
-from hrdeploy.io import sha256, write_json, write_text
-from hrdeploy.manifest import FORMAT, MANIFEST
+from hrdeploy.io import check_writable, sha256, write_json, write_text
 from hrdeploy.registry import ModelSpec, get_spec
 from hrdeploy.zoo import build_model, check_dataset, check_input_size
 
@@ -63,11 +66,56 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _prepare_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
+def check_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
+    """The absolute bundle path for `-o out_dir`, checked before any work: a writable place whose existing
+    content may be replaced (nothing, an empty folder, or with --force an hrdeploy bundle)."""
+    out = Path(os.path.abspath(out_dir))
+    if out.parent == out or out == Path.cwd() or out in Path.cwd().parents:
+        raise UserError(f"-o {out_dir} is the current folder or one above it; name a new folder for the bundle")
+    if out.exists() and not out.is_dir():
         raise UserError(f"output path {out_dir} is a file; pass a directory for the bundle")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise UserError(f"bundle {out_dir} already exists; pass --force to replace it or choose another -o")
+    if out.is_dir() and any(out.iterdir()):
+        if not is_bundle(out):
+            raise UserError(
+                f"{out_dir} is a folder with other files, not an hrdeploy bundle; hrdeploy replaces only a bundle "
+                "or an empty folder, so choose another -o"
+            )
+        if not force:
+            raise UserError(f"bundle {out_dir} already exists; pass --force to replace it or choose another -o")
+    check_writable(out.parent / ".probe", "-o")
+    return out
+
+
+def _stale_work_dirs(out: Path) -> list[Path]:
+    """Temporary folders a killed export of `out` left beside it (`.NAME.xxxxxxxx.tmp`, `.NAME.old-PID`)."""
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.([a-z0-9_]{{8}}\.tmp|old-\d+)$")
+    if not out.parent.is_dir():
+        return []
+    return [p for p in out.parent.iterdir() if pattern.match(p.name) and p.is_dir() and not p.is_symlink()]
+
+
+@contextlib.contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    """Hold `.NAME.lock` beside the bundle: a second export into the same folder fails at once. Parent
+    folders created here are removed again if the export fails."""
+    created = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}.lock"
+    ok = False
+    try:
+        with hold_lock(lock, f"bundle {out}", timeout=0):
+            try:
+                for stale in _stale_work_dirs(out):
+                    shutil.rmtree(stale, ignore_errors=True)
+                yield
+                ok = True
+            finally:
+                lock.unlink(missing_ok=True)
+    finally:
+        if not ok:
+            for folder in created:  # deepest first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def _parity_cases(opts: ExportOptions, size: tuple[int, int], stride: int) -> list[ParityCase]:
@@ -95,7 +143,9 @@ def build_manifest(spec: ModelSpec, opts: ExportOptions, dataset: str, size: tup
         "format": FORMAT,
         "model": {
             "name": spec.name, "family": spec.family, "task": spec.task, "dataset": dataset,
-            "upstream": spec.upstream, "checkpoint": opts.checkpoint, "seed": opts.seed,
+            "upstream": spec.upstream, "seed": opts.seed,
+            # absolute, so later stages rebuild the eager reference from any working folder
+            "checkpoint": os.path.abspath(opts.checkpoint) if opts.checkpoint else None,
         },
         "input": {
             "name": INPUT_NAME, "shape": shape, "layout": "NCHW", "color": "RGB", "scale": 255.0,
@@ -119,98 +169,125 @@ def build_manifest(spec: ModelSpec, opts: ExportOptions, dataset: str, size: tup
 
 
 def export_bundle(
-    name: str, out_dir: str | os.PathLike, options: ExportOptions | None = None, *, force: bool = False, **kw
+    name: str,
+    out_dir: str | os.PathLike,
+    options: ExportOptions | None = None,
+    *,
+    force: bool = False,
+    step: Callable[[str], None] | None = None,
+    **kw,
 ) -> ExportResult:
-    """Export registered model `name` into bundle `out_dir` (see hrdeploy/manifest.py for the layout).
+    """Export registered model `name` into bundle `out_dir` (layout: hrdeploy/bundle.py).
 
-    Options come as an ExportOptions or as keyword arguments of its fields. The bundle is written to a
-    temporary directory and renamed into place at the end, so a failure leaves no partial bundle.
+    Options come as an ExportOptions or as keyword arguments of its fields. Every input and the output
+    path are checked before the model is built; the bundle is written to a temporary folder beside
+    `out_dir` and renamed into place at the end, so a failure or Ctrl-C leaves no partial bundle, and the
+    temporary folder of a killed run is removed by the next one. `step(text)` reports progress.
     """
+    step = step or (lambda text: None)
     opts = replace(options or ExportOptions(), **kw).validated()
-    out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, force)
     spec = get_spec(name)
     dataset = check_dataset(spec, opts.dataset)
     size = check_input_size(spec, opts.input_size or spec.input_size(dataset))
-    with torch_threads():
-        return _export(name, out_dir, opts, spec, dataset, size)
-
-
-def _export(name: str, out_dir: Path, opts: ExportOptions, spec: ModelSpec, dataset: str, size: tuple[int, int]):
+    if opts.checkpoint is not None and not Path(opts.checkpoint).is_file():
+        raise UserError(f"checkpoint {opts.checkpoint} does not exist; pass the path of a .pth or .safetensors file")
+    out_dir = check_out_dir(out_dir, force)
     start = time.perf_counter()
+    with _writing(out_dir):
+        check_out_dir(out_dir, force)  # again under the lock: another export may have finished meanwhile
+        try:
+            work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+        except OSError as err:
+            raise UserError(f"cannot write into {out_dir.parent} ({err.strerror}); choose another -o") from err
+        try:
+            with torch_threads():
+                manifest, parity, simplify_error = _export_into(work, name, spec, opts, dataset, size, start, step)
+            step("writing the bundle")
+            check_out_dir(out_dir, force)
+            os.chmod(work, 0o755)  # mkdtemp makes 0700 directories
+            if out_dir.exists():
+                trash = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+                os.replace(out_dir, trash)
+                os.replace(work, out_dir)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(work, out_dir)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return ExportResult(out_dir, manifest, parity, simplify_error, time.perf_counter() - start)
+
+
+def _export_into(
+    work: Path, name: str, spec: ModelSpec, opts: ExportOptions, dataset: str, size: tuple[int, int],
+    start: float, step: Callable[[str], None],
+) -> tuple[dict, dict, str | None]:
+    """Build, rewrite, export, simplify, optimise and parity-check `name` into folder `work`."""
     clock = PhaseClock()
+    step(f"building {name} ({dataset}, {'checkpoint ' + opts.checkpoint if opts.checkpoint else 'seeded weights'})")
     with clock.phase("build_model"):
         eager = build_model(name, dataset=dataset, checkpoint=opts.checkpoint, seed=opts.seed)
     if opts.rewrite:
         from hrdeploy.rewrite import apply
 
+        step("rewriting for export")
         with clock.phase("rewrite"):
             deployable, rewrites = apply(eager)
     else:
         deployable, rewrites = eager, []
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        onnx_path = work / ONNX_FILE
-        with clock.phase(f"export_{opts.exporter}"):
-            export_onnx(
-                deployable, onnx_path, size, list(spec.output_names), batch=opts.batch,
-                dynamic_batch=opts.dynamic_batch, dynamic_shape=opts.dynamic_shape, stride=spec.stride,
-                opset=opts.opset, exporter=opts.exporter,
-            )
-        with clock.phase("check"):
-            model = check_and_infer(onnx_path)
-        simplify_error = None
-        if opts.simplify:
-            with clock.phase("onnxsim"):
-                model, simplify_error = simplify(model)
-        graph_passes = None
-        if opts.rewrite and opts.graph_passes:
-            from hrdeploy.optimize import optimize_graph
+    onnx_path = work / ONNX_FILE
+    step(f"exporting ONNX ({opts.exporter}, opset {opts.opset}, input {size[0]}x{size[1]})")
+    with clock.phase(f"export_{opts.exporter}"):
+        export_onnx(
+            deployable, onnx_path, size, list(spec.output_names), batch=opts.batch,
+            dynamic_batch=opts.dynamic_batch, dynamic_shape=opts.dynamic_shape, stride=spec.stride,
+            opset=opts.opset, exporter=opts.exporter,
+        )
+    with clock.phase("check"):
+        model = check_and_infer(onnx_path)
+    simplify_error = None
+    if opts.simplify:
+        step("simplifying (onnxsim)")
+        with clock.phase("onnxsim"):
+            model, simplify_error = simplify(model)
+    graph_passes = None
+    if opts.rewrite and opts.graph_passes:
+        from hrdeploy.optimize import optimize_graph
 
-            with clock.phase("graph_passes"):
-                model, graph_passes = optimize_graph(model)
-        manifest = build_manifest(spec, opts, dataset, size, rewrites)
-        manifest["export"]["simplified"] = opts.simplify and simplify_error is None
-        if simplify_error:
-            manifest["export"]["simplify_error"] = simplify_error
-        manifest["export"]["graph_passes"] = graph_passes
-        set_metadata(model, manifest_metadata(manifest))
-        onnx.save(model, os.fspath(onnx_path))
-        export_seconds = time.perf_counter() - start
+        step("exact graph passes")
+        with clock.phase("graph_passes"):
+            model, graph_passes = optimize_graph(model)
+    manifest = build_manifest(spec, opts, dataset, size, rewrites)
+    manifest["export"]["simplified"] = opts.simplify and simplify_error is None
+    if simplify_error:
+        manifest["export"]["simplify_error"] = simplify_error
+    manifest["export"]["graph_passes"] = graph_passes
+    set_metadata(model, manifest_metadata(manifest))
+    onnx.save(model, os.fspath(onnx_path))
+    export_seconds = time.perf_counter() - start
 
-        from torch import float64
+    from torch import float64
 
-        from hrdeploy.runtime.eager import EagerRunner
-        from hrdeploy.runtime.onnxruntime import OrtRunner
+    from hrdeploy.runtime.eager import EagerRunner
+    from hrdeploy.runtime.onnxruntime import OrtRunner
 
-        heatmaps = tuple(n for n in spec.output_names if n.startswith("heatmaps")) if spec.is_pose else ()
-        with clock.phase("parity"):
-            parity = compare(
-                EagerRunner(eager, spec.output_names), OrtRunner(onnx_path, threads=1),
-                _parity_cases(opts, size, spec.stride), heatmap_outputs=heatmaps,
-                exact_reference=EagerRunner(copy.deepcopy(eager).double(), spec.output_names, dtype=float64),
-            )
-        parity["stage"] = "export"
-        manifest["export"]["seconds"] = round(export_seconds, 2)
-        manifest["export"]["phases"] = clock.to_dict()
-        manifest["artifacts"]["onnx"] = {
-            "file": ONNX_FILE, "precision": "fp32", "sha256": sha256(onnx_path),
-            "size_bytes": onnx_path.stat().st_size,
-        }
-        manifest["parity"] = {"export": {"passed": parity["passed"], "file": "parity.json"}}
-        write_json(work / "parity.json", {"export": parity})
-        write_text(work / "parity.md", to_markdown(parity, f"Export parity: {name} (fp32 ONNX vs eager)"))
-        write_json(work / MANIFEST, manifest)
-        os.chmod(work, 0o755)  # mkdtemp makes 0700 directories
-        if out_dir.exists():
-            trash = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, trash)
-            os.replace(work, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(work, out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return ExportResult(out_dir, manifest, parity, simplify_error, time.perf_counter() - start)
+    step("parity: onnxruntime vs eager")
+    heatmaps = tuple(n for n in spec.output_names if n.startswith("heatmaps")) if spec.is_pose else ()
+    with clock.phase("parity"), OrtRunner(onnx_path, threads=1) as ort_runner:
+        parity = compare(
+            EagerRunner(eager, spec.output_names), ort_runner,
+            _parity_cases(opts, size, spec.stride), heatmap_outputs=heatmaps,
+            exact_reference=EagerRunner(copy.deepcopy(eager).double(), spec.output_names, dtype=float64),
+        )
+    parity["stage"] = "export"
+    manifest["export"]["seconds"] = round(export_seconds, 2)
+    manifest["export"]["phases"] = clock.to_dict()
+    manifest["artifacts"]["onnx"] = {
+        "file": ONNX_FILE, "precision": "fp32", "sha256": sha256(onnx_path), "size_bytes": onnx_path.stat().st_size,
+    }
+    manifest["parity"] = {"export": {"passed": parity["passed"], "file": "parity.json"}}
+    Bundle(work, manifest)  # the manifest must open as a bundle before it is written
+    write_json(work / "parity.json", {"export": parity})
+    write_text(work / "parity.md", to_markdown(parity, f"Export parity: {name} (fp32 ONNX vs eager)"))
+    write_json(work / MANIFEST, manifest)
+    return manifest, parity, simplify_error

@@ -1,4 +1,7 @@
-"""Export-time parity: the ONNX on onnxruntime CPU vs the upstream-form eager model, seeded inputs."""
+"""Export-time parity: the ONNX on onnxruntime CPU vs the upstream-form eager model, seeded inputs.
+
+Judged by hrdeploy.parity (the comparator and fp32 tolerances every stage uses).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hrdeploy.parity.compare import argmax_agreement, bounds_for, judge, tensor_stats
+from hrdeploy.parity.tolerances import FLOOR_FACTOR, TOLERANCES
 from hrdeploy.runtime.base import Runner
-from hrdeploy.validate.metrics import keypoint_metrics, tensor_metrics
 
-FP32_REL_TOL = 1e-4  # max abs error <= 1e-4 x max |reference output|
-FP32_MIN_COSINE = 0.99999
-# Two fp32 implementations cannot agree closer than their own rounding errors allow: when a network amplifies
-# fp32 rounding (Lite-HRNet-30's branch-0 stream doubles in every module, upstream's fuse quirk, so it is
-# ~2^14 times its input by the last stage), the eager model itself is ~1e-4 away from its float64 result.
-# A row over FP32_REL_TOL then still passes if it is within FLOOR_FACTOR x that distance (each side may be
-# up to one floor away from the exact result, in opposite directions, plus a margin); the row records both.
-FLOOR_FACTOR = 4.0
+FP32 = TOLERANCES["fp32"]
 
 
 @dataclass(frozen=True)
@@ -36,15 +33,14 @@ def compare(
     cases: list[ParityCase],
     *,
     heatmap_outputs: tuple[str, ...] = (),
-    rel_tol: float = FP32_REL_TOL,
-    min_cosine: float = FP32_MIN_COSINE,
     exact_reference: Runner | None = None,
 ) -> dict:
-    """Run both runners on each case; one row per (case, output) with tensor (and keypoint) metrics.
+    """Run both runners on each case; one row per (case, output) with tensor (and heatmap-peak) metrics.
 
-    `exact_reference` (the reference model in float64) is run only for a case with a row over `rel_tol`:
-    that row's `fp32_floor_rel` is the reference's own distance from it, and the row passes if its error
-    is within FLOOR_FACTOR x that floor (see FLOOR_FACTOR).
+    Rows are judged by hrdeploy.parity.compare.judge with the fp32 tolerance (max rel, cosine). The
+    `exact_reference` (the reference model in float64) is run only for a case with a row over max rel: that
+    row's `fp32_floor_rel` is the reference's own distance from it, and judge lets the row pass within
+    FLOOR_FACTOR x that floor.
     """
     rows = []
     for case in cases:
@@ -53,18 +49,19 @@ def compare(
         exact = None
         for name in reference.output_names:
             row = {"backend": candidate.name, "batch": case.batch, "input_size": list(case.input_size), "output": name}
-            row.update(tensor_metrics(ref[name], out[name]))
+            row.update(tensor_stats(ref[name], out[name]))
             if name in heatmap_outputs:
-                row.update(keypoint_metrics(ref[name], out[name]))
-            row["passed"] = row["max_rel"] <= rel_tol and row["cosine"] >= min_cosine
-            if not row["passed"] and exact_reference is not None and row["cosine"] >= min_cosine:
+                row.update(argmax_agreement(ref[name], out[name]))
+            failures = judge(row, FP32)
+            if failures and exact_reference is not None and not judge({"cosine": row["cosine"]}, FP32):
                 exact = exact if exact is not None else exact_reference.run(x)
-                row["fp32_floor_rel"] = tensor_metrics(exact[name], ref[name])["max_rel"]
-                row["passed"] = row["max_rel"] <= FLOOR_FACTOR * row["fp32_floor_rel"]
+                row["fp32_floor_rel"] = tensor_stats(exact[name], ref[name])["max_rel"]
+                failures = judge(row, FP32)
+            row["passed"] = not failures
             rows.append(row)
     return {
         "reference": reference.name,
-        "tolerance": {"max_rel": rel_tol, "min_cosine": min_cosine,
+        "tolerance": {**bounds_for(FP32, {"max_rel": 0, "cosine": 0}),
                       **({"floor_factor": FLOOR_FACTOR} if exact_reference is not None else {})},
         "rows": rows,
         "passed": all(r["passed"] for r in rows),
@@ -77,8 +74,8 @@ def to_markdown(report: dict, title: str) -> str:
     lines = [
         f"# {title}",
         "",
-        f"Reference: {report['reference']}. Tolerance: max abs error <= {tol['max_rel']:g} x max |reference|, "
-        f"cosine >= {tol['min_cosine']}"
+        f"Reference: {report['reference']}. Tolerance (hrdeploy.parity, fp32): max abs error <= {tol['max_rel']:g} "
+        f"x max |reference|, cosine >= {tol['min_cosine']}"
         + (f", or max rel <= {tol['floor_factor']:g} x the reference's own fp32 rounding error (its distance "
            "from float64, `fp32 floor`)" if "floor_factor" in tol else "")
         + f". Result: **{'PASS' if report['passed'] else 'FAIL'}**.",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from hrdeploy.pose.bottomup import GroupParams, aggregate_outputs, group_people
 from hrdeploy.pose.decode import decode_heatmaps, flip_test_average, heatmap_to_input
 from hrdeploy.pose.preprocess import apply_transform, invert_transform, preprocess
 from hrdeploy.runtime.base import Runner
+
+if TYPE_CHECKING:
+    from hrdeploy.bundle import Bundle
 
 
 @dataclass(frozen=True)
@@ -58,26 +61,16 @@ def _check_pose_task(model: str, task: str) -> None:
         )
 
 
-def config_from_manifest(manifest: dict[str, Any]) -> PoseConfig:
+def config_from_bundle(bundle: Bundle) -> PoseConfig:
     """PoseConfig of a bundle; a non-pose bundle is a UserError."""
-    model, inp = manifest["model"], manifest["input"]
-    _check_pose_task(model["name"], model["task"])
-    kps = manifest.get("keypoints") or {}
-    if not kps.get("names"):
-        raise UserError(
-            f"bundle of {model['name']} has no keypoints in its manifest; re-export it with `hrdeploy export`"
-        )
+    m, inp, kps = bundle.model, bundle.input, bundle.keypoints
+    _check_pose_task(m.name, m.task)
+    if kps is None or not kps.names:
+        raise UserError(f"bundle of {m.name} has no keypoints in its manifest; re-export it with `hrdeploy export`")
     return PoseConfig(
-        model=model["name"],
-        task=model["task"],
-        dataset=kps.get("dataset", model.get("dataset", "")),
-        input_hw=(int(inp["height"]), int(inp["width"])),
-        mean=tuple(inp["mean"]),
-        std=tuple(inp["std"]),
-        keypoint_names=tuple(kps["names"]),
-        flip_pairs=tuple(tuple(p) for p in kps.get("flip_pairs", [])),
-        skeleton=tuple(tuple(p) for p in kps.get("skeleton", [])),
-        output_names=tuple(o["name"] for o in manifest["outputs"]),
+        model=m.name, task=m.task, dataset=kps.dataset or m.dataset, input_hw=inp.size, mean=inp.mean,
+        std=inp.std, keypoint_names=kps.names, flip_pairs=kps.flip_pairs, skeleton=kps.skeleton,
+        output_names=bundle.output_names,
     )
 
 

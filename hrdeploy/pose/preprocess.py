@@ -9,55 +9,12 @@ centres at integer coordinates, zeros outside the image), then normalised as ((p
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from hrdeploy.errors import UserError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 HxWx3 RGB (grayscale, palette and RGBA are converted)."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"image {path} does not exist; pass the path of a JPEG/PNG/BMP/WebP file")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA", "P"):
-                # composite transparency onto black, as OpenCV's imread drops alpha to the colour values
-                img = img.convert("RGBA")
-                img = Image.alpha_composite(Image.new("RGBA", img.size, (0, 0, 0, 255)), img)
-            rgb = img.convert("RGB")
-            arr = np.asarray(rgb, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise UserError(
-            f"cannot read image {path} ({type(err).__name__}); pass a valid JPEG/PNG/BMP/WebP file"
-        ) from err
-    return np.ascontiguousarray(arr)
-
-
-def image_files(folder: str | os.PathLike) -> list[Path]:
-    """The image files (jpg/jpeg/png/bmp/webp, any case) directly inside `folder`, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"image folder {folder} does not exist; pass a folder of JPEG/PNG images")
-    files = sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: p.name,
-    )
-    if not files:
-        raise UserError(
-            f"image folder {folder} holds no images ({'/'.join(s[1:] for s in IMAGE_SUFFIXES)}); "
-            "add some images"
-        )
-    return files
+from hrdeploy.images import IMAGE_SUFFIXES, image_files, read_image  # noqa: F401 - re-exported for the stages
 
 
 def box_to_center_scale(

@@ -14,8 +14,6 @@ _LAZY = {
     "BACKENDS": "hrdeploy.precision.quantize",
     "FILES": "hrdeploy.precision.quantize",
     "modelopt_available": "hrdeploy.precision.quantize",
-    "Tolerance": "hrdeploy.precision.evaluate",
-    "DEFAULT_TOLERANCES": "hrdeploy.precision.evaluate",
     "METHODS": "hrdeploy.precision.int8",
 }
 

@@ -1,7 +1,6 @@
-"""Validation of a precision variant on onnxruntime CPU: against eager fp32, layer drift, block sensitivity.
+"""Diagnostics of a precision variant on onnxruntime CPU: layer drift, input-noise floor, block sensitivity.
 
-- `compare_outputs`: the tensor and keypoint metrics of hrdeploy.validate.metrics, per output, checked
-  against per-precision `Tolerance`s.
+(The pass/fail verdict against eager fp32 is hrdeploy.parity's.)
 - `layer_drift`: every float node output common to the fp32 graph and the variant, ranked by relative
   L2 error (cumulative drift: where the variant's activations depart from fp32 the most).
 - `block_sensitivity` (Q/DQ graphs): quantize one block at a time (all other Q/DQ bypassed, fp32 weights
@@ -13,33 +12,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import onnx
 
+from hrdeploy.bundle import Bundle
 from hrdeploy.precision import graph as G
-from hrdeploy.validate.metrics import keypoint_metrics, tensor_metrics
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Pass criteria of a variant against eager fp32 (every output, all validation images)."""
-
-    min_cosine: float
-    min_agreement_pct: float  # argmax keypoint agreement, pose models only
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-# fp16: the issue's bar (cosine > 0.999). int8: what per-channel Q/DQ reaches on Lite-/Dite-HRNet with
-# a few dozen calibration photos (see docs/precision.md); both configurable (--min-cosine, --min-agreement).
-DEFAULT_TOLERANCES = {
-    "fp16": Tolerance(min_cosine=0.999, min_agreement_pct=90.0),
-    "int8": Tolerance(min_cosine=0.98, min_agreement_pct=50.0),
-}
 
 
 def session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None):  # noqa: ANN201
@@ -76,36 +55,11 @@ def run_batches(
     return {name: np.concatenate(values)[:count] for name, values in parts.items()}
 
 
-def eager_outputs(bundle: str | os.PathLike, data: np.ndarray, output_names: Sequence[str]) -> dict[str, np.ndarray]:
+def eager_outputs(b: Bundle, data: np.ndarray) -> dict[str, np.ndarray]:
     """The bundle's eager fp32 model (upstream form, same weights) on `data`."""
-    from hrdeploy.bundle import eager_model_for_bundle
     from hrdeploy.runtime.eager import EagerRunner
 
-    return EagerRunner(eager_model_for_bundle(bundle), output_names).run(data)
-
-
-def compare_outputs(
-    ref: dict[str, np.ndarray], out: dict[str, np.ndarray], num_keypoints: int | None, tol: Tolerance
-) -> dict[str, Any]:
-    """Metrics per output and whether every output meets `tol`."""
-    per_output: dict[str, Any] = {}
-    failures: list[str] = []
-    for name, ref_value in ref.items():
-        with np.errstate(invalid="ignore", over="ignore"):  # inf/nan outputs are reported below
-            metrics: dict[str, Any] = tensor_metrics(ref_value, out[name])
-        if num_keypoints and ref_value.ndim == 4 and ref_value.shape[1] >= num_keypoints:
-            metrics.update(keypoint_metrics(ref_value[:, :num_keypoints], out[name][:, :num_keypoints]))
-        per_output[name] = metrics
-        bad = int(np.size(out[name]) - np.count_nonzero(np.isfinite(out[name])))
-        metrics["non_finite"] = bad
-        if bad:
-            failures.append(f"{name}: {bad} non-finite values (inf/nan)")
-        elif metrics["cosine"] < tol.min_cosine:
-            failures.append(f"{name}: cosine {metrics['cosine']:.5f} < {tol.min_cosine}")
-        agreement = metrics.get("argmax_agreement_pct")
-        if agreement is not None and agreement < tol.min_agreement_pct:
-            failures.append(f"{name}: keypoint agreement {agreement:.1f}% < {tol.min_agreement_pct}%")
-    return {"outputs": per_output, "tolerance": tol.as_dict(), "passed": not failures, "failures": failures}
+    return EagerRunner(b.eager_model(), b.output_names).run(data)
 
 
 def _rel_l2(ref: np.ndarray, out: np.ndarray) -> float:

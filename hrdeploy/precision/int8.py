@@ -20,7 +20,9 @@ Both backends leave wide-range depthwise convs in fp32 unless told otherwise (`w
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,17 +82,31 @@ def wide_range_depthwise(
     return result
 
 
+@contextlib.contextmanager
+def _cwd(folder: Path) -> Iterator[None]:
+    """Run in `folder`: onnxruntime's symbolic shape inference saves `sym_shape_infer_temp.onnx` and a
+    `<uuid>.data` into the working folder when it gives up, which must not be the user's."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def _ort_preprocess(src: Path, dst: Path) -> onnx.ModelProto:
     """onnxruntime's recommended pre-processing (symbolic shapes, basic fusions); plain copy if it fails."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(os.fspath(src), os.fspath(dst))
-    except Exception:  # noqa: BLE001 - symbolic shape inference gives up on some graphs
+    src, dst = src.absolute(), dst.absolute()
+    with _cwd(dst.parent):
         try:
-            quant_pre_process(os.fspath(src), os.fspath(dst), skip_symbolic_shape=True)
-        except Exception:  # noqa: BLE001
-            onnx.save(onnx.load(os.fspath(src)), os.fspath(dst))
+            quant_pre_process(os.fspath(src), os.fspath(dst))
+        except Exception:  # noqa: BLE001 - symbolic shape inference gives up on some graphs
+            try:
+                quant_pre_process(os.fspath(src), os.fspath(dst), skip_symbolic_shape=True)
+            except Exception:  # noqa: BLE001
+                onnx.save(onnx.load(os.fspath(src)), os.fspath(dst))
     model = G.ensure_node_names(onnx.load(os.fspath(dst)))
     onnx.save(model, os.fspath(dst))
     return model
@@ -149,19 +165,20 @@ def quantize_ort(
         "MatMulConstBOnly": True,
         "CalibPercentile": PERCENTILE,
     }
-    quantize_static(
-        os.fspath(pre_path),
-        os.fspath(dst),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(ORT_OP_TYPES),
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=sorted(set(excluded) | set(runtime_weights) | set(auto)),
-        calibrate_method=calib_method,
-        extra_options=extra,
-    )
+    with _cwd(workdir):  # calibration writes augmented models; keep anything stray out of the user's folder
+        quantize_static(
+            os.fspath(pre_path.absolute()),
+            os.fspath(Path(dst).absolute()),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(ORT_OP_TYPES),
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=sorted(set(excluded) | set(runtime_weights) | set(auto)),
+            calibrate_method=calib_method,
+            extra_options=extra,
+        )
     return {
         "converter": "onnxruntime.quantization.quantize_static",
         "excluded_nodes": excluded,

@@ -1,7 +1,7 @@
 """`quantize_bundle`: add an FP16 or INT8 (Q/DQ) ONNX to a bundle, validated on onnxruntime CPU.
 
 Reads the bundle's fp32 `model.onnx` and manifest, converts (hrdeploy.precision.fp16 / .int8), checks the
-variant against the eager fp32 model on real images (hrdeploy.precision.evaluate), and only then moves
+variant against the eager fp32 model with hrdeploy.parity (person crops for pose models), and only then moves
 `model.<precision>.onnx` and its reports into the bundle and records them in the manifest. Any error before
 that point leaves the bundle unchanged.
 """
@@ -20,22 +20,24 @@ from typing import Any
 import numpy as np
 import onnx
 
+from hrdeploy.bundle import Bundle
 from hrdeploy.errors import UserError, missing_dependency
-from hrdeploy.io import atomic_path, sha256, write_json, write_text
-from hrdeploy.manifest import artifact_path, load_manifest, save_manifest
+from hrdeploy.io import atomic_path, write_json, write_text
+from hrdeploy.parity.coco import CocoKeypoints, CropSet
+from hrdeploy.parity.compare import bounds_for, judge, tensor_stats
+from hrdeploy.parity.pose import Reference, check_pose
+from hrdeploy.parity.tolerances import TOLERANCES, Tolerance
 from hrdeploy.precision import graph as G
 from hrdeploy.precision.calib import ImageSet, batches, default_images, load_images, static_batch
 from hrdeploy.precision.evaluate import (
-    DEFAULT_TOLERANCES,
-    Tolerance,
     block_sensitivity,
-    compare_outputs,
     eager_outputs,
     input_noise_reference,
     layer_drift,
     run_batches,
 )
 from hrdeploy.precision.int8 import DEFAULT_METHOD, METHODS
+from hrdeploy.runtime.onnxruntime import OrtRunner
 
 PRECISIONS = ("fp16", "int8")
 BACKENDS = ("auto", "modelopt", "ort")
@@ -77,13 +79,79 @@ def _check_exclude(model: onnx.ModelProto, patterns: Sequence[str], scopes: dict
         )
 
 
-def _parity_rows(comparison: dict[str, Any], backend_name: str, images: ImageSet, hw: tuple[int, int]) -> list[dict]:
-    rows = []
-    for output, metrics in comparison["outputs"].items():
-        row = {"backend": backend_name, "batch": images.count, "input_size": list(hw), "output": output, **metrics}
-        row["passed"] = comparison["passed"]
-        rows.append(row)
-    return rows
+def _eager_heatmaps(b: Bundle, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    """The bundle's eager fp32 model as NCHW -> first output (built on first use: it is the slow part)."""
+    state: dict[str, Any] = {}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if "runner" not in state:
+            from hrdeploy.runtime.eager import EagerRunner
+
+            state["runner"] = EagerRunner(b.eager_model(), b.output_names, threads=threads)
+        return state["runner"].run(x)[b.output_names[0]]
+
+    return run
+
+
+def _crop_set(
+    b: Bundle, folder: str | os.PathLike, samples: int | None, ann: str | os.PathLike | None,
+    finder: Callable[[np.ndarray], np.ndarray], what: str,
+) -> tuple[CropSet, ImageSet]:
+    """Person crops of the photos in `folder`: boxes from `ann`, else where `finder` (fp32) finds people."""
+    from hrdeploy.parity.crops import boxes_from_annotations, find_people
+    from hrdeploy.pose.preprocess import image_files
+
+    if samples is not None and samples < 1:
+        raise UserError(f"--{what}-samples must be at least 1, got {samples}")
+    hw, mean, std = b.input.size, b.input.mean, b.input.std
+    if ann is not None:
+        boxes = boxes_from_annotations(ann, folder, hw)[:samples]
+        available, how = len(boxes), f"person boxes of {Path(ann).name}"
+    else:
+        files = image_files(folder)
+        boxes = find_people(files[:samples], finder, hw, mean, std)
+        available, how = len(files), "person crops found by the fp32 model"
+    crops = CropSet.build(boxes, hw, mean, std)
+    names = [f"{p.file.name}@{','.join(f'{v:.0f}' for v in p.box)}" for p in boxes]
+    return crops, ImageSet(crops.x, names, f"{folder} ({how})", available)
+
+
+def _check_disjoint(calib_dir: str | os.PathLike, coco: CocoKeypoints | None) -> None:
+    """Calibration photos must not be evaluation images (UserError naming the first shared one)."""
+    if coco is None:
+        return
+    from hrdeploy.pose.preprocess import image_files
+
+    evaluated = {Path(coco.file(i)).resolve() for i in coco.image_ids()}
+    shared = sorted(p.name for p in image_files(calib_dir) if p.resolve() in evaluated)
+    if shared:
+        raise UserError(f"calibration image {shared[0]} is also an evaluation image of {coco.ann.name}; calibrate "
+                        "on other photos of people (e.g. MPII), never on the images the AP is measured on")
+
+
+def _validate(
+    b: Bundle, precision: str, variant: Path, tol: Tolerance, coco: CocoKeypoints | None, val: ImageSet,
+    val_crops: CropSet | None, eager: Callable[[np.ndarray], np.ndarray], batch: int | None, threads: int | None,
+) -> dict[str, Any]:
+    """The variant against eager fp32 with hrdeploy.parity: AP drop (annotated), crop agreement, or tensors."""
+    with OrtRunner(variant, threads=threads) as runner:
+        def run(x: np.ndarray) -> np.ndarray:
+            return runner.run(x)[b.output_names[0]]
+
+        if val_crops is not None:
+            ref = Reference.compute(eager, val_crops, coco, batch or CALIB_BATCH)
+            result = check_pose(ref, run, tol, batch or CALIB_BATCH, fixed_batch=batch is not None)
+            result.pop("keypoints")
+            return result
+        # not a top-down pose model: tensor statistics of every output on the (whole) images
+        out = run_batches(variant, batches(val.data, batch), val.count, threads=threads)
+        ref_all = eager_outputs(b, val.data)
+        per_output = {name: tensor_stats(ref_all[name], out[name]) for name in ref_all}
+        worst = min(per_output.values(), key=lambda m: m["cosine"])
+        gated = {"cosine": worst["cosine"], "non_finite": sum(m["non_finite"] for m in per_output.values())}
+        failures = judge(gated, tol)
+        return {"mode": "tensor", "outputs": per_output, "gated": gated, "tolerance": bounds_for(tol, gated),
+                "failures": failures, "passed": not failures}
 
 
 def quantize_bundle(
@@ -95,9 +163,12 @@ def quantize_bundle(
     backend: str = "auto",
     exclude: Sequence[str] = (),
     *,
+    calib_ann: str | os.PathLike | None = None,
     auto_exclude: bool = True,
     val_dir: str | os.PathLike | None = None,
     val_samples: int = DEFAULT_VAL_SAMPLES,
+    ann: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
     tolerance: Tolerance | None = None,
     validate: bool = True,
     sensitivity: bool = True,
@@ -107,25 +178,34 @@ def quantize_bundle(
     """Write `model.<precision>.onnx` into `bundle`, validate it, record it in the manifest; return its path.
 
     precision: "fp16" (mixed precision, fp32 I/O) or "int8" (Q/DQ; needs `calib_dir`).
-    calib_dir / calib_samples: calibration images (first N by file name), preprocessed as at deployment.
+    calib_dir / calib_samples: calibration photos (first N by file name). Top-down pose models calibrate on
+        person crops: the boxes of `calib_ann` (COCO keypoint json or MPII json with center/scale), else one
+        crop per photo where the fp32 model finds a person (hrdeploy.parity.crops.find_people); other models
+        on whole images, letterboxed.
     method: int8 activation calibration, "entropy" | "max" | "percentile" (99.99th) [default: percentile
         with ort, entropy with modelopt].
     backend: "modelopt" (NVIDIA ModelOpt), "ort" (onnxruntime / onnxconverter-common) or "auto".
     exclude: globs over node names, op types or module paths to keep in fp32.
     auto_exclude: int8 only, keep depthwise convs with wide-range inputs in fp32 (int8.wide_range_depthwise).
-    val_dir / val_samples: validation images [default: the calibration images, else scikit-image's photos].
-    tolerance: pass criteria against eager fp32 [default: DEFAULT_TOLERANCES[precision]].
+    ann / images: COCO keypoint annotations and their images: the gate is the COCO AP drop against eager fp32.
+    val_dir / val_samples: without `ann`, photos whose person crops the keypoint-agreement gate runs on
+        [default: the calibration crops, else scikit-image's photos].
+    tolerance: the gate [default: hrdeploy.parity.tolerances.TOLERANCES[precision]].
     The manifest entry `artifacts.<precision>` carries backend, method, samples, excluded nodes, quantized /
     unquantized conv counts and the validation summary; the full report is `quantize.<precision>.md/.json`,
-    and `parity.json` gains a `<precision>` section in the export's format.
+    and `parity.json` gains a `<precision>` section.
     """
     say = log or (lambda _msg: None)
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if method is not None and method not in METHODS:
         raise UserError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
-    manifest = load_manifest(bundle)
-    src = artifact_path(bundle, manifest, "onnx")
+    if (ann is None) != (images is None):
+        raise UserError("--ann and --images go together: the COCO keypoint json and the folder of its images")
+    if calib_ann is not None and calib_dir is None:
+        raise UserError("--calib-ann needs --calib-dir, the folder of the images it annotates")
+    b = Bundle.open(bundle)
+    src = b.artifact("onnx").path
     used_backend = resolve_backend(backend)
     method = method or DEFAULT_METHOD[used_backend]
     if used_backend == "modelopt" and precision == "int8" and method == "percentile":
@@ -133,27 +213,64 @@ def quantize_bundle(
                         "or --backend ort")
     if precision == "int8" and calib_dir is None:
         raise UserError("int8 needs calibration images; pass --calib-dir FOLDER with a few dozen typical "
-                        "photos (JPEG/PNG)")
-    tol = tolerance or DEFAULT_TOLERANCES[precision]
+                        "photos of people (JPEG/PNG)")
+    tol = tolerance or TOLERANCES[precision]
+    topdown = b.is_pose and b.model.task == "pose_topdown"
+    if ann is not None and not topdown:
+        raise UserError(f"--ann scores top-down pose models; {b.model.name} is a {b.model.task} model, so drop "
+                        "--ann/--images (it is checked on tensors)")
     start = time.perf_counter()
 
     model = G.ensure_node_names(onnx.load(os.fspath(src)))
     scopes = G.node_scopes(model)
     _check_exclude(model, exclude, scopes)
-    hw = (int(manifest["input"]["height"]), int(manifest["input"]["width"]))
     batch = static_batch(src)
+    eager = _eager_heatmaps(b, threads)
+    # the person search runs dozens of windows per photo: on the fp32 ONNX (export-checked against eager)
+    fp32 = OrtRunner(src, threads=threads)
 
-    calib = load_images(calib_dir, manifest, calib_samples) if calib_dir is not None else None
+    def finder(x: np.ndarray) -> np.ndarray:
+        return fp32.run(x)[b.output_names[0]]
+    coco = CocoKeypoints(ann, images) if ann is not None else None
+    if calib_dir is not None:
+        _check_disjoint(calib_dir, coco)
+
+    manifest = b.manifest
     work = Path(tempfile.mkdtemp(prefix="hrdeploy-quantize-"))
     try:
-        if val_dir is not None:
-            val = load_images(val_dir, manifest, val_samples)
+        calib_crops: CropSet | None = None
+        if calib_dir is None:
+            calib = None
+        elif topdown:
+            say(f"{precision}: finding people in {calib_dir}" if calib_ann is None else f"{precision}: cropping")
+            calib_crops, calib = _crop_set(b, calib_dir, calib_samples, calib_ann, finder, "calib")
+        else:
+            calib = load_images(calib_dir, manifest, calib_samples)
+        val_crops: CropSet | None = None
+        if coco is not None:
+            val_crops = CropSet.build(coco.gt_boxes(), b.input.size, b.input.mean, b.input.std)
+            val = ImageSet(val_crops.x, [f"{coco.ann.name}#{p.ann_id}" for p in val_crops.boxes], str(images),
+                           len(val_crops))
+        elif val_dir is not None:
+            if topdown:
+                val_crops, val = _crop_set(b, val_dir, val_samples, None, finder, "val")
+            else:
+                val = load_images(val_dir, manifest, val_samples)
         elif calib is not None:
             val = ImageSet(calib.data[:val_samples], calib.files[:val_samples], calib.source, calib.available)
+            if calib_crops is not None:
+                val_crops = CropSet(calib_crops.boxes[:val_samples], calib_crops.x[:val_samples],
+                                    calib_crops.matrices[:val_samples], calib_crops.input_hw)
+        elif topdown:
+            from hrdeploy.pose.samples import write_sample_photos
+
+            write_sample_photos(work / "samples")
+            val_crops, val = _crop_set(b, work / "samples", val_samples, None, finder, "val")
+            val.source = "skimage sample photos (person crops found by the fp32 model)"
         else:
             val = default_images(manifest, work, samples=val_samples)
         calib_set = calib if calib is not None else val
-        say(f"{precision}: {calib_set.count} calibration image(s) from {calib_set.source}, backend {used_backend}")
+        say(f"{precision}: {calib_set.count} calibration input(s) from {calib_set.source}, backend {used_backend}")
         calib_batches = batches(calib_set.data, batch or CALIB_BATCH)
         out_path = work / FILES[precision]
         excluded_nodes = sorted({n for names in G.match_nodes(model, exclude, scopes).values() for n in names})
@@ -180,7 +297,7 @@ def quantize_bundle(
                 "try --exclude for the failing node, or the other --backend"
             ) from err
         seconds_convert = time.perf_counter() - start
-        say(f"{precision}: converted in {seconds_convert:.1f} s; validating on {val.count} image(s)")
+        say(f"{precision}: converted in {seconds_convert:.1f} s; validating on {val.count} input(s)")
 
         variant = onnx.load(os.fspath(out_path))
         report: dict[str, Any] = {
@@ -188,12 +305,7 @@ def quantize_bundle(
             "calibration": calib_set.describe(), "validation_images": val.describe(), "conversion": info,
         }
         if validate:
-            val_batches = batches(val.data, batch)
-            out = run_batches(out_path, val_batches, val.count, threads=threads)
-            output_names = [o["name"] for o in manifest["outputs"]]
-            ref = eager_outputs(bundle, val.data, output_names)
-            kps = manifest.get("keypoints")
-            comparison = compare_outputs(ref, out, len(kps["names"]) if kps else None, tol)
+            comparison = _validate(b, precision, out_path, tol, coco, val, val_crops, eager, batch, threads)
             probe = val.data[:DRIFT_IMAGES] if batch is None else batches(val.data[:DRIFT_IMAGES], batch)[0]
             comparison["drift"] = layer_drift(model, variant, probe, scopes, threads=threads)
             if precision == "int8":
@@ -209,28 +321,23 @@ def quantize_bundle(
         write_text(work / f"quantize.{precision}.md", to_markdown(manifest, report))
 
         # --- commit: move the files in, then update parity.json and the manifest --------------------
-        bundle = Path(bundle)
+        root = b.root
         for name in (FILES[precision], f"quantize.{precision}.json", f"quantize.{precision}.md"):
-            with atomic_path(bundle / name) as tmp:
+            with atomic_path(root / name) as tmp:
                 shutil.copyfile(work / name, tmp)
-        entry = _manifest_entry(bundle, precision, used_backend, method, report)
-        manifest = load_manifest(bundle)
-        manifest.setdefault("artifacts", {})[precision] = entry
+        b.record_artifact(precision, FILES[precision], **_manifest_entry(root, precision, used_backend, method,
+                                                                         report))
         if validate:
-            parity_path = bundle / "parity.json"
+            val_report = report["validation"]
+            parity_path = root / "parity.json"
             parity = _read_json(parity_path)
-            parity[precision] = {
-                "stage": "quantize", "reference": "eager", "tolerance": tol.as_dict(),
-                "rows": _parity_rows(report["validation"], f"ort-{precision}", val, hw),
-                "passed": report["validation"]["passed"],
-            }
+            parity[precision] = {"stage": "quantize", "reference": "eager", **{
+                k: val_report[k] for k in ("mode", "tolerance", "gated", "failures", "passed")}}
             write_json(parity_path, parity)
-            passed = parity[precision]["passed"]
-            manifest.setdefault("parity", {})[precision] = {"passed": passed, "file": "parity.json"}
-        save_manifest(bundle, manifest)
+            b.record_section("parity", {"passed": val_report["passed"], "file": "parity.json"}, key=precision)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return bundle / FILES[precision]
+    return root / FILES[precision]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -243,11 +350,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _manifest_entry(bundle: Path, precision: str, backend: str, method: str, report: dict[str, Any]) -> dict[str, Any]:
+    """The artifact's manifest fields besides file and sha256 (Bundle.record_artifact adds those)."""
     info = report["conversion"]
     entry: dict[str, Any] = {
-        "file": FILES[precision],
         "precision": precision,
-        "sha256": sha256(bundle / FILES[precision]),
         "size_bytes": (bundle / FILES[precision]).stat().st_size,
         "backend": backend,
         "converter": info["converter"],
@@ -277,15 +383,15 @@ def _manifest_entry(bundle: Path, precision: str, backend: str, method: str, rep
         })
     if "validation" in report:
         val = report["validation"]
-        first = next(iter(val["outputs"].values()))
         entry["validation"] = {
-            "passed": val["passed"], "images": report["validation_images"]["count"],
-            "images_source": report["validation_images"]["source"], "tolerance": val["tolerance"],
-            "cosine": first["cosine"], "max_rel": first["max_rel"],
-            "argmax_agreement_pct": first.get("argmax_agreement_pct"),
-            "mean_kpt_err_px": first.get("mean_kpt_err_px"),
-            "failures": val["failures"],
+            "passed": val["passed"], "mode": val["mode"], "inputs": report["validation_images"]["count"],
+            "source": report["validation_images"]["source"], "tolerance": val["tolerance"],
+            "gated": val["gated"], "failures": val["failures"],
         }
+        if "stats" in val:
+            entry["validation"].update(ap=val["stats"]["AP"], eager_ap=val["reference_stats"]["AP"])
+        if "tensor" in val:
+            entry["validation"]["cosine"] = val["tensor"]["cosine"]
         if "input_noise" in val:
             entry["validation"]["input_noise_cosine"] = val["input_noise"]["cosine"]
     return entry

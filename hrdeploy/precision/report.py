@@ -52,22 +52,28 @@ def to_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
     val = report.get("validation")
     if val is None:
         return "\n".join(lines) + "\n"
-    tol = val["tolerance"]
-    lines += [
-        "",
-        f"## Parity vs eager fp32: **{'PASS' if val['passed'] else 'FAIL'}**",
-        "",
-        f"Tolerance: cosine >= {tol['min_cosine']}, keypoint argmax agreement >= {tol['min_agreement_pct']}%.",
-        "",
-        "| output | max abs | max rel | p99 abs | cosine | argmax agree % | mean kpt err px | max kpt err px |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, m in val["outputs"].items():
-        lines.append(
-            f"| {name} | {m['max_abs']:.3e} | {m['max_rel']:.3e} | {m['p99_abs']:.3e} | {m['cosine']:.6f} "
-            f"| {_fmt(m.get('argmax_agreement_pct'), '.1f')} | {_fmt(m.get('mean_kpt_err_px'), '.2f')} "
-            f"| {_fmt(m.get('max_kpt_err_px'), '.2f')} |"
-        )
+    lines += ["", f"## Parity vs eager fp32 ({val['mode']}): **{'PASS' if val['passed'] else 'FAIL'}**", ""]
+    lines.append("Gate (hrdeploy.parity tolerance table): "
+                 + ", ".join(f"{k} {v:g}" for k, v in val["tolerance"].items()) + "; measured: "
+                 + ", ".join(f"{k} {_fmt(v)}" for k, v in val["gated"].items()) + ".")
+    if "stats" in val:
+        ref, got = val["reference_stats"], val["stats"]
+        lines += ["", f"COCO keypoint AP (pycocotools) on {got['people']} annotated people:", "",
+                  "| model | AP | AP50 | AP75 | AR | mean OKS |", "|---|---|---|---|---|---|"]
+        for label, st in (("eager fp32", ref), (p, got)):
+            lines.append(f"| {label} | {st['AP']:.4f} | {st['AP50']:.4f} | {st['AP75']:.4f} | {st['AR']:.4f} "
+                         f"| {st['mean_oks']:.4f} |")
+    if "agreement" in val:
+        a = val["agreement"]
+        lines += ["", f"Keypoint agreement with eager on {val['people']} person crop(s) ({a['keypoints']} confident "
+                  f"joints): OKS {a['oks']:.4f}, PCK@0.05 {a['pck@0.05']:.1f} %, mean error "
+                  f"{a['mean_err_img_px']:.2f} px, max {a['max_err_img_px']:.2f} px (image pixels)."]
+    t = val.get("tensor")
+    if t:
+        lines += ["", f"Heatmaps (not gated): max rel {t['max_rel']:.3e}, cosine {t['cosine']:.6f}, peak agreement "
+                  f"{_fmt(t.get('argmax_agreement_pct'), '.1f')} %."]
+    for name, m in (val.get("outputs") or {}).items():
+        lines.append(f"- `{name}`: max rel {m['max_rel']:.3e}, cosine {m['cosine']:.6f}")
     if val["failures"]:
         lines.append("")
     for failure in val["failures"]:

@@ -17,7 +17,10 @@ def open_runner(path: str | os.PathLike, threads: int | None = None) -> Runner:
     if not path.is_file():
         raise UserError(f"{path} does not exist; pass an .onnx file or a TensorRT engine")
     if path.suffix == ".onnx":
+        from hrdeploy.bundle import load_onnx
         from hrdeploy.runtime.onnxruntime import OrtRunner
+
+        load_onnx(path)  # a corrupt file is one clear UserError before onnxruntime parses it
 
         return OrtRunner(path, threads=threads)
     if path.suffix in ENGINE_SUFFIXES:

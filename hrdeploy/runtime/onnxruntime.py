@@ -9,10 +9,11 @@ from dataclasses import replace
 import numpy as np
 
 from hrdeploy.errors import UserError
+from hrdeploy.runtime.base import RunnerBase
 from hrdeploy.runtime.ort_options import OrtSettings, settings_for_onnx
 
 
-class OrtRunner:
+class OrtRunner(RunnerBase):
     name = "ort"
 
     def __init__(
@@ -41,3 +42,6 @@ class OrtRunner:
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
         return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs, strict=True)}
+
+    def close(self) -> None:
+        self.session = None  # onnxruntime frees the session when its last reference goes

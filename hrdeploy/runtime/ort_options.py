@@ -70,7 +70,7 @@ def settings_from_manifest(manifest: dict[str, Any]) -> OrtSettings | None:
 
 def settings_for_onnx(path: str | os.PathLike) -> OrtSettings | None:
     """Tuned settings for an ONNX that is an artifact of a bundle (its directory's manifest lists it)."""
-    from hrdeploy.manifest import FORMAT, MANIFEST
+    from hrdeploy.bundle import FORMAT, MANIFEST
 
     path = Path(path)
     manifest_path = path.parent / MANIFEST

@@ -21,6 +21,7 @@ from hrdeploy.engine.device import DeviceInfo, cudart, require_gpu
 from hrdeploy.engine.engine_info import check_compatibility, read_engine_metadata
 from hrdeploy.engine.version import require_tensorrt
 from hrdeploy.errors import UserError
+from hrdeploy.runtime.base import RunnerBase
 
 
 def _check(result: Any) -> Any:
@@ -130,7 +131,7 @@ class _CudaPythonMemory:
         self.rt.cudaFree(buf[0])
 
 
-class TrtRunner:
+class TrtRunner(RunnerBase):
     """Run a serialized TensorRT engine on float32 NCHW numpy batches (the Runner protocol)."""
 
     name = "trt"
@@ -244,3 +245,5 @@ class TrtRunner:
             self.memory.free(buf)
         self._buffers = {}
         self._shape = None
+        self.context = None
+        self.engine = None

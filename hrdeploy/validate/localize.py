@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from hrdeploy.validate.metrics import tensor_metrics
+from hrdeploy.parity.compare import tensor_stats as tensor_metrics
 
 FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64, 16: np.float32}  # onnx.TensorProto codes
 DEFAULT_BUDGET_BYTES = 512 << 20

@@ -14,18 +14,29 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hrdeploy.bundle import Bundle
 from hrdeploy.io import write_json, write_text
-from hrdeploy.manifest import load_manifest, save_manifest
 
 PARITY_JSON = "parity.json"
 PARITY_MD = "parity.md"
 
 COLUMNS = ("target", "backend", "precision", "batch", "output", "max abs", "max rel", "p99 abs", "cosine",
-           "argmax %", "kpt err px (mean/max)", "PCK@0.05 %", "status")
+           "argmax %", "crops: OKS / PCK % / dAP", "status")
 
 
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def crop_cell(pose: dict[str, Any] | None) -> str:
+    """A target's verdict on person crops: OKS / PCK against eager, and the AP drop when annotated."""
+    if not pose:
+        return "-"
+    a = pose["agreement"]
+    text = f"{a['oks']:.4f} / {a['pck@0.05']:.1f}"
+    if "ap_drop" in pose["gated"]:
+        text += f" / {-pose['gated']['ap_drop']:+.2f}"
+    return text
 
 
 def table_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -36,28 +47,22 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
         for name, m in r["outputs"].items():
             if "shape_mismatch" in m:
                 rows.append((r["target"], r["backend"], r["precision"], str(r["batch"]), name,
-                             "shape mismatch", "-", "-", "-", "-", "-", "-", status))
+                             "shape mismatch", "-", "-", "-", "-", "-", status))
                 continue
-            kerr = (f"{m['mean_kpt_err_input_px']:.2f}/{m['max_kpt_err_input_px']:.1f}"
-                    if "mean_kpt_err_input_px" in m else "-")
             agree = m.get("argmax_agreement_pct", m.get("label_agreement_pct"))
             rows.append((
                 r["target"], r["backend"], r["precision"], str(r["batch"]), name,
                 _fmt(m["max_abs"], ".2e"), _fmt(m["max_rel"], ".2e"), _fmt(m["p99_abs"], ".2e"),
-                _fmt(m["cosine"], ".6f"), _fmt(agree, ".1f"), kerr, _fmt(m.get("pck@0.05"), ".1f"), status,
+                _fmt(m["cosine"], ".6f"), _fmt(agree, ".1f"), crop_cell(r.get("pose")), status,
             ))
     for s in report["skipped"]:
-        rows.append((s.get("target", "-"), s["backend"], "-", "-", "-", "-", "-", "-", "-", "-", "-", "-",
+        rows.append((s.get("target", "-"), s["backend"], "-", "-", "-", "-", "-", "-", "-", "-", "-",
                      f"skipped: {s['reason']}"))
     return rows
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    tol = "; ".join(
-        f"{p}: " + ", ".join(f"{k} {'<=' if k in ('max_rel', 'p99_rel', 'mean_kpt_err_px') else '>='} {v:g}"
-                             for k, v in t.items())
-        for p, t in report["tolerances"].items()
-    )
+    tol = "; ".join(f"{p}: " + ", ".join(f"{k} {v:g}" for k, v in t.items()) for p, t in report["tolerances"].items())
     kinds = {}
     for i in report["inputs"]:
         kinds.setdefault(f"{i['kind']} {i['size'][0]}x{i['size'][1]}", []).append(i["name"])
@@ -68,11 +73,18 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"{report['date']}. Reference: {report['reference']}. Inputs: {inputs}. "
         f"Result: **{'PASS' if report['passed'] else 'FAIL'}**.",
         "",
-        f"Tolerances (on each whole output; keypoint errors in input pixels): {tol}.",
+        f"Tolerances (hrdeploy.parity; tensor bounds on each whole output, fp32 targets and non-pose models): "
+        f"{tol}.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
+    crops = report.get("crops")
+    if crops:
+        lines[4:4] = [f"fp16/int8 targets are judged on {crops['people']} person crops ({crops['source']}) by "
+                      + ("COCO AP drop against eager fp32" + (f" (eager AP {crops['eager_ap']:.4f})"
+                                                             if "eager_ap" in crops else "")
+                         if crops["mode"] == "coco-ap" else "keypoint agreement with eager (OKS, PCK@0.05)") + ".", ""]
     lines += ["| " + " | ".join(cells) + " |" for cells in table_rows(report)]
     failing = [r for r in report["rows"] if not r["passed"]]
     if failing:
@@ -98,6 +110,11 @@ def _section_markdown(key: str, section: dict[str, Any], model: str) -> str:
         except (KeyError, TypeError, ValueError):
             pass
     verdict = "PASS" if section.get("passed") else "FAIL"
+    if "gated" in section:  # quantize's verdict (hrdeploy.parity)
+        measured = ", ".join(f"{k} {v:.4g}" for k, v in section["gated"].items())
+        bounds = ", ".join(f"{k} {v:g}" for k, v in section.get("tolerance", {}).items())
+        return f"# {key} parity ({section.get('stage', key)}, {section.get('mode')}): {verdict}\n\n{measured} " \
+               f"(bounds: {bounds})\n"
     lines = [f"# {key} parity ({section.get('stage', key)}): {verdict}", "",
              "| backend | output | max abs | max rel | cosine | passed |", "|---|---|---|---|---|---|"]
     for r in section["rows"]:
@@ -120,12 +137,10 @@ def write_reports(bundle: str | os.PathLike, report: dict[str, Any]) -> tuple[Pa
     write_json(path, merged)
     md = to_markdown(report)
     for key, section in existing.items():
-        if key != "validate" and isinstance(section, dict) and isinstance(section.get("rows"), list):
+        if key != "validate" and isinstance(section, dict) and (isinstance(section.get("rows"), list)
+                                                                or "gated" in section):
             md += "\n" + _section_markdown(key, section, report["model"])
     write_text(bundle / PARITY_MD, md)
-    manifest = load_manifest(bundle)
-    manifest.setdefault("parity", {})["validate"] = {
-        "passed": report["passed"], "file": PARITY_JSON, "date": report["date"],
-    }
-    save_manifest(bundle, manifest)
+    Bundle.open(bundle).record_section(
+        "parity", {"passed": report["passed"], "file": PARITY_JSON, "date": report["date"]}, key="validate")
     return path, bundle / PARITY_MD

@@ -2,10 +2,14 @@
 
 The reference is the upstream-form eager model the bundle was exported from (hrdeploy.bundle). Each
 target (the rewritten eager model, each ONNX artifact on onnxruntime, each TensorRT engine) runs the
-same inputs (hrdeploy.validate.inputs) in batches; outputs are compared with tensor metrics and, for
-pose outputs, keypoint metrics, against the tolerance of the target's precision. A failing ONNX target
-is localised to its first diverging node (hrdeploy.validate.localize). The structure follows
-Polygraphy's comparator: runners produce outputs, a comparator only compares.
+same inputs (hrdeploy.validate.inputs) in batches, and hrdeploy.parity judges it with the tolerance of its
+precision (the table export, quantize and eval use):
+- fp32 targets, and every target of a model without keypoints: tensor statistics of the outputs;
+- fp16/int8 targets of top-down pose models: on person crops, the COCO AP drop when annotations are given,
+  else keypoint agreement with eager on the crops the eager model finds in the photos (tensor statistics
+  alongside, ungated); with no photos at all (seeded inputs only) they fall back to the tensor cosine.
+A failing ONNX target is localised to its first diverging node (hrdeploy.validate.localize). The structure
+follows Polygraphy's comparator: runners produce outputs, a comparator only compares.
 """
 
 from __future__ import annotations
@@ -21,16 +25,16 @@ from typing import Any
 
 import numpy as np
 
+from hrdeploy.bundle import Bundle
 from hrdeploy.errors import UserError
 from hrdeploy.io import sha256
-from hrdeploy.manifest import load_manifest
+from hrdeploy.parity.compare import argmax_agreement, judge, label_agreement, tensor_stats
+from hrdeploy.parity.pose import check_pose
+from hrdeploy.parity.tolerances import LOCALIZE, parse_tolerances
 from hrdeploy.validate.inputs import ValidationInput, group_by_size, validation_inputs
 from hrdeploy.validate.localize import describe, localize
-from hrdeploy.validate.metrics import label_metrics, pose_metrics, tensor_metrics
-from hrdeploy.validate.tolerances import check, parse_tolerances
 
 BACKENDS = ("eager", "ort", "trt")
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 @dataclass
@@ -53,54 +57,22 @@ def parse_backends(text: str | Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def artifact_precision(key: str, entry: dict[str, Any]) -> str:
-    if entry.get("precision"):
-        return str(entry["precision"])
-    for p in ("fp16", "int8", "fp32"):
-        if p in key:
-            return p
-    return "fp32"
-
-
-def is_engine(entry: dict[str, Any]) -> bool:
-    return Path(entry["file"]).suffix in ENGINE_SUFFIXES
-
-
-def plan_targets(bundle: Path, manifest: dict[str, Any], backends: list[str]) -> list[Target]:
+def plan_targets(b: Bundle, backends: list[str]) -> list[Target]:
     """The targets of `backends` in this bundle: eager first, then ONNX artifacts, then engines."""
-    artifacts = manifest.get("artifacts") or {}
-    if not artifacts:
-        raise UserError(f"bundle {bundle} has no artifacts; create them with `hrdeploy export MODEL -o {bundle}`")
+    if not b.artifacts:
+        raise UserError(f"bundle {b.root} has no artifacts; create them with `hrdeploy export MODEL -o {b.root}`")
     targets = []
     if "eager" in backends:
         targets.append(Target("eager", "eager", "fp32"))
-    for backend, want_engine in (("ort", False), ("trt", True)):
+    for backend, kind in (("ort", "onnx"), ("trt", "engine")):
         if backend in backends:
-            for key, entry in artifacts.items():
-                if is_engine(entry) == want_engine:
-                    targets.append(Target(key, backend, artifact_precision(key, entry), entry["file"]))
+            for key, art in b.artifacts.items():
+                if art.kind == kind:
+                    b.artifact(key, verify=False)  # a missing file is a UserError before any work; a changed
+                    if kind == "onnx":  # one is diagnosed below, an unreadable one is a UserError now
+                        art.onnx_model()
+                    targets.append(Target(key, backend, art.precision, art.file))
     return targets
-
-
-def onnx_batch(path: str | os.PathLike) -> int | None:
-    """The static batch of an ONNX input, or None when it is dynamic."""
-    import onnx
-
-    model = onnx.load(os.fspath(path), load_external_data=False)
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    return int(dim.dim_value) if dim.HasField("dim_value") and dim.dim_value > 0 else None
-
-
-def batch_range(bundle: Path, manifest: dict[str, Any], key: str) -> tuple[int, int]:
-    """(min, max) batch an artifact accepts: an ONNX's static batch, an engine's profile, else 1..1024."""
-    entry = manifest["artifacts"][key]
-    if is_engine(entry):
-        profiles = entry.get("profiles") or []
-        if profiles:
-            return int(profiles[0]["min"][0]), int(profiles[0]["max"][0])
-        return 1, 1024
-    static = onnx_batch(bundle / entry["file"])
-    return (static, static) if static else (1, 1024)
 
 
 def choose_batch(requested: int | None, lo_hi: tuple[int, int], what: str, static_hint: str) -> int:
@@ -137,26 +109,34 @@ def compare_output(
     outs: list[np.ndarray],
     manifest: dict[str, Any],
 ) -> dict[str, float]:
-    """Tensor metrics over all inputs of every size; keypoint / label metrics where they apply."""
-    metrics = tensor_metrics(np.concatenate([r.ravel() for r in refs]), np.concatenate([o.ravel() for o in outs]))
-    info = next((o for o in manifest.get("outputs", []) if o["name"] == name), {})
+    """Tensor statistics over all inputs of every size; heatmap-peak / label agreement where they apply."""
+    metrics = tensor_stats(np.concatenate([r.ravel() for r in refs]), np.concatenate([o.ravel() for o in outs]))
     task = manifest["model"]["task"]
     kps = manifest.get("keypoints")
+    if metrics["non_finite"]:
+        return metrics
     if task.startswith("pose") and kps:
         k = len(kps["names"])
-        stride = int(info.get("stride", 1))
-        parts = [pose_metrics(r[:, :k], o[:, :k], stride=stride) for r, o in zip(refs, outs, strict=True)]
+        parts = [argmax_agreement(r[:, :k], o[:, :k]) for r, o in zip(refs, outs, strict=True)]
         weights = [len(r) for r in refs]
         for key in parts[0]:
             values = [p[key] for p in parts]
-            if key.startswith("max"):
-                metrics[key] = float(max(values))
-            else:
-                metrics[key] = float(np.average(values, weights=weights))
+            metrics[key] = float(max(values)) if key.startswith("max") else float(np.average(values, weights=weights))
     elif task == "segmentation":
-        agree = [label_metrics(r, o)["label_agreement_pct"] for r, o in zip(refs, outs, strict=True)]
+        agree = [label_agreement(r, o)["label_agreement_pct"] for r, o in zip(refs, outs, strict=True)]
         metrics["label_agreement_pct"] = float(np.average(agree, weights=[r.size for r in refs]))
     return metrics
+
+
+def tensor_gate(metrics: dict[str, Any], precision: str, pose_checked: bool) -> dict[str, Any]:
+    """The tensor metrics a target is judged on: fp32 max rel + cosine; fp16/int8 cosine unless judged on crops."""
+    if precision == "fp32":
+        keys = ("max_rel", "cosine", "non_finite", "fp32_floor_rel")
+    elif pose_checked:
+        keys = ("non_finite",)
+    else:
+        keys = ("cosine", "non_finite")
+    return {k: metrics[k] for k in keys if k in metrics}
 
 
 def per_input(
@@ -165,7 +145,7 @@ def per_input(
     rows = []
     for size, items in groups.items():
         for i, item in enumerate(items):
-            m = tensor_metrics(ref[size][name][i], out[size][name][i])
+            m = tensor_stats(ref[size][name][i], out[size][name][i])
             rows.append({"input": item.name, "size": list(size), "max_rel": m["max_rel"], "cosine": m["cosine"]})
     return rows
 
@@ -206,13 +186,14 @@ def _localize_target(
     manifest: dict[str, Any],
     eager: Any,
     x: np.ndarray,
-    tolerance: dict[str, float],
+    precision: str,
     threads: int | None,
 ) -> dict[str, Any]:
     if target.backend != "ort":
         return {"error": f"localisation runs on ONNX artifacts; compare the engine's source ONNX ({target.backend})"}
     artifacts = manifest["artifacts"]
-    kw = {"max_rel": tolerance.get("max_rel", 1e-3), "min_cosine": tolerance.get("cosine", 0.99999), "threads": threads}
+    max_rel, min_cosine = LOCALIZE[precision]
+    kw = {"max_rel": max_rel, "min_cosine": min_cosine, "threads": threads}
     path = bundle / str(target.file)
     fp32 = artifacts.get("onnx")
     try:
@@ -232,6 +213,57 @@ def _localize_target(
         )
     except Exception as err:  # localisation is a diagnostic: its failure must not hide the parity result
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
+
+
+def pose_reference(b: Bundle, eager: Any, ann: str | os.PathLike | None, images: str | os.PathLike | None) -> Any:
+    """Eager fp32 on person crops: the annotated people of `ann`, else the people it finds in the photos."""
+    from hrdeploy.parity.coco import CocoKeypoints, CropSet
+    from hrdeploy.parity.crops import find_people
+    from hrdeploy.parity.pose import Reference
+    from hrdeploy.pose.preprocess import image_files
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return eager.run(x)[b.output_names[0]]
+
+    hw, mean, std = b.input.size, b.input.mean, b.input.std
+    find = run
+    if "onnx" in b.artifacts and b.artifacts["onnx"].exists:  # the person search runs dozens of windows a photo
+        fp32 = b.artifacts["onnx"].open_runner()
+
+        def find(x: np.ndarray) -> np.ndarray:
+            return fp32.run(x)[b.output_names[0]]
+    if ann is not None:
+        coco = CocoKeypoints(ann, images)  # type: ignore[arg-type]
+        return Reference.compute(run, CropSet.build(coco.gt_boxes(), hw, mean, std), coco)
+    if images is not None:
+        boxes = find_people(image_files(images), find, hw, mean, std)
+    else:
+        import tempfile
+
+        from hrdeploy.pose.samples import write_sample_photos
+
+        with tempfile.TemporaryDirectory(prefix="hrdeploy-photos-") as tmp:
+            boxes = find_people(write_sample_photos(tmp), find, hw, mean, std)
+            crops = CropSet.build(boxes, hw, mean, std)
+        return Reference.compute(run, crops)
+    return Reference.compute(run, CropSet.build(boxes, hw, mean, std))
+
+
+def pose_ref_source(ann: str | os.PathLike | None, images: str | os.PathLike | None) -> str:
+    if ann is not None:
+        return f"annotated people of {Path(ann).name}"
+    return f"people the eager model finds in {images or 'scikit-image sample photos'}"
+
+
+def _float64_runner(eager: Any, output_names: list[str]) -> Any:
+    """The eager model in float64: the exact reference an fp32 rounding floor is measured against."""
+    import copy
+
+    import torch
+
+    from hrdeploy.runtime.eager import EagerRunner
+
+    return EagerRunner(copy.deepcopy(eager).double(), output_names, dtype=torch.float64)
 
 
 @contextlib.contextmanager
@@ -258,16 +290,20 @@ def validate_bundle(
     localize_failures: bool = True,
     threads: int | None = None,
     eager: Any = None,
+    ann: str | os.PathLike | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     """Validate every artifact of `bundle`; return the report (see hrdeploy.validate.report for files).
 
     `batch` None runs each artifact at its own batch (1 for dynamic ones). A batch an artifact cannot take
     is a UserError; a backend that cannot run here (no TensorRT, no GPU, no engine) is a skipped row.
+    `ann` (a COCO keypoint json, with `images` its folder) judges fp16/int8 pose targets by COCO AP drop.
     """
+    if ann is not None and images is None:
+        raise UserError("--ann needs --images, the folder of the annotated images")
     with restored_torch_threads():
         return _validate_bundle(bundle, backends, images, batch, tolerances, seeded, photos, localize_failures,
-                                threads, eager, log)
+                                threads, eager, ann, log)
 
 
 def _validate_bundle(
@@ -281,15 +317,17 @@ def _validate_bundle(
     localize_failures: bool,
     threads: int | None,
     eager: Any,
+    ann: str | os.PathLike | None,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     bundle = Path(bundle)
-    manifest = load_manifest(bundle)
+    b = Bundle.open(bundle)
+    manifest = b.manifest
     names = parse_backends(backends)
     tol = parse_tolerances(tolerances)
     if batch is not None and batch < 1:
         raise UserError(f"--batch must be a positive integer, got {batch}")
-    targets = plan_targets(bundle, manifest, names)
+    targets = plan_targets(b, names)
 
     skipped: list[dict[str, Any]] = []
     if "trt" in names and not any(t.backend == "trt" for t in targets):
@@ -302,7 +340,7 @@ def _validate_bundle(
         else:
             hint = ("re-export with --dynamic-batch" if t.backend == "ort"
                     else "rebuild the engine with a wider --min-batch/--max-batch")
-            batches[t.key] = choose_batch(batch, batch_range(bundle, manifest, t.key), t.file or t.key, hint)
+            batches[t.key] = choose_batch(batch, b.artifacts[t.key].batch_range, t.file or t.key, hint)
 
     inputs = validation_inputs(manifest, images, photos=photos, seeded=seeded)
     if not inputs:
@@ -316,13 +354,18 @@ def _validate_bundle(
 
         torch.set_num_threads(threads)
     if eager is None:
-        from hrdeploy.bundle import eager_model_for_bundle
-
-        eager = eager_model_for_bundle(bundle)
+        eager = b.eager_model()
     from hrdeploy.runtime.eager import EagerRunner
 
     log(f"reference: eager {manifest['model']['name']} (upstream form) on {len(inputs)} inputs")
-    reference = run_groups(EagerRunner(eager, output_names, threads=threads), groups, max(batches.values(), default=1))
+    eager_runner = EagerRunner(eager, output_names, threads=threads)
+    reference = run_groups(eager_runner, groups, max(batches.values(), default=1))
+    exact: dict[str, Any] = {}  # float64 eager outputs, computed if an fp32 row needs its rounding floor
+    pose_ref = None
+    if (b.is_pose and b.model.task == "pose_topdown" and any(t.precision != "fp32" for t in targets)
+            and (ann is not None or photos or images is not None)):
+        log("reference: eager on person crops")
+        pose_ref = pose_reference(b, eager_runner, ann, images)
 
     rows: list[dict[str, Any]] = []
     for t in targets:
@@ -346,6 +389,7 @@ def _validate_bundle(
         outs = run_groups(runner, groups, batches[t.key])
         seconds = time.perf_counter() - t0
         tolerance = tol.get(t.precision, tol["fp32"])
+        pose_checked = pose_ref is not None and t.precision != "fp32"
         row: dict[str, Any] = {
             "target": t.key, "backend": t.backend, "precision": t.precision, "file": t.file,
             "batch": batches[t.key], "seconds": round(seconds, 3), "outputs": {}, "failures": [],
@@ -362,18 +406,35 @@ def _validate_bundle(
                 continue
             metrics = compare_output(name, refs, got, manifest)
             row["outputs"][name] = metrics
-            row["failures"] += [f"{name}: {f}" for f in check(metrics, tolerance)]
+            failures = judge(tensor_gate(metrics, t.precision, pose_checked), tolerance)
+            if t.precision == "fp32" and failures and not judge({"cosine": metrics["cosine"]}, tolerance):
+                if not exact:
+                    exact.update(run_groups(_float64_runner(eager, output_names), groups, 1))
+                ex = np.concatenate([exact[s][name].ravel() for s in groups])
+                metrics["fp32_floor_rel"] = tensor_stats(ex, np.concatenate([r.ravel() for r in refs]))["max_rel"]
+                failures = judge(tensor_gate(metrics, t.precision, pose_checked), tolerance)
+            row["failures"] += [f"{name}: {f}" for f in failures]
+        if pose_checked:
+            lo_hi = (1, 1024) if t.backend == "eager" else b.artifacts[t.key].batch_range
+            n = lo_hi[0] if lo_hi[0] == lo_hi[1] else min(max(batch or 8, lo_hi[0]), lo_hi[1])
+            pose = check_pose(pose_ref, lambda x, r=runner: r.run(x)[output_names[0]], tolerance, n,
+                              fixed_batch=lo_hi[0] == lo_hi[1])
+            pose.pop("keypoints")
+            row["pose"] = {k: pose[k] for k in ("mode", "people", "gated", "tolerance", "agreement", "failures")}
+            if "stats" in pose:
+                row["pose"].update(ap=pose["stats"]["AP"], eager_ap=pose["reference_stats"]["AP"])
+            row["failures"] += pose["failures"]
         row["per_input"] = per_input(groups, reference, outs, output_names[0]) if not any(
             "shape" in f for f in row["failures"]) else []
         row["passed"] = not row["failures"]
         if not row["passed"] and localize_failures and row["per_input"]:
             worst = max(row["per_input"], key=lambda r: (np.nan_to_num(r["max_rel"], nan=np.inf)))
             item = next(i for i in inputs if i.name == worst["input"] and list(i.size) == worst["size"])
-            n = batches[t.key] if (t.backend != "eager" and batch_range(bundle, manifest, t.key)[0] ==
-                                   batch_range(bundle, manifest, t.key)[1]) else 2
+            fixed = t.backend != "eager" and len(set(b.artifacts[t.key].batch_range)) == 1
+            n = batches[t.key] if fixed else 2
             x = np.repeat(item.array[None], n, axis=0)
             log(f"{label} failed; localising the first diverging node on input {item.name}")
-            row["divergence"] = _localize_target(t, bundle, manifest, eager, x, tolerance, threads)
+            row["divergence"] = _localize_target(t, bundle, manifest, eager, x, t.precision, threads)
             row["divergence"]["input"] = item.name
             row["divergence"]["summary"] = describe(row["divergence"])
         rows.append(row)
@@ -387,7 +448,11 @@ def _validate_bundle(
         "model": manifest["model"]["name"],
         "reference": "eager fp32 (upstream form)",
         "inputs": [{"name": i.name, "kind": i.kind, "size": list(i.size)} for i in inputs],
-        "tolerances": {p: tol[p] for p in sorted({t.precision for t in targets} | {"fp32"}) if p in tol},
+        "tolerances": {p: tol[p].as_dict() for p in sorted({t.precision for t in targets} | {"fp32"}) if p in tol},
+        "crops": None if pose_ref is None else {
+            "people": len(pose_ref.crops), "source": pose_ref_source(ann, images),
+            "mode": "coco-ap" if pose_ref.coco is not None else "crop-agreement",
+            **({"eager_ap": pose_ref.stats["AP"]} if pose_ref.stats else {})},
         "rows": rows,
         "skipped": skipped,
         "passed": all(r["passed"] for r in rows),

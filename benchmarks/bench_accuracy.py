@@ -1,0 +1,198 @@
+"""Accuracy and speed of the trained PP-TinyPose network (wider_naive_lite_hrnet_18) per precision.
+
+For each input size (128x96, 256x192): export the trained checkpoint (dynamic batch), add fp16 and int8
+(onnxruntime backend) with `quantize_bundle` calibrated on person crops of the MPII photos + scikit-image's
+sample photos, and two deliberately broken int8 variants (every depthwise conv int8: --no-auto-exclude;
+calibrated on one tiny random image); then score every artifact with `evaluate_bundle` (COCO keypoint AP by
+pycocotools on the 12 annotated people of ../shared/data/coco, GT boxes) and time it on onnxruntime CPU
+(p50 at batch 1 and 8). Writes benchmarks/results/accuracy.json and the section between the
+`bench_accuracy` markers of benchmarks/RESULTS.md.
+
+    python benchmarks/bench_accuracy.py [--sizes 128x96 256x192] [--threads 1] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+MODEL = "wider_naive_lite_hrnet_18"
+WEIGHTS = {"128x96": "pp_tinypose_128x96.safetensors", "256x192": "pp_tinypose_256x192.safetensors"}
+BEGIN, END = "<!-- bench_accuracy:begin -->", "<!-- bench_accuracy:end -->"
+# variant -> (precision, quantize_bundle keyword arguments, calibration folder key)
+VARIANTS = {
+    "fp16": ("fp16", {}, "calib"),
+    "int8": ("int8", {}, "calib"),
+    "int8 broken: depthwise int8": ("int8", {"auto_exclude": False}, "calib"),
+    "int8 broken: tiny calibration": ("int8", {}, "tiny"),
+}
+# every variant's crop gate runs on the same crops: the people found in the calibration photos
+
+
+def calibration_folders(work: Path) -> dict[str, Path]:
+    """MPII photos + scikit-image photos, and a folder with one 32x32 random image (the broken calibration)."""
+    import numpy as np
+    from PIL import Image
+
+    from hrdeploy.pose.samples import write_sample_photos
+
+    calib, tiny = work / "calib", work / "tiny"
+    calib.mkdir(parents=True, exist_ok=True)
+    tiny.mkdir(parents=True, exist_ok=True)
+    for jpg in sorted((DATA / "mpii").glob("*.jpg")):
+        shutil.copyfile(jpg, calib / jpg.name)
+    write_sample_photos(calib)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tiny / "tiny.png")
+    return {"calib": calib, "tiny": tiny}
+
+
+def latency(path: Path, size: tuple[int, int], batch: int, iterations: int, threads: int) -> float:
+    from hrdeploy.bench.harness import bench_input, bench_runner
+    from hrdeploy.runtime.onnxruntime import OrtRunner
+
+    with OrtRunner(path, threads=threads) as runner:
+        return bench_runner(runner, bench_input(batch, size), iterations, warmup=2)["p50_ms"]
+
+
+def measure_size(size_text: str, work: Path, folders: dict[str, Path], args: argparse.Namespace) -> list[dict]:
+    from hrdeploy.accuracy.run import evaluate_bundle
+    from hrdeploy.bundle import Bundle
+    from hrdeploy.export import export_bundle, parse_size
+    from hrdeploy.precision import quantize_bundle
+
+    size = parse_size(size_text)
+    base = work / f"tp_{size_text}"
+    if args.force or not (base / "manifest.json").is_file():
+        export_bundle(MODEL, base, input_size=size, dynamic_batch=True, force=True,
+                      checkpoint=str(DATA / "weights" / WEIGHTS[size_text]))
+    quantized: dict[str, tuple[Path, str, float, dict]] = {}
+    for name, (precision, kw, folder) in VARIANTS.items():
+        bundle = base if name in ("fp16", "int8") else work / f"tp_{size_text}_{name.split(': ')[1].split()[0]}"
+        if bundle != base:
+            shutil.rmtree(bundle, ignore_errors=True)
+            shutil.copytree(base, bundle, ignore=shutil.ignore_patterns("model.fp16.onnx", "model.int8.onnx",
+                                                                       ".hrdeploy.lock"))
+        t0 = time.perf_counter()
+        quantize_bundle(bundle, precision, calib_dir=folders[folder], backend="ort", sensitivity=False,
+                        threads=args.threads, val_dir=folders["calib"], **kw)
+        seconds = time.perf_counter() - t0
+        val = Bundle.open(bundle).artifact(precision).info["validation"]
+        quantized[name] = (bundle, precision, seconds, val)
+        print(f"{size_text} {name}: quantize gate {'PASS' if val['passed'] else 'FAIL'} {val['gated']}", flush=True)
+
+    ann, images = DATA / "coco" / "test_coco.json", DATA / "coco"
+    report = evaluate_bundle(base, ann, images, all_artifacts=True, threads=args.threads)
+    reports = {"": report}
+    for name, (bundle, precision, _, _) in quantized.items():
+        if bundle != base:
+            reports[name] = evaluate_bundle(bundle, ann, images, artifacts=[precision], threads=args.threads)
+    rows = []
+    for label, rep in reports.items():
+        for r in rep["rows"]:
+            if label and r["artifact"] != "int8":
+                continue
+            name = label or {"eager": "eager fp32", "onnx": "fp32 ONNX"}.get(r["artifact"], r["artifact"])
+            row = {"size": size_text, "variant": name, "precision": r["precision"], "backend": r["backend"],
+                   **{k: r.get(k) for k in ("AP", "AP50", "AP75", "AR", "mean_oks", "dAP", "people")},
+                   "eval_gate": None if r["artifact"] == "eager" else ("PASS" if r["passed"] else "FAIL")}
+            q = quantized.get(name)
+            if q is not None:
+                row.update(quantize_gate="PASS" if q[3]["passed"] else "FAIL", crop_oks=q[3]["gated"].get("oks"),
+                           crop_pck=q[3]["gated"].get("pck@0.05"), quantize_s=round(q[2], 1))
+            if r["artifact"] != "eager":
+                path = (quantized[label][0] if label else base) / r["file"]
+                row["b1_p50_ms"] = round(latency(path, size, 1, args.iterations, args.threads), 2)
+                row["b8_p50_ms"] = round(latency(path, size, 8, max(3, args.iterations // 3), args.threads), 2)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def _f(v: object, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def to_markdown(result: dict) -> str:
+    lines = [
+        BEGIN,
+        f"## Accuracy of the trained network per precision ({result['date']})",
+        "",
+        f"Measured by `{result['command']}` ({result['minutes']:.0f} min; load average {result['load']}). "
+        f"{MODEL} with the trained PP-TinyPose weights (../shared/data/weights), exported with a dynamic batch; fp16 "
+        "and int8 by `hrdeploy quantize` with the onnxruntime backend (int8: percentile 99.99, per-channel weights, "
+        "wide-range depthwise convs kept fp32), calibrated on person crops that the eager model finds in the 5 "
+        "MPII photos + 6 scikit-image photos. AP: COCO keypoint AP by pycocotools on the "
+        f"{result['people']} annotated people of ../shared/data/coco (GT boxes x1.25, no flip, quarter-pixel "
+        "decoding), the same as `hrdeploy eval BUNDLE --ann ... --images ... --all`; dAP in AP points against eager "
+        "fp32. Crop OKS / PCK: the quantize gate without annotations (keypoint agreement with eager on the "
+        "calibration crops; bars in hrdeploy/parity/tolerances.py). Latency: onnxruntime CPU, "
+        f"{result['threads']} thread(s), p50 of {result['iterations']} calls at batch 1 and "
+        f"{max(3, result['iterations'] // 3)} at batch 8. The two `broken` rows are deliberately bad int8 builds "
+        "that the gates must reject. ModelOpt INT8 is not measured here (nvidia-modelopt is not installed in this "
+        "environment).",
+        "",
+        "| input | model | AP | AP50 | AP75 | AR | mean OKS | dAP | crop OKS | crop PCK % | quantize gate | eval gate "
+        "| b1 p50 ms | b8 p50 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        dap = "-" if r["variant"] == "eager fp32" else f"{r['dAP']:+.2f}"
+        lines.append(
+            f"| {r['size']} | {r['variant']} | {r['AP']:.4f} | {r['AP50']:.4f} | {r['AP75']:.4f} | {r['AR']:.4f} "
+            f"| {r['mean_oks']:.4f} | {dap} | {_f(r.get('crop_oks'), '.4f')} | {_f(r.get('crop_pck'), '.1f')} "
+            f"| {r.get('quantize_gate') or '-'} | {r.get('eval_gate') or '-'} | {_f(r.get('b1_p50_ms'), '.1f')} "
+            f"| {_f(r.get('b8_p50_ms'), '.1f')} |"
+        )
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["128x96", "256x192"], choices=sorted(WEIGHTS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--iterations", type=int, default=20, help="timed calls at batch 1 (a third at batch 8)")
+    parser.add_argument("--workdir", default="out/bench_accuracy")
+    parser.add_argument("--force", action="store_true", help="re-export the bundles")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "accuracy.json"))
+    parser.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"{DATA} is absent: the trained weights and the COCO/MPII photos are needed", file=sys.stderr)
+        return 2
+    import os
+
+    from hrdeploy.io import write_json, write_text
+
+    start = time.time()
+    work = Path(args.workdir)
+    folders = calibration_folders(work)
+    rows = [row for size in args.sizes for row in measure_size(size, work, folders, args)]
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python benchmarks/bench_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "minutes": (time.time() - start) / 60, "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
+        "threads": args.threads, "iterations": args.iterations, "people": rows[0]["people"], "rows": rows,
+    }
+    write_json(args.json, result)
+    md = to_markdown(result)
+    results = Path(args.results_md)
+    text = results.read_text() if results.is_file() else ""
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + md + text[text.index(END) + len(END) + 1:]
+    else:
+        text = text.rstrip() + "\n\n" + md
+    write_text(results, text)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""The eval report: `eval.json`, `eval.md`, one COCO results file per model, and the manifest's `eval` section."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from hrdeploy.bundle import Bundle
+from hrdeploy.io import write_json, write_text
+
+COLUMNS = ("artifact", "precision", "backend", "batch", "AP", "AP50", "AP75", "AR", "mean OKS", "dAP", "crops/s",
+           "gate")
+
+
+def predictions_file(key: str) -> str:
+    return f"eval.{key}.results.json"
+
+
+def cells(row: dict[str, Any]) -> list[str]:
+    """One table row as text, in COLUMNS order."""
+    def num(k: str, spec: str = ".4f") -> str:
+        return "-" if row.get(k) is None else format(row[k], spec)
+
+    gate = "reference" if row["artifact"] == "eager" else ("PASS" if row.get("passed") else "FAIL")
+    dap = "-" if row["artifact"] == "eager" else f"{row['dAP']:+.2f}"
+    return [row["artifact"], row["precision"], row["backend"], str(row["batch"]), num("AP"), num("AP50"), num("AP75"),
+            num("AR"), num("mean_oks"), dap, num("crops_per_s", ".1f"), gate]
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    h, w = report["input_size"]
+    lines = [
+        f"# COCO keypoint AP: {report['model']} {h}x{w}",
+        "",
+        f"{report['people']} annotated people of `{Path(report['annotations']).name}`, boxes: {report['boxes']}, "
+        f"flip test {'on' if report['flip_test'] else 'off'}, decoding {report['post_process']}; scored by "
+        f"{report['scorer']}. dAP is AP points against eager fp32; crops/s is onnxruntime CPU throughput at the "
+        "batch shown. Result: " + ("**PASS**" if report["passed"] else "**FAIL**") + ".",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in report["rows"]]
+    for r in report["rows"]:
+        for f in r.get("failures", []):
+            lines.append(f"\n- FAIL {r['artifact']}: {f}")
+    for s in report["skipped"]:
+        lines.append(f"\n- skipped {s['artifact']} ({s['file']}): {s['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(report: dict[str, Any], extra_json: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Write eval.json / eval.md / eval.<key>.results.json into the bundle and record the summary."""
+    b = Bundle.open(report["bundle"])
+    predictions = report.pop("predictions", {})
+    for key, results in predictions.items():
+        write_json(b.root / predictions_file(key), results)
+    report["predictions"] = {k: predictions_file(k) for k in predictions}
+    json_path, md_path = b.root / "eval.json", b.root / "eval.md"
+    write_json(json_path, report)
+    write_text(md_path, to_markdown(report))
+    if extra_json is not None:
+        write_json(extra_json, report)
+    b.record_section("eval", {
+        "passed": report["passed"], "file": "eval.json", "annotations": report["annotations"],
+        "people": report["people"], "boxes": report["boxes"],
+        "rows": {r["artifact"]: {k: r.get(k) for k in ("AP", "dAP", "mean_oks", "passed")} for r in report["rows"]},
+    })
+    return json_path, md_path

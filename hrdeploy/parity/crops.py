@@ -1,0 +1,139 @@
+"""Person crops for calibration and agreement checks, from annotations or found by the eager model.
+
+Top-down pose networks see one person per crop at deployment, so calibration and the agreement gate use
+crops, never whole photos squashed into the input:
+- `boxes_from_annotations`: the boxes of a COCO keypoint json (`bbox`) or an MPII-style json list
+  (`center`, `scale`; the box is scale x 200 px tall, as wide as the model's aspect ratio).
+- `find_people`: one crop per photo where the model is surest of a person: the whole photo (centred, at
+  the model's aspect ratio) and windows of SEARCH_SCALES of it tiling the photo are scored by their
+  TOP_JOINTS highest keypoint scores; the best window becomes the box of its confident joints (at least
+  MIN_JOINTS spanning MIN_EXTENT of the photo), refined REFINE times. Photos without a person keep the best
+  window; the agreement gate skips their joints (none is confident).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hrdeploy.errors import UserError
+from hrdeploy.parity.coco import ImageCache, PersonBox, crop_people, decode_people
+from hrdeploy.parity.tolerances import CONFIDENT_SCORE
+from hrdeploy.parity.tolerances import PERSON_MIN_JOINTS as MIN_JOINTS
+
+MIN_EXTENT = 0.15  # the confident joints must span this fraction of the photo's shorter side
+REFINE = 2
+SEARCH_SCALES = (0.6, 0.35)  # window sizes searched besides the whole photo, relative to the centred box
+TOP_JOINTS = 8
+MPII_PIXEL_STD = 200.0  # MPII's scale unit: scale x 200 px = person height
+
+
+def centred_box(image_hw: tuple[int, int], input_hw: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The largest box with the model's aspect ratio centred in the image, shrunk by the crop padding (1.25)."""
+    img_h, img_w = image_hw
+    aspect = input_hw[1] / input_hw[0]
+    w, h = (img_h * aspect, img_h) if img_w >= img_h * aspect else (img_w, img_w / aspect)
+    w, h = w / 1.25, h / 1.25
+    return ((img_w - w) / 2, (img_h - h) / 2, w, h)
+
+
+def boxes_from_annotations(ann: str | os.PathLike, images: str | os.PathLike,
+                           input_hw: tuple[int, int]) -> list[PersonBox]:
+    """Person boxes of a COCO keypoint json or an MPII json (list of {image, center, scale})."""
+    path, folder = Path(ann), Path(images)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read annotations {path} ({type(err).__name__}); pass a COCO keypoint json or "
+                        "an MPII json (list of {image, center, scale})") from err
+    if isinstance(data, dict) and "annotations" in data:
+        from hrdeploy.parity.coco import CocoKeypoints
+
+        return CocoKeypoints(path, folder).gt_boxes()
+    if isinstance(data, list) and all(isinstance(r, dict) and {"image", "center", "scale"} <= r.keys() for r in data):
+        out = []
+        for i, r in enumerate(data):
+            h = float(r["scale"]) * MPII_PIXEL_STD
+            w = h * input_hw[1] / input_hw[0]
+            cx, cy = (float(v) for v in r["center"])
+            file = folder / str(r["image"])
+            if not file.is_file():
+                raise UserError(f"image {r['image']} of {path.name} is not in {folder}; pass its folder")
+            out.append(PersonBox(i, file, (cx - w / 2, cy - h / 2, w, h)))
+        return out
+    raise UserError(f"{path} is neither a COCO keypoint json (images, annotations) nor an MPII json (a list of "
+                    "{image, center, scale})")
+
+
+def candidate_boxes(image_hw: tuple[int, int], input_hw: tuple[int, int]) -> list[tuple[float, float, float, float]]:
+    """The centred box, then windows of SEARCH_SCALES x its size tiling the photo with half-window steps."""
+    img_h, img_w = image_hw
+    _, _, bw, bh = centred = centred_box(image_hw, input_hw)
+    boxes = [centred]
+    for scale in SEARCH_SCALES:
+        w, h = bw * scale, bh * scale
+        span_w, span_h = img_w - 1.25 * w, img_h - 1.25 * h  # room for the padded crop inside the photo
+        nx = max(1, math.ceil(max(span_w, 0.0) / (0.625 * w)) + 1)
+        ny = max(1, math.ceil(max(span_h, 0.0) / (0.625 * h)) + 1)
+        for iy in range(ny):
+            for ix in range(nx):
+                cx = 0.625 * w + (span_w * ix / (nx - 1) if nx > 1 else span_w / 2)
+                cy = 0.625 * h + (span_h * iy / (ny - 1) if ny > 1 else span_h / 2)
+                boxes.append((cx - w / 2, cy - h / 2, w, h))
+    return boxes
+
+
+def _joints_box(kp: np.ndarray, image_hw: tuple[int, int]) -> tuple[float, float, float, float] | None:
+    """The box of the confident joints grown 10 % a side (head top, feet), or None when they are too few."""
+    good = kp[kp[:, 2] >= CONFIDENT_SCORE, :2]
+    if len(good) < MIN_JOINTS:
+        return None
+    h_img, w_img = image_hw
+    lo = np.clip(good.min(axis=0), 0, [w_img - 1, h_img - 1])
+    hi = np.clip(good.max(axis=0), 0, [w_img - 1, h_img - 1])
+    w, h = max(hi[0] - lo[0], 1.0), max(hi[1] - lo[1], 1.0)
+    if max(w, h) < MIN_EXTENT * min(h_img, w_img):  # a few "joints" on a speck: not a person
+        return None
+    return (lo[0] - 0.1 * w, lo[1] - 0.1 * h, 1.2 * w, 1.2 * h)
+
+
+def _person_score(kp: np.ndarray) -> float:
+    """How surely a crop shows a person: the mean of its TOP_JOINTS highest keypoint scores."""
+    return float(np.sort(kp[:, 2])[::-1][:TOP_JOINTS].mean())
+
+
+def find_people(
+    files: Sequence[Path], run: Callable[[np.ndarray], np.ndarray], input_hw: tuple[int, int],
+    mean: Sequence[float], std: Sequence[float], images: ImageCache | None = None,
+) -> list[PersonBox]:
+    """One box per photo where the model (`run`: NCHW -> heatmaps) is surest of a person, else the centre.
+
+    Every candidate window (`candidate_boxes`) is scored by `_person_score`; the best one is refined REFINE
+    times to the box of its confident joints.
+    """
+    images = images or ImageCache()
+
+    def keypoints(boxes: list[PersonBox]) -> np.ndarray:
+        x, mats = crop_people(boxes, input_hw, mean, std, images)
+        return decode_people(np.concatenate([run(x[i:i + 8]) for i in range(0, len(x), 8)]), mats, input_hw)
+
+    chosen = []
+    for i, f in enumerate(files):
+        cands = [PersonBox(i, f, box) for box in candidate_boxes(images(f).shape[:2], input_hw)]
+        kp = keypoints(cands)
+        scores = [_person_score(k) for k in kp]
+        best = int(np.argmax(scores))
+        box, k = cands[best], kp[best]
+        for _ in range(REFINE):
+            refined = _joints_box(k, images(f).shape[:2])
+            if refined is None:
+                break
+            box = PersonBox(i, f, refined)
+            k = keypoints([box])[0]
+        chosen.append(box)
+    return chosen

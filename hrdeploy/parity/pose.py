@@ -1,0 +1,69 @@
+"""Judge a top-down pose artifact against the eager fp32 model on person crops (the one verdict of every stage).
+
+With annotations (`CocoKeypoints`), the gate is the COCO keypoint AP drop on the annotated people; without,
+it is keypoint agreement with eager on the crops (OKS, PCK). Tensor statistics and heatmap-peak agreement of
+the same crops are reported alongside, ungated (a quantized heatmap can differ in value yet peak in place).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hrdeploy.errors import UserError
+from hrdeploy.parity.coco import CocoKeypoints, CropSet, RunFn, results_from_keypoints
+from hrdeploy.parity.compare import argmax_agreement, bounds_for, judge, keypoint_agreement, tensor_stats
+from hrdeploy.parity.tolerances import Tolerance
+
+
+@dataclass
+class Reference:
+    """The eager fp32 model's predictions on a crop set (computed once, compared against every artifact)."""
+
+    crops: CropSet
+    keypoints: np.ndarray
+    heatmaps: np.ndarray
+    seconds: float
+    coco: CocoKeypoints | None = None
+    stats: dict[str, Any] | None = None  # COCO AP etc. when annotated
+    flip_index: Sequence[int] | None = None  # flip test (every artifact is decoded the same way)
+    post_process: str = "default"
+
+    @classmethod
+    def compute(cls, run: RunFn, crops: CropSet, coco: CocoKeypoints | None = None, batch: int = 8, *,
+                flip_index: Sequence[int] | None = None, post_process: str = "default") -> Reference:
+        kp, hm, seconds = crops.keypoints(run, batch, flip_index=flip_index, post_process=post_process)
+        stats = coco.score(results_from_keypoints(crops.boxes, kp, coco.category_id)) if coco else None
+        return cls(crops, kp, hm, seconds, coco, stats, flip_index, post_process)
+
+
+def check_pose(
+    ref: Reference, run: RunFn, tol: Tolerance, batch: int = 8, *, fixed_batch: bool = False
+) -> dict[str, Any]:
+    """Run `run` on the reference's crops and judge it; returns metrics, the gated subset and the verdict."""
+    kp, hm, seconds = ref.crops.keypoints(run, batch, fixed_batch=fixed_batch, flip_index=ref.flip_index,
+                                          post_process=ref.post_process)
+    tensor = tensor_stats(ref.heatmaps, hm)
+    if not tensor["non_finite"]:
+        tensor.update(argmax_agreement(ref.heatmaps, hm))
+    agreement = keypoint_agreement(ref.keypoints, kp, ref.crops.boxes_wh)
+    out: dict[str, Any] = {"people": len(ref.crops), "tensor": tensor, "agreement": agreement,
+                           "seconds": round(seconds, 3), "keypoints": kp}
+    gated: dict[str, Any] = {"non_finite": tensor["non_finite"]}
+    if ref.coco is not None and ref.stats is not None:
+        stats = ref.coco.score(results_from_keypoints(ref.crops.boxes, kp, ref.coco.category_id))
+        out.update(mode="coco-ap", reference_stats=ref.stats, stats=stats)
+        gated["ap_drop"] = 100.0 * (ref.stats["AP"] - stats["AP"])
+    else:
+        if not agreement["keypoints"]:
+            raise UserError(f"the eager model is sure of no keypoint on the {len(ref.crops)} validation crop(s), so "
+                            "there is nothing to compare; validate on photos of people (--val-dir / --images) or on "
+                            "annotated people (--ann/--images)")
+        out["mode"] = "crop-agreement"
+        gated.update(oks=agreement["oks"], **{k: v for k, v in agreement.items() if k.startswith("pck@")})
+    failures = judge(gated, tol)
+    out.update(gated=gated, tolerance=bounds_for(tol, gated), failures=failures, passed=not failures)
+    return out

@@ -1,0 +1,290 @@
+"""Bad input, table-driven, across every command: exit 2, one `error:` line, no traceback, nothing written
+or deleted outside the places the user named (the inputs here are never touched), and no expensive work.
+
+The fixture world is hand-made (tiny bundles: a manifest and a one-conv ONNX), so the table runs in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_bundles import tiny_bundle, tiny_onnx
+
+from hrdeploy.cli import COMMANDS, cli
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def _edit(root: Path, change) -> None:
+    m = json.loads((root / "manifest.json").read_text())
+    change(m)
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    w = tmp_path_factory.mktemp("world")
+    kw = {"name": "lite_hrnet_18", "height": 64, "width": 64}
+    tiny_bundle(w / "good", **kw)
+    for name, content in (("trunc", None), ("random", os.urandom(4096)), ("empty_onnx", b"")):
+        root = tiny_bundle(w / name, **kw)
+        data = (root / "model.onnx").read_bytes()
+        (root / "model.onnx").write_bytes(data[: len(data) // 2] if content is None else content)
+    for name, text in (("list_manifest", "[]"), ("bad_json", "{not json"), ("no_manifest", None)):
+        root = tiny_bundle(w / name, **kw)
+        if text is None:
+            (root / "manifest.json").unlink()
+        else:
+            (root / "manifest.json").write_text(text)
+    edits = {
+        "no_input": lambda m: m.pop("input"),
+        "foreign": lambda m: m.update(format="other-tool/3"),
+        "str_height": lambda m: m["input"].update(height="abc"),
+        "no_artifacts": lambda m: m.update(artifacts={}),
+        "abs_path": lambda m: m["artifacts"]["onnx"].update(file="/etc/passwd"),
+        "dotdot": lambda m: m["artifacts"]["onnx"].update(file="../outside.onnx"),
+        "symlink": lambda m: m["artifacts"]["onnx"].update(file="link.onnx"),
+        "int4": lambda m: m["artifacts"]["onnx"].update(precision="int4"),
+    }
+    for name, change in edits.items():
+        _edit(tiny_bundle(w / name, **kw), change)
+    tiny_onnx(w / "outside.onnx", height=64, width=64)
+    os.symlink(w / "outside.onnx", w / "symlink" / "link.onnx")
+    (w / "missing_file").mkdir()
+    tiny_bundle(w / "missing_file", **kw)
+    (w / "missing_file" / "model.onnx").unlink()
+
+    (w / "notes").mkdir()
+    (w / "notes" / "notes.txt").write_text("my notes\n")
+    (w / "notes" / "code.py").write_text("print('mine')\n")
+    (w / "afile").write_text("a plain file\n")
+    (w / "empty_dir").mkdir()
+
+    (w / "notes.txt").write_text("hello, these are notes, not weights\n")
+    (w / "evil.pth").write_bytes(pickle.dumps({"weights": Evil()}, protocol=2))
+    (w / "empty.pth").write_bytes(b"")
+    (w / "text.safetensors").write_text("not safetensors")
+
+    presets = {
+        "batch_abc": "export:\n  batch: abc\n",
+        "opset_str": "export:\n  opset: nineteen\n",
+        "opset_quoted": 'export:\n  opset: "19"\n',
+        "simplify_str": 'export:\n  simplify: "false"\n',
+        "dynamic_int": "export:\n  dynamic_batch: 1\n",
+        "unknown_key": "export:\n  bacth: 4\n",
+        "unknown_section": "deploy:\n  batch: 4\n",
+        "list": "- export\n- batch\n",
+        "section_list": "export:\n  - batch\n",
+        "broken": "export: [unclosed\n",
+        "input_size_bad": "export:\n  input_size: big\n",
+        "build_str": 'build:\n  max_batch: "8"\n',
+        "quantize_bool": "quantize:\n  calib_samples: true\n",
+        "batch_huge": "export:\n  batch: 1000000000000\n",
+        "size_strs": 'export:\n  input_size: [256, "192"]\n',
+    }
+    (w / "presets").mkdir()
+    for name, text in presets.items():
+        (w / "presets" / f"{name}.yaml").write_text(text)
+    (w / "presets" / "binary.yaml").write_bytes(b"\xff\xfe\x00\x81garbage")
+
+    (w / "img").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (96, 64, 3), dtype=np.uint8)).save(w / "img" / "good.png")
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(w / "one_px.png")
+    (w / "tiny_imgs").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(w / "tiny_imgs" / "small.png")
+    (w / "text.jpg").write_text("not an image")
+    return w
+
+
+# (command line with {w} for the world folder, regex the error line must match)
+CASES: list[tuple[str, str]] = [
+    # list
+    ("list --bogus", "No such option .--bogus"),
+    ("list extra", "unexpected extra argument"),
+    # export: names, sizes, batches, options
+    ("export nosuch_model -o {w}/o1", "unknown model 'nosuch_model'"),
+    ("export lite_hrnet_19 -o {w}/o1", "lite_hrnet_18"),
+    ("export lite_hrnet_18 -o {w}/o1 --input-size abc", "is not HxW"),
+    ("export lite_hrnet_18 -o {w}/o1 --input-size 100x100", "does not divide by"),
+    ("export lite_hrnet_18 -o {w}/o1 --input-size 0x0", "does not divide by|must be"),
+    ("export lite_hrnet_18 -o {w}/o1 --input-size -64x64", "not HxW|does not divide"),
+    ("export lite_hrnet_18 -o {w}/o1 --input-size 8192x8192", "above 4096 pixels"),
+    ("export lite_hrnet_18 -o {w}/o1 --batch 0", "Invalid value for '--batch'"),
+    ("export lite_hrnet_18 -o {w}/o1 --batch 1000000000000", r"batch must be 1\.\.1024"),
+    ("export lite_hrnet_18 -o {w}/o1 --batch x", "is not a valid integer"),
+    ("export lite_hrnet_18 -o {w}/o1 --opset 99", "out of range"),
+    ("export lite_hrnet_18 -o {w}/o1 --opset nineteen", "is not a valid integer"),
+    ("export lite_hrnet_18 -o {w}/o1 --exporter foo", "Invalid value for '--exporter'"),
+    ("export lite_hrnet_18 -o {w}/o1 --dataset cityscapes", "has no 'cityscapes' variant"),
+    # export: checkpoints
+    ("export lite_hrnet_18 -o {w}/o1 --checkpoint {w}/missing.pth", "missing.pth does not exist"),
+    ("export lite_hrnet_18 -o {w}/o1 --checkpoint {w}/notes.txt", "is not a PyTorch checkpoint"),
+    ("export lite_hrnet_18 -o {w}/o1 --checkpoint {w}/evil.pth", r"would run code .* refused it"),
+    ("export lite_hrnet_18 -o {w}/o1 --checkpoint {w}/empty.pth", "is not a PyTorch checkpoint"),
+    ("export lite_hrnet_18 -o {w}/o1 --checkpoint {w}/text.safetensors", "not a readable safetensors"),
+    ("export lite_hrnet_18 -o {w}/o1 --checkpoint {w}/empty_dir", "does not exist"),
+    # export: presets
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/batch_abc.yaml", "export.batch must be an integer"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/opset_str.yaml", "export.opset must be an integer"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/opset_quoted.yaml", "export.opset must be an integer"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/simplify_str.yaml", "export.simplify must be true or"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/dynamic_int.yaml", "dynamic_batch must be true or"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/unknown_key.yaml", "unknown key 'bacth'"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/unknown_section.yaml", "unknown section 'deploy'"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/list.yaml", "must be a mapping"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/section_list.yaml", "section 'export' must be a mapping"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/broken.yaml", "cannot read config"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/binary.yaml", "cannot read config"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/input_size_bad.yaml", "is not HxW"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/build_str.yaml", "build.max_batch must be an integer"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/quantize_bool.yaml", "calib_samples must be an integer"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/batch_huge.yaml", r"batch must be 1\.\.1024"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/size_strs.yaml", "is not HxW"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/missing.yaml", "does not exist"),
+    # export: output paths
+    ("export lite_hrnet_18 -o {w}/afile", "is a file; pass a directory"),
+    ("export lite_hrnet_18 -o {w}/afile/sub", "is a file, not a folder"),
+    ("export lite_hrnet_18 -o {w}/afile/sub/deeper --force", "is a file, not a folder"),
+    ("export lite_hrnet_18 -o {w}/notes", "not an hrdeploy bundle"),
+    ("export lite_hrnet_18 -o {w}/notes --force", "not an hrdeploy bundle"),
+    ("export lite_hrnet_18 -o {w}/good", "already exists; pass --force"),
+    ("export lite_hrnet_18 -o . --force", "the current folder or one above it"),
+    ("export lite_hrnet_18 -o .. --force", "the current folder or one above it"),
+    ("export lite_hrnet_18 -o / --force", "the current folder or one above it"),
+    # quantize
+    ("quantize {w}/nope --precision fp16", "does not exist"),
+    ("quantize {w}/notes --precision fp16", "no manifest.json"),
+    ("quantize {w}/list_manifest --precision fp16", "must hold a JSON object, not list"),
+    ("quantize {w}/no_input --precision fp16", "input section is missing"),
+    ("quantize {w}/trunc --precision fp16", "damaged or was replaced"),
+    ("quantize {w}/random --precision fp16", "damaged or was replaced"),
+    ("quantize {w}/abs_path --precision fp16", "outside the bundle"),
+    ("quantize {w}/dotdot --precision fp16", "outside the bundle"),
+    ("quantize {w}/good --precision int4", "precision"),
+    ("quantize {w}/good --precision int8 --calib-dir {w}/empty_dir", "holds no images"),
+    ("quantize {w}/good --precision int8 --calib-dir {w}/nope", "does not exist"),
+    ("quantize {w}/good --precision int8 --calib-dir {w}/img --val-samples 0", "val-samples.: 0 is not in"),
+    ("quantize {w}/good --precision int8 --calib-dir {w}/img --calib-samples 0", "calib-samples.: 0 is not in"),
+    ("quantize {w}/good --precision int8 --calib-dir {w}/tiny_imgs", "at least 16x16"),
+    ("quantize {w}/good --precision int8 --calib-dir {w}/img --method bogus", "bogus"),
+    # build
+    ("build {w}/nope --print-trtexec", "does not exist"),
+    ("build {w}/notes --print-trtexec", "no manifest.json"),
+    ("build {w}/abs_path --print-trtexec", "outside the bundle"),
+    ("build {w}/dotdot --print-trtexec", "outside the bundle"),
+    ("build {w}/symlink --print-trtexec", "symlink to .* outside the bundle"),
+    ("build {w}/trunc --print-trtexec", "damaged or was replaced"),
+    ("build {w}/int4 --print-trtexec", "precision must be one of fp32, fp16, int8"),
+    ("build {w}/good --print-trtexec --min-batch 8 --max-batch 2", "min <= opt <= max"),
+    ("build {w}/good --print-trtexec --trt 11 --precision-from flags", "TensorRT 11 removed"),
+    ("build {w}/good --precision int4", "Invalid value for '--precision'"),
+    ("build {w}/afile --print-trtexec", "neither a bundle directory nor an .onnx"),
+    ("build {w}/good", "tensorrt|TensorRT|GPU"),
+    # doctor
+    ("doctor {w}/abs_path", "outside the bundle"),
+    ("doctor {w}/dotdot", "outside the bundle"),
+    ("doctor {w}/symlink", "outside the bundle"),
+    ("doctor {w}/random", "damaged or was replaced"),
+    ("doctor {w}/random/model.onnx", "not a readable ONNX model"),
+    ("doctor {w}/empty_onnx/model.onnx", "not a (readable|usable) ONNX model"),
+    ("doctor {w}/missing.onnx", "does not exist"),
+    ("doctor {w}/bad_json", "is not valid JSON"),
+    ("doctor {w}/foreign", "not an hrdeploy manifest"),
+    ("doctor {w}/str_height", "input.height must be an integer"),
+    ("doctor {w}/no_artifacts", "has no ONNX artifact"),
+    ("doctor {w}/no_manifest", "no manifest.json"),
+    ("doctor {w}/missing_file", "has no ONNX artifact"),
+    # validate
+    ("validate {w}/trunc", "not a readable ONNX model"),
+    ("validate {w}/random", "not a readable ONNX model"),
+    ("validate {w}/abs_path", "outside the bundle"),
+    ("validate {w}/list_manifest", "must hold a JSON object"),
+    ("validate {w}/no_input", "input section is missing"),
+    ("validate {w}/good --backends foo", "unknown backend 'foo'"),
+    ("validate {w}/good --batch 0", "Invalid value for '--batch'"),
+    ("validate {w}/good --batch 1000000000000", r"outside what model.onnx accepts \(batch 1..1024\)"),
+    # bench
+    ("bench", "give exactly one of"),
+    ("bench {w}/good --batch 0", "positive integers"),
+    ("bench {w}/good --batch 1000000000000", "above the largest batch"),
+    ("bench {w}/good --batch a,b", "positive integers"),
+    ("bench {w}/good --backend foo", "unknown backend 'foo'"),
+    ("bench {w}/trunc --backend ort", "damaged or was replaced"),
+    ("bench {w}/dotdot", "outside the bundle"),
+    ("bench --onnx {w}/random/model.onnx", "not a readable ONNX model"),
+    ("bench --onnx {w}/missing.onnx", "does not exist"),
+    ("bench {w}/good --json {w}/afile/x.json", "is a file, not a folder"),
+    ("bench {w}/good --input-size 128x128", "static input size"),
+    ("bench --model nosuch_model", "unknown model"),
+    # infer
+    ("infer {w}/one_px.png {w}/good --out {w}/pred", "is 1x1 pixels; images must be at least 16x16"),
+    ("infer {w}/text.jpg {w}/good --out {w}/pred", "cannot read image"),
+    ("infer {w}/missing.png {w}/good --out {w}/pred", "does not exist"),
+    ("infer {w}/img/good.png --out {w}/pred", "no model given"),
+    ("infer {w}/img/good.png {w}/good --bbox 1,2,3 --out {w}/pred", "is not x,y,w,h"),
+    ("infer {w}/img/good.png {w}/good --artifact int8 --out {w}/pred", r"'int8' is not in bundle .* quantize"),
+    ("infer {w}/img/good.png {w}/abs_path --out {w}/pred", "outside the bundle"),
+    ("infer {w}/img/good.png {w}/trunc --out {w}/pred", "damaged or was replaced"),
+    ("infer {w}/img/good.png --onnx {w}/random/model.onnx --out {w}/pred", "not a readable ONNX model"),
+    ("infer {w}/img/good.png {w}/good --out {w}/afile", "is a file"),
+    ("infer {w}/img/good.png {w}/good --input-size 128x128 --out {w}/pred", "fixed 64x64 input"),
+    ("infer {w}/img/good.png --model nosuch_model --out {w}/pred", "unknown model"),
+    ("infer {w}/img/good.png {w}/good --model lite_hrnet_18 --out {w}/pred", "--model is for"),
+    ("infer {w}/empty_dir {w}/good --out {w}/pred", "neither a bundle"),
+]
+if "eval" in COMMANDS:
+    CASES += [
+        ("eval {w}/abs_path --ann {w}/notes.txt --images {w}/img", "outside the bundle|notes.txt"),
+        ("eval {w}/nope --ann {w}/notes.txt --images {w}/img", "does not exist|notes.txt"),
+        ("eval {w}/good --ann {w}/missing.json --images {w}/img", "missing.json"),
+    ]
+
+
+def _snapshot(*roots: Path) -> dict[str, tuple]:
+    """Every path under `roots` with its kind, size and mtime (symlinks not followed)."""
+    out = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                p = Path(dirpath) / name
+                st = p.lstat()
+                out[str(p)] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def test_table_is_large_enough() -> None:
+    assert len(CASES) >= 60
+    assert {c.split()[0] for c, _ in CASES} >= {"list", "export", "quantize", "build", "doctor", "validate",
+                                                 "bench", "infer"}
+
+
+@pytest.mark.parametrize(("line", "message"), CASES, ids=[c for c, _ in CASES])
+def test_bad_input(world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli_runner, line: str,
+                   message: str, capfd) -> None:
+    import re
+    import shlex
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    args = shlex.split(line.format(w=world))
+    before = _snapshot(world, cwd)
+    result = cli_runner.invoke(cli, args, prog_name="hrdeploy")
+    lines = [x for x in result.stderr.splitlines() if x.strip()]  # stdout may hold step lines before it
+    assert result.exit_code == 2, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output and "error" not in result.stdout.lower()
+    assert re.search(message, lines[0]), lines[0]
+    assert _snapshot(world, cwd) == before, "a bad input changed files"
+    assert "pwned" not in capfd.readouterr().out
