@@ -77,6 +77,40 @@ def alternate(ours: Path, upstream: Path, settings: OrtSettings, x1: np.ndarray,
             "b8_over_b1": (8 / ours_b8) / (1 / ours_b1), "graphs_max_rel": rel}
 
 
+def op_profile(result: dict[str, Any], runs: int) -> dict[str, Any]:
+    """onnxruntime's kernel time per op type (ms per batch-1 run, 1 thread) for both graphs of a model."""
+    from hrdeploy.bench.profile import profile_ort
+
+    h, w = result["size"]
+    x = np.random.default_rng(0).standard_normal((1, 3, h, w), dtype=np.float32)
+    out = {}
+    for key in ("ours", "upstream"):
+        prof = profile_ort(result[key]["path"], x, runs=runs, threads=1)
+        out[key] = {"total_ms": prof["kernel_ms_per_run"],
+                    "ops": {o["op"]: {"ms": o["ms"], "kernels": o.get("kernels")} for o in prof["ops"]}}
+    return out
+
+
+def render_profiles(results: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in results:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        ours, up = prof["ours"], prof["upstream"]
+        ops = sorted(set(ours["ops"]) | set(up["ops"]), key=lambda o: -max(ours["ops"].get(o, {"ms": 0})["ms"],
+                                                                            up["ops"].get(o, {"ms": 0})["ms"]))
+        lines += ["", f"{r['name']}: onnxruntime kernel time per op type, batch 1, 1 thread, default options "
+                  f"(profiler on; total {ours['total_ms']:.1f} ms hrdeploy vs {up['total_ms']:.1f} ms upstream, "
+                  f"ratio {ours['total_ms'] / up['total_ms']:.2f}):", "",
+                  "| op | hrdeploy ms | kernels | upstream ms | kernels |", "|---|---|---|---|---|"]
+        for op in ops:
+            a, b = ours["ops"].get(op, {"ms": 0.0, "kernels": 0}), up["ops"].get(op, {"ms": 0.0, "kernels": 0})
+            if max(a["ms"], b["ms"]) >= 0.01 * up["total_ms"]:
+                lines.append(f"| {op} | {a['ms']:.2f} | {a['kernels'] or 0} | {b['ms']:.2f} | {b['kernels'] or 0} |")
+    return lines
+
+
 def loadavg() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
@@ -148,6 +182,7 @@ def render(results: list[dict[str, Any]], command: str) -> str:
             phases = ", ".join(f"{k} {p['cpu_s']:.1f}" for k, p in e["phases"].items())
             lines.append(f"| {r['name']} | {label} | {e['nodes']} | {e['wall_s']:.1f} | {e['cpu_s']:.1f} "
                          f"| {'pass' if e['parity_passed'] else 'FAIL'} ({e['parity_max_rel']:.1e}) | {phases} |")
+    lines += render_profiles(results)
     lines += ["", "Targets (threads 1, `defaults` rows):", ""]
     for r in results:
         one = next((row for row in r["rows"] if row["threads"] == 1 and row["options"] == "defaults"), None)
@@ -185,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="bundles and one MODEL.json of results per model go here")
     ap.add_argument("--reuse", action="store_true", help="take bundles already exported into --work")
     ap.add_argument("--render-only", action="store_true", help="only merge the MODEL.json files into the table")
+    ap.add_argument("--profile", type=int, default=0, metavar="RUNS",
+                    help="add onnxruntime's per-op profile of both graphs (RUNS profiled runs) to each MODEL.json")
     ap.add_argument("--no-write", action="store_true", help="print the section, leave RESULTS.md alone")
     args = ap.parse_args(argv)
     models = args.models.split(",")
@@ -195,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             result["rounds"] = args.rounds
             write_text(args.work / f"{name}.json", json.dumps(result, indent=1))
     results = [json.loads((args.work / f"{n}.json").read_text()) for n in models if (args.work / f"{n}.json").is_file()]
+    if args.profile:
+        for r in results:
+            r["profile"] = op_profile(r, args.profile)
+            write_text(args.work / f"{r['name']}.json", json.dumps(r, indent=1))
     command = "python benchmarks/bench_graph.py " + " ".join(argv if argv is not None else sys.argv[1:])
     section = render(results, command.strip())
     print(section)

@@ -29,7 +29,7 @@ def _shuffle(prefix: str, x: str, c: int, h: int, w: int, out: str, perm: list[i
 
 def synthetic(h: int, w: int, transpose_perm: list[int] | None = None, slices: bool = False) -> onnx.ModelProto:
     """x -> Conv -> BN -> y; shuffle(Concat(y, x)) -> Split -> (Conv, Relu); a second shuffle read by two
-    ungrouped Convs. Dynamic batch, static C/H/W: the shape of a ShuffleNet unit after export."""
+    ungrouped Convs; a third read by a Relu. Dynamic batch, static C/H/W: ShuffleNet units after export."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name) for name, shape in (
         ("w0", (C, C, 1, 1)), ("gamma", (C,)), ("beta", (C,)), ("mean", (C,)), ("w1", (C, C, 1, 1)),
@@ -58,13 +58,16 @@ def synthetic(h: int, w: int, transpose_perm: list[int] | None = None, slices: b
     nodes += sh2 + [
         helper.make_node("Conv", ["shuffled2", "w2"], ["out_a"]),
         helper.make_node("Conv", ["shuffled2", "w3", "b3"], ["out_b"], pads=[1, 1, 1, 1]),
+        helper.make_node("Concat", ["y", "out_hi"], ["cat3"], axis=1),
     ]
+    sh3, sh3_init = _shuffle("s3", "cat3", 2 * C, h, w, "shuffled3")
+    nodes += sh3 + [helper.make_node("Relu", ["shuffled3"], ["out_c"])]
     for k, node in enumerate(nodes):
         node.name = f"{node.op_type}_{k}"
     graph = helper.make_graph(
         nodes, "synthetic", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", C, h, w])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("out_a", "out_b", "out_hi")],
-        inits + sh_init + sh2_init,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("out_a", "out_b", "out_hi", "out_c")],
+        inits + sh_init + sh2_init + sh3_init,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
@@ -91,14 +94,16 @@ def test_passes_are_exact_on_a_shuffle_unit(size, slices):
     model = synthetic(*size, slices=slices)
     optimized, records = optimize_graph(model)
     sites = {r["pass"]: r["sites"] for r in records}
-    assert sites == {"batchnorm_into_conv": 1, "shuffle_to_gather": 2, "gather_into_split": 1, "gather_into_conv": 1}
+    assert sites == {"batchnorm_into_conv": 1, "shuffle_to_gather": 3, "gather_into_split": 1, "gather_into_conv": 1,
+                     "shuffle_concat_to_stack": 1}
     ops = [n.op_type for n in optimized.graph.node]
-    assert not {"Transpose", "Reshape", "BatchNormalization", "Split", "Slice"} & set(ops)
+    assert not {"Transpose", "BatchNormalization", "Split", "Slice"} & set(ops)
     assert ops.count("Gather") == 2  # the split's two parts; the second shuffle went into the convs' weights
+    assert ops.count("Unsqueeze") == 2 and ops.count("Reshape") == 1  # the third is a stack of its two parts
     names = [n.name for n in optimized.graph.node]
     assert len(set(names)) == len(names)  # onnxruntime rejects duplicate node names
-    assert records[0]["nodes_before"] == len(model.graph.node) == 15 + slices
-    assert records[-1]["nodes_after"] == len(ops) == 9
+    assert records[0]["nodes_before"] == len(model.graph.node) == 20 + slices
+    assert records[-1]["nodes_after"] == len(ops) == 14
     for batch in (1, 3):
         assert_same(model, optimized, (batch, C, *size))
 
@@ -106,9 +111,9 @@ def test_passes_are_exact_on_a_shuffle_unit(size, slices):
 def test_a_transpose_that_is_not_a_shuffle_is_left_alone():
     model = synthetic(8, 6, transpose_perm=[0, 1, 2, 4, 3])
     optimized, records = optimize_graph(model, names=("shuffle_to_gather",))
-    assert records == [{"pass": "shuffle_to_gather", "sites": 1, "nodes_before": 15, "nodes_after": 13}]
+    assert records == [{"pass": "shuffle_to_gather", "sites": 2, "nodes_before": 20, "nodes_after": 16}]
     ops = [n.op_type for n in optimized.graph.node]
-    assert ops.count("Transpose") == 1 and ops.count("Gather") == 1  # only the second one is a shuffle
+    assert ops.count("Transpose") == 1 and ops.count("Gather") == 2  # the first one is not a shuffle
     assert_same(model, optimized, (2, C, 8, 6))
 
 
@@ -119,6 +124,7 @@ def test_export_records_the_passes_and_stays_exact(lite18_bundle):
     records = {r["pass"]: r for r in manifest["export"]["graph_passes"]}
     assert records["shuffle_to_gather"]["sites"] == 49  # 2 per LITE block + the stem's
     assert records["gather_into_split"]["sites"] == 24
+    assert records["shuffle_concat_to_stack"]["sites"] == 25  # the rest: every LITE block's last shuffle + stem
     assert records["shuffle_to_gather"]["nodes_after"] == records["shuffle_to_gather"]["nodes_before"] - 2 * 49
     ops = [n.op_type for n in onnx.load(str(lite18_bundle / "model.onnx")).graph.node]
     assert "Transpose" not in ops and len(ops) == manifest["export"]["graph_passes"][-1]["nodes_after"]
@@ -166,4 +172,5 @@ def test_doctor_prints_the_node_counts_before_and_after(lite18_bundle, cli_runne
     assert result.exit_code == 0, result.output
     before, after = records[0]["nodes_before"], records[-1]["nodes_after"]
     assert after < before
-    assert f"graph passes: {before} -> {after} nodes (shuffle_to_gather x49, gather_into_split x24)" in result.output
+    assert (f"graph passes: {before} -> {after} nodes (shuffle_to_gather x49, gather_into_split x24, "
+            "shuffle_concat_to_stack x25)") in result.output

@@ -9,7 +9,12 @@ import onnx
 
 from hrdeploy.optimize.batchnorm import batchnorm_into_conv
 from hrdeploy.optimize.graph import drop_unused_initializers
-from hrdeploy.optimize.shuffle import gather_into_conv, gather_into_split, shuffle_to_gather
+from hrdeploy.optimize.shuffle import (
+    gather_into_conv,
+    gather_into_split,
+    shuffle_concat_to_stack,
+    shuffle_to_gather,
+)
 
 # In order: later passes match what earlier ones produce.
 PASSES: tuple[tuple[str, Callable[[onnx.ModelProto], int]], ...] = (
@@ -17,6 +22,7 @@ PASSES: tuple[tuple[str, Callable[[onnx.ModelProto], int]], ...] = (
     ("shuffle_to_gather", shuffle_to_gather),
     ("gather_into_split", gather_into_split),
     ("gather_into_conv", gather_into_conv),
+    ("shuffle_concat_to_stack", shuffle_concat_to_stack),
 )
 
 

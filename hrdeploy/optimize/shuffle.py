@@ -1,5 +1,6 @@
 """Channel-shuffle passes: shuffles become one Gather over channels, which then merges into the Split
-that follows it, or into the weights of the convolutions that read it.
+that follows it, or into the weights of the convolutions that read it, or (a shuffle of a Concat) into
+a stack of the concatenated parts.
 
 A ShuffleNet channel shuffle exports as Reshape(-1, g, c/g, H, W) -> Transpose(0, 2, 1, 3, 4) ->
 Reshape(-1, c, H, W): output channel a*g + b is input channel b*(c/g) + a, a pure permutation of
@@ -173,3 +174,44 @@ def gather_into_conv(model: onnx.ModelProto) -> int:
         done += 1
     replace_nodes(g, remove, {})
     return done
+
+
+def shuffle_concat_to_stack(model: onnx.ModelProto) -> int:
+    """Gather(Concat(x_0 .. x_{g-1}), shuffle index) -> Unsqueeze each x_k at axis 2, Concat on axis 2,
+    Reshape(-1, c, H, W).
+
+    Identity: a shuffle by g of g equal parts interleaves them, output channel a*g + k = x_k's channel a,
+    which is exactly stacking the parts on a new axis after the channels and flattening it. Exact (data
+    movement only). One copy (the Concat) instead of two (Concat, then the permuting Gather); Unsqueeze and
+    Reshape only relabel the buffer.
+    """
+    g = model.graph
+    index = GraphIndex(g)
+    remove: set[int] = set()
+    insert: dict[int, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        if n.op_type != "Gather" or attr(n, "axis", 0) != 1:
+            continue
+        idx, cat = index.const(n.input[1]), index.producer.get(n.input[0])
+        if idx is None or cat is None or cat.op_type != "Concat" or attr(cat, "axis") != 1:
+            continue
+        if index.only_consumer(cat.output[0]) is not n or id(cat) in remove:
+            continue
+        parts, chw = [index.channels(x) for x in cat.input], _static_hw(index, cat.output[0])
+        if chw is None or None in parts or len(set(parts)) != 1:
+            continue
+        c, h, w = chw
+        groups, per = len(parts), parts[0]
+        if len(idx) != c or not np.array_equal(idx, [k * per + a for a in range(per) for k in range(groups)]):
+            continue
+        axis = add_initializer(g, f"{n.output[0]}_stack_axis", np.array([2], np.int64))
+        shape = add_initializer(g, f"{n.output[0]}_stack_shape", np.array([-1, c, h, w], np.int64))
+        lifted = [f"{n.output[0]}_part{k}" for k in range(groups)]
+        nodes = [helper.make_node("Unsqueeze", [x, axis], [u], name=u) for x, u in zip(cat.input, lifted, strict=True)]
+        nodes += [helper.make_node("Concat", lifted, [f"{n.output[0]}_stacked"], axis=2, name=f"{n.output[0]}_stack"),
+                  helper.make_node("Reshape", [f"{n.output[0]}_stacked", shape], [n.output[0]],
+                                   name=f"{n.output[0]}_flatten")]
+        insert[id(cat)] = nodes
+        remove |= {id(cat), id(n)}
+    replace_nodes(g, remove, insert)
+    return len(insert)
