@@ -158,8 +158,9 @@ def test_passes_are_exact_on_zoo_models(tmp_path, name):
             original, error = simplify(check_and_infer(path))
             assert error is None
             optimized, records = optimize_graph(original)
-            assert {r["pass"]: r["sites"] for r in records}["shuffle_to_gather"] > 0
-            assert "Transpose" not in {n.op_type for n in optimized.graph.node}
+            shuffles = {r["pass"]: r["sites"] for r in records}["shuffle_to_gather"]
+            transposes = [sum(n.op_type == "Transpose" for n in m.graph.node) for m in (original, optimized)]
+            assert shuffles > 0 and transposes[0] - transposes[1] == shuffles  # Dite keeps its other Transposes
             for batch in (1, 3):
                 assert_same(original, optimized, (batch, 3, *size))
 
