@@ -56,15 +56,17 @@ def modelopt_available() -> bool:
         return False
 
 
-def resolve_backend(backend: str) -> str:
-    """'auto' -> 'modelopt' when installed, else 'ort'; 'modelopt' without it is a UserError."""
+def resolve_backend(backend: str, precision: str = "int8") -> str:
+    """'auto' -> 'ort' for int8 (the backend whose INT8 keeps COCO AP on the trained network, see
+    benchmarks/RESULTS.md), and for fp16 'modelopt' (AutoCast) when installed, else 'ort'; 'modelopt'
+    without it is a UserError."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "modelopt" and not modelopt_available():
         err = missing_dependency("nvidia-modelopt[onnx]", extra="int8", purpose="--backend modelopt")
         raise UserError(f"{err}, or use --backend ort") from None
     if backend == "auto":
-        return "modelopt" if modelopt_available() else "ort"
+        return "modelopt" if precision == "fp16" and modelopt_available() else "ort"
     return backend
 
 
@@ -140,7 +142,8 @@ def _validate(
 
         if val_crops is not None:
             ref = Reference.compute(eager, val_crops, coco, batch or CALIB_BATCH)
-            result = check_pose(ref, run, tol, batch or CALIB_BATCH, fixed_batch=batch is not None)
+            result = check_pose(ref, run, tol, batch or CALIB_BATCH, fixed_batch=batch is not None,
+                                trained=b.model.checkpoint is not None)
             result.pop("keypoints")
             return result
         # not a top-down pose model: tensor statistics of every output on the (whole) images
@@ -206,7 +209,7 @@ def quantize_bundle(
         raise UserError("--calib-ann needs --calib-dir, the folder of the images it annotates")
     b = Bundle.open(bundle)
     src = b.artifact("onnx").path
-    used_backend = resolve_backend(backend)
+    used_backend = resolve_backend(backend, precision)
     method = method or DEFAULT_METHOD[used_backend]
     if used_backend == "modelopt" and precision == "int8" and method == "percentile":
         raise UserError("ModelOpt calibrates with entropy or max, not percentile; use --method entropy|max "
@@ -233,6 +236,9 @@ def quantize_bundle(
         return fp32.run(x)[b.output_names[0]]
     coco = CocoKeypoints(ann, images) if ann is not None else None
     if calib_dir is not None:
+        from hrdeploy.pose.preprocess import image_files
+
+        image_files(calib_dir)  # a missing or empty folder is a UserError before any work
         _check_disjoint(calib_dir, coco)
 
     manifest = b.manifest
