@@ -1,9 +1,9 @@
 """Judge a top-down pose artifact against the eager fp32 model on person crops (the one verdict of every stage).
 
 With annotations (`CocoKeypoints`), the gate is the COCO keypoint AP drop on the annotated people; without,
-it is keypoint agreement with eager on the crops (OKS, PCK), or, when eager finds no person on them (untrained
-weights, photos without people), the heatmaps' cosine. Tensor statistics and heatmap-peak agreement of
-the same crops are reported alongside, ungated (a quantized heatmap can differ in value yet peak in place).
+it is keypoint agreement with eager on the crops (OKS, PCK) and the cosine of the crops' heatmaps, or, when
+eager finds no person on them (seeded weights, photos without people), the heatmaps' cosine alone. The other
+tensor statistics and the heatmap-peak agreement of the same crops are reported alongside, ungated.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def check_pose(
     elif agreement["keypoints"] and trained:
         out["mode"] = "crop-agreement"
         gated.update(oks=agreement["oks"], **{k: v for k, v in agreement.items() if k.startswith("pck@")})
+        gated["cosine"] = tensor["cosine"]  # of the person crops' heatmaps: catches what a few people's keypoints miss
     else:  # no person on these crops (seeded weights, photos without people): heatmap tensors
         out["mode"] = "tensor"
         gated["cosine"] = tensor["cosine"]
