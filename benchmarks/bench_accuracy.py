@@ -130,28 +130,9 @@ def _f(v: object, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def to_markdown(result: dict) -> str:
+def table(result: dict) -> list[str]:
+    """The accuracy-and-speed table (Markdown lines)."""
     lines = [
-        BEGIN,
-        f"## Accuracy of the trained network per precision ({result['date']})",
-        "",
-        f"Measured by `{result['command']}` ({result['minutes']:.0f} min; load average {result['load']})"
-        + (f", gates re-judged on the recorded metrics with the current table by `--rejudge` ({result['rejudged']})"
-           if result.get("rejudged") else "") + ". "
-        f"{MODEL} with the trained PP-TinyPose weights (../shared/data/weights), exported with a dynamic batch; fp16 "
-        "and int8 by `hrdeploy quantize` with the onnxruntime backend (int8: percentile 99.99, per-channel weights, "
-        "wide-range depthwise convs kept fp32), calibrated on person crops that the eager model finds in the 5 "
-        "MPII photos + 6 scikit-image photos. AP: COCO keypoint AP by pycocotools on the "
-        f"{result['people']} annotated people of ../shared/data/coco (GT boxes x1.25, no flip, quarter-pixel "
-        "decoding), the same as `hrdeploy eval BUNDLE --ann ... --images ... --all`; dAP in AP points against eager "
-        "fp32. Crop OKS / PCK / cosine: the quantize gate without annotations (keypoint agreement with eager and "
-        "the heatmaps' cosine on the person crops of the calibration photos; bars in hrdeploy/parity/tolerances.py; "
-        "`quantize gate` is that verdict, `eval gate` the AP-drop verdict). Latency: onnxruntime CPU, "
-        f"{result['threads']} thread(s), p50 of {result['iterations']} calls at batch 1 and "
-        f"{max(3, result['iterations'] // 3)} at batch 8. The two `broken` rows are deliberately bad int8 builds "
-        "that the gates must reject. ModelOpt INT8 is not measured here (nvidia-modelopt is not installed in this "
-        "environment).",
-        "",
         "| input | model | AP | AP50 | AP75 | AR | mean OKS | dAP | crop OKS | crop PCK % | crop cosine "
         "| quantize gate | eval gate | b1 p50 ms | b8 p50 ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -165,6 +146,45 @@ def to_markdown(result: dict) -> str:
             f"| {r.get('quantize_gate') or '-'} | {r.get('eval_gate') or '-'} | {_f(r.get('b1_p50_ms'), '.1f')} "
             f"| {_f(r.get('b8_p50_ms'), '.1f')} |"
         )
+    return lines
+
+
+def replace_block(path: Path, block: str) -> None:
+    """Put `block` (BEGIN ... END) in place of the file's previous one, or append it."""
+    from hrdeploy.io import write_text
+
+    text = path.read_text() if path.is_file() else ""
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END) + 1:]
+    else:
+        text = text.rstrip() + "\n\n" + block
+    write_text(path, text)
+
+
+def to_markdown(result: dict) -> str:
+    lines = [
+        BEGIN,
+        f"## Accuracy of the trained network per precision ({result['date']})",
+        "",
+        f"Measured by `{result['command']}` ({result['minutes']:.0f} min; load average {result['load']})"
+        + (f", gates re-judged on the recorded metrics with the current table by `--rejudge` ({result['rejudged']})"
+           if result.get("rejudged") else "") + ". "
+        f"{MODEL} with the trained PP-TinyPose weights (../shared/data/weights), exported with a dynamic batch; fp16 "
+        "and int8 by `hrdeploy quantize` with the onnxruntime backend (int8: percentile 99.99, per-channel weights, "
+        "wide-range depthwise convs kept fp32), calibrated on person crops that the fp32 model finds in the 5 "
+        "MPII photos + 6 scikit-image photos. AP: COCO keypoint AP by pycocotools on the "
+        f"{result['people']} annotated people of ../shared/data/coco (GT boxes x1.25, no flip, quarter-pixel "
+        "decoding), the same as `hrdeploy eval BUNDLE --ann ... --images ... --all`; dAP in AP points against eager "
+        "fp32. Crop OKS / PCK / cosine: the quantize gate without annotations (keypoint agreement with eager and "
+        "the heatmaps' cosine on the person crops of the calibration photos; bars in hrdeploy/parity/tolerances.py; "
+        "`quantize gate` is that verdict, `eval gate` the AP-drop verdict). Latency: onnxruntime CPU, "
+        f"{result['threads']} thread(s), p50 of {result['iterations']} calls at batch 1 and "
+        f"{max(3, result['iterations'] // 3)} at batch 8. The two `broken` rows are deliberately bad int8 builds "
+        "that the gates must reject. ModelOpt INT8 is not measured here (nvidia-modelopt is not installed in this "
+        "environment).",
+        "",
+    ]
+    lines += table(result)
     lines.append(END)
     return "\n".join(lines) + "\n"
 
@@ -186,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="re-export the bundles")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "accuracy.json"))
     parser.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README whose table block is replaced")
     parser.add_argument("--rejudge", action="store_true",
                         help="re-judge the crop metrics of --json (read back from each variant's quantize report) "
                              "with the current tolerance table and re-render; measures nothing")
@@ -195,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import os
 
-    from hrdeploy.io import write_json, write_text
+    from hrdeploy.io import write_json
 
     if args.rejudge:
         result = json.loads(Path(args.json).read_text())
@@ -220,13 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         }
     write_json(args.json, result)
     md = to_markdown(result)
-    results = Path(args.results_md)
-    text = results.read_text() if results.is_file() else ""
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + md + text[text.index(END) + len(END) + 1:]
-    else:
-        text = text.rstrip() + "\n\n" + md
-    write_text(results, text)
+    replace_block(Path(args.results_md), md)
+    readme = "\n".join([BEGIN, f"Measured {result['date']} by `{result['command']}` (details: "
+                         "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)); onnxruntime CPU, 12 annotated COCO people.",
+                         "", *table(result), END]) + "\n"
+    replace_block(Path(args.readme), readme)
     print(md)
     return 0
 
