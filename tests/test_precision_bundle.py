@@ -49,7 +49,8 @@ def eager_ref(lite18_bundle: Path, photos: Path) -> tuple[np.ndarray, np.ndarray
     """Independent reference: the first photos preprocessed here, and the eager fp32 model rebuilt from the
     manifest on them (computed once: eager Lite-HRNet is the slow part on a busy CPU)."""
     from hrdeploy.bundle import Bundle
-    from hrdeploy.pose.preprocess import image_files, preprocess, read_image
+    from hrdeploy.images import image_files, read_image
+    from hrdeploy.pose.preprocess import preprocess
     from hrdeploy.runtime.eager import EagerRunner
 
     b = Bundle.open(lite18_bundle)

@@ -100,8 +100,8 @@ def _crop_set(
     finder: Callable[[np.ndarray], np.ndarray], what: str,
 ) -> tuple[CropSet, ImageSet]:
     """Person crops of the photos in `folder`: boxes from `ann`, else where `finder` (fp32) finds people."""
+    from hrdeploy.images import image_files
     from hrdeploy.parity.crops import boxes_from_annotations, find_people
-    from hrdeploy.pose.preprocess import image_files
 
     if samples is not None and samples < 1:
         raise UserError(f"--{what}-samples must be at least 1, got {samples}")
@@ -122,7 +122,7 @@ def _check_disjoint(calib_dir: str | os.PathLike, coco: CocoKeypoints | None) ->
     """Calibration photos must not be evaluation images (UserError naming the first shared one)."""
     if coco is None:
         return
-    from hrdeploy.pose.preprocess import image_files
+    from hrdeploy.images import image_files
 
     evaluated = {Path(coco.file(i)).resolve() for i in coco.image_ids()}
     shared = sorted(p.name for p in image_files(calib_dir) if p.resolve() in evaluated)
@@ -236,7 +236,7 @@ def quantize_bundle(
         return fp32.run(x)[b.output_names[0]]
     coco = CocoKeypoints(ann, images) if ann is not None else None
     if calib_dir is not None:
-        from hrdeploy.pose.preprocess import image_files
+        from hrdeploy.images import image_files
 
         image_files(calib_dir)  # a missing or empty folder is a UserError before any work
         _check_disjoint(calib_dir, coco)

@@ -217,10 +217,10 @@ def _localize_target(
 
 def pose_reference(b: Bundle, eager: Any, ann: str | os.PathLike | None, images: str | os.PathLike | None) -> Any:
     """Eager fp32 on person crops: the annotated people of `ann`, else the people it finds in the photos."""
+    from hrdeploy.images import image_files
     from hrdeploy.parity.coco import CocoKeypoints, CropSet
     from hrdeploy.parity.crops import find_people
     from hrdeploy.parity.pose import Reference
-    from hrdeploy.pose.preprocess import image_files
 
     def run(x: np.ndarray) -> np.ndarray:
         return eager.run(x)[b.output_names[0]]
