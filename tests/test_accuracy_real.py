@@ -75,7 +75,7 @@ def test_eval_scores_every_artifact_and_matches_pycocotools(quantized: Path, sha
     report = json.loads((quantized / "eval.json").read_text())
     rows = {r["artifact"]: r for r in report["rows"]}
     assert list(rows) == ["eager", "onnx", "int8", "fp16"] and report["people"] == 12
-    assert rows["eager"]["AP"] > 0.6  # the trained net finds these people (published COCO val AP 58.1 at 128x96)
+    assert rows["eager"]["AP"] > 0.55  # the trained net finds these people (published COCO val AP 58.1 at 128x96)
     assert abs(rows["onnx"]["dAP"]) < 0.01
     assert rows["int8"]["dAP"] >= -2.0 and abs(rows["fp16"]["dAP"]) <= 0.5
     assert all(rows[k]["passed"] for k in ("onnx", "int8", "fp16"))
