@@ -23,7 +23,7 @@ import onnx
 from hrdeploy.bundle import Bundle
 from hrdeploy.errors import UserError, missing_dependency
 from hrdeploy.io import atomic_path, write_json, write_text
-from hrdeploy.parity.coco import CocoKeypoints, CropSet
+from hrdeploy.parity.coco import CocoKeypoints, CropSet, ImageCache
 from hrdeploy.parity.compare import bounds_for, judge, tensor_stats
 from hrdeploy.parity.pose import Reference, check_pose
 from hrdeploy.parity.tolerances import TOLERANCES, Tolerance
@@ -97,7 +97,7 @@ def _eager_heatmaps(b: Bundle, threads: int | None) -> Callable[[np.ndarray], np
 
 def _crop_set(
     b: Bundle, folder: str | os.PathLike, samples: int | None, ann: str | os.PathLike | None,
-    finder: Callable[[np.ndarray], np.ndarray], what: str,
+    finder: Callable[[np.ndarray], np.ndarray], what: str, photos: ImageCache | None = None,
 ) -> tuple[CropSet, ImageSet]:
     """Person crops of the photos in `folder`: boxes from `ann`, else where `finder` (fp32) finds people."""
     from hrdeploy.images import image_files
@@ -111,9 +111,9 @@ def _crop_set(
         available, how = len(boxes), f"person boxes of {Path(ann).name}"
     else:
         files = image_files(folder)
-        boxes = find_people(files[:samples], finder, hw, mean, std)
+        boxes = find_people(files[:samples], finder, hw, mean, std, photos)
         available, how = len(files), "person crops found by the fp32 model"
-    crops = CropSet.build(boxes, hw, mean, std)
+    crops = CropSet.build(boxes, hw, mean, std, photos)
     names = [f"{p.file.name}@{','.join(f'{v:.0f}' for v in p.box)}" for p in boxes]
     return crops, ImageSet(crops.x, names, f"{folder} ({how})", available)
 
@@ -234,11 +234,14 @@ def quantize_bundle(
 
     def finder(x: np.ndarray) -> np.ndarray:
         return fp32.run(x)[b.output_names[0]]
+
     coco = CocoKeypoints(ann, images) if ann is not None else None
+    photos = ImageCache()
     if calib_dir is not None:
         from hrdeploy.images import image_files
 
-        image_files(calib_dir)  # a missing or empty folder is a UserError before any work
+        for path in image_files(calib_dir)[:calib_samples]:  # unreadable photos: a UserError before any work
+            photos(path)
         _check_disjoint(calib_dir, coco)
 
     manifest = b.manifest
@@ -249,7 +252,7 @@ def quantize_bundle(
             calib = None
         elif topdown:
             say(f"{precision}: finding people in {calib_dir}" if calib_ann is None else f"{precision}: cropping")
-            calib_crops, calib = _crop_set(b, calib_dir, calib_samples, calib_ann, finder, "calib")
+            calib_crops, calib = _crop_set(b, calib_dir, calib_samples, calib_ann, finder, "calib", photos)
         else:
             calib = load_images(calib_dir, manifest, calib_samples)
         val_crops: CropSet | None = None
