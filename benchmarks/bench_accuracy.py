@@ -9,6 +9,7 @@ pycocotools on the 12 annotated people of ../shared/data/coco, GT boxes) and tim
 `bench_accuracy` markers of benchmarks/RESULTS.md.
 
     python benchmarks/bench_accuracy.py [--sizes 128x96 256x192] [--threads 1] [--force]
+    python benchmarks/bench_accuracy.py --rejudge   # re-judge the recorded crop metrics with the current table
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ def latency(path: Path, size: tuple[int, int], batch: int, iterations: int, thre
 
 def measure_size(size_text: str, work: Path, folders: dict[str, Path], args: argparse.Namespace) -> list[dict]:
     from hrdeploy.accuracy.run import evaluate_bundle
-    from hrdeploy.bundle import Bundle
     from hrdeploy.export import export_bundle, parse_size
     from hrdeploy.precision import quantize_bundle
 
@@ -83,7 +83,7 @@ def measure_size(size_text: str, work: Path, folders: dict[str, Path], args: arg
         quantize_bundle(bundle, precision, calib_dir=folders[folder], backend="ort", sensitivity=False,
                         threads=args.threads, val_dir=folders["calib"], **kw)
         seconds = time.perf_counter() - t0
-        val = Bundle.open(bundle).artifact(precision).info["validation"]
+        val = json.loads((bundle / f"quantize.{precision}.json").read_text())["validation"]
         quantized[name] = (bundle, precision, seconds, val)
         print(f"{size_text} {name}: quantize gate {'PASS' if val['passed'] else 'FAIL'} {val['gated']}", flush=True)
 
@@ -104,8 +104,10 @@ def measure_size(size_text: str, work: Path, folders: dict[str, Path], args: arg
                    "eval_gate": None if r["artifact"] == "eager" else ("PASS" if r["passed"] else "FAIL")}
             q = quantized.get(name)
             if q is not None:
-                row.update(quantize_gate="PASS" if q[3]["passed"] else "FAIL", crop_oks=q[3]["gated"].get("oks"),
-                           crop_pck=q[3]["gated"].get("pck@0.05"), quantize_s=round(q[2], 1))
+                row.update(crop_oks=q[3]["agreement"]["oks"], crop_pck=q[3]["agreement"]["pck@0.05"],
+                           crop_cosine=q[3]["tensor"]["cosine"], quantize_s=round(q[2], 1),
+                           bundle=str(q[0]))
+                row["quantize_gate"] = crop_gate(row)
             if r["artifact"] != "eager":
                 path = (quantized[label][0] if label else base) / r["file"]
                 row["b1_p50_ms"] = round(latency(path, size, 1, args.iterations, args.threads), 2)
@@ -115,8 +117,48 @@ def measure_size(size_text: str, work: Path, folders: dict[str, Path], args: arg
     return rows
 
 
+def crop_gate(row: dict) -> str:
+    """The quantize gate without annotations (hrdeploy.parity) on the row's recorded crop metrics."""
+    from hrdeploy.parity.compare import judge
+    from hrdeploy.parity.tolerances import TOLERANCES
+
+    metrics = {"oks": row["crop_oks"], "pck@0.05": row["crop_pck"], "cosine": row["crop_cosine"]}
+    return "FAIL" if judge(metrics, TOLERANCES[row["precision"]]) else "PASS"
+
+
 def _f(v: object, spec: str) -> str:
     return "-" if v is None else format(v, spec)
+
+
+def table(result: dict) -> list[str]:
+    """The accuracy-and-speed table (Markdown lines)."""
+    lines = [
+        "| input | model | AP | AP50 | AP75 | AR | mean OKS | dAP | crop OKS | crop PCK % | crop cosine "
+        "| quantize gate | eval gate | b1 p50 ms | b8 p50 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        dap = "-" if r["variant"] == "eager fp32" else f"{r['dAP']:+.2f}"
+        lines.append(
+            f"| {r['size']} | {r['variant']} | {r['AP']:.4f} | {r['AP50']:.4f} | {r['AP75']:.4f} | {r['AR']:.4f} "
+            f"| {r['mean_oks']:.4f} | {dap} | {_f(r.get('crop_oks'), '.4f')} | {_f(r.get('crop_pck'), '.1f')} "
+            f"| {_f(r.get('crop_cosine'), '.4f')} "
+            f"| {r.get('quantize_gate') or '-'} | {r.get('eval_gate') or '-'} | {_f(r.get('b1_p50_ms'), '.1f')} "
+            f"| {_f(r.get('b8_p50_ms'), '.1f')} |"
+        )
+    return lines
+
+
+def replace_block(path: Path, block: str) -> None:
+    """Put `block` (BEGIN ... END) in place of the file's previous one, or append it."""
+    from hrdeploy.io import write_text
+
+    text = path.read_text() if path.is_file() else ""
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END) + 1:]
+    else:
+        text = text.rstrip() + "\n\n" + block
+    write_text(path, text)
 
 
 def to_markdown(result: dict) -> str:
@@ -124,34 +166,35 @@ def to_markdown(result: dict) -> str:
         BEGIN,
         f"## Accuracy of the trained network per precision ({result['date']})",
         "",
-        f"Measured by `{result['command']}` ({result['minutes']:.0f} min; load average {result['load']}). "
+        f"Measured by `{result['command']}` ({result['minutes']:.0f} min; load average {result['load']})"
+        + (f", gates re-judged on the recorded metrics with the current table by `--rejudge` ({result['rejudged']})"
+           if result.get("rejudged") else "") + ". "
         f"{MODEL} with the trained PP-TinyPose weights (../shared/data/weights), exported with a dynamic batch; fp16 "
         "and int8 by `hrdeploy quantize` with the onnxruntime backend (int8: percentile 99.99, per-channel weights, "
-        "wide-range depthwise convs kept fp32), calibrated on person crops that the eager model finds in the 5 "
+        "wide-range depthwise convs kept fp32), calibrated on person crops that the fp32 model finds in the 5 "
         "MPII photos + 6 scikit-image photos. AP: COCO keypoint AP by pycocotools on the "
         f"{result['people']} annotated people of ../shared/data/coco (GT boxes x1.25, no flip, quarter-pixel "
         "decoding), the same as `hrdeploy eval BUNDLE --ann ... --images ... --all`; dAP in AP points against eager "
-        "fp32. Crop OKS / PCK: the quantize gate without annotations (keypoint agreement with eager on the "
-        "calibration crops; bars in hrdeploy/parity/tolerances.py). Latency: onnxruntime CPU, "
+        "fp32. Crop OKS / PCK / cosine: the quantize gate without annotations (keypoint agreement with eager and "
+        "the heatmaps' cosine on the person crops of the calibration photos; bars in hrdeploy/parity/tolerances.py; "
+        "`quantize gate` is that verdict, `eval gate` the AP-drop verdict). Latency: onnxruntime CPU, "
         f"{result['threads']} thread(s), p50 of {result['iterations']} calls at batch 1 and "
         f"{max(3, result['iterations'] // 3)} at batch 8. The two `broken` rows are deliberately bad int8 builds "
         "that the gates must reject. ModelOpt INT8 is not measured here (nvidia-modelopt is not installed in this "
         "environment).",
         "",
-        "| input | model | AP | AP50 | AP75 | AR | mean OKS | dAP | crop OKS | crop PCK % | quantize gate | eval gate "
-        "| b1 p50 ms | b8 p50 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result["rows"]:
-        dap = "-" if r["variant"] == "eager fp32" else f"{r['dAP']:+.2f}"
-        lines.append(
-            f"| {r['size']} | {r['variant']} | {r['AP']:.4f} | {r['AP50']:.4f} | {r['AP75']:.4f} | {r['AR']:.4f} "
-            f"| {r['mean_oks']:.4f} | {dap} | {_f(r.get('crop_oks'), '.4f')} | {_f(r.get('crop_pck'), '.1f')} "
-            f"| {r.get('quantize_gate') or '-'} | {r.get('eval_gate') or '-'} | {_f(r.get('b1_p50_ms'), '.1f')} "
-            f"| {_f(r.get('b8_p50_ms'), '.1f')} |"
-        )
+    lines += table(result)
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def _variant_bundle(work: Path, row: dict) -> Path:
+    """Where measure_size kept a variant's bundle."""
+    name = row["variant"]
+    if name in ("fp16", "int8"):
+        return work / f"tp_{row['size']}"
+    return work / f"tp_{row['size']}_{name.split(': ')[1].split()[0]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,33 +206,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="re-export the bundles")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "accuracy.json"))
     parser.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README whose table block is replaced")
+    parser.add_argument("--rejudge", action="store_true",
+                        help="re-judge the crop metrics of --json (read back from each variant's quantize report) "
+                             "with the current tolerance table and re-render; measures nothing")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"{DATA} is absent: the trained weights and the COCO/MPII photos are needed", file=sys.stderr)
         return 2
     import os
 
-    from hrdeploy.io import write_json, write_text
+    from hrdeploy.io import write_json
 
-    start = time.time()
-    work = Path(args.workdir)
-    folders = calibration_folders(work)
-    rows = [row for size in args.sizes for row in measure_size(size, work, folders, args)]
-    result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python benchmarks/bench_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "minutes": (time.time() - start) / 60, "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
-        "threads": args.threads, "iterations": args.iterations, "people": rows[0]["people"], "rows": rows,
-    }
+    if args.rejudge:
+        result = json.loads(Path(args.json).read_text())
+        for row in result["rows"]:
+            if row.get("crop_oks") is not None:
+                bundle = Path(row["bundle"]) if row.get("bundle") else _variant_bundle(Path(args.workdir), row)
+                val = json.loads((bundle / f"quantize.{row['precision']}.json").read_text())["validation"]
+                row.update(crop_oks=val["agreement"]["oks"], crop_pck=val["agreement"]["pck@0.05"],
+                           crop_cosine=val["tensor"]["cosine"])
+                row["quantize_gate"] = crop_gate(row)
+        result["rejudged"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    else:
+        start = time.time()
+        work = Path(args.workdir)
+        folders = calibration_folders(work)
+        rows = [row for size in args.sizes for row in measure_size(size, work, folders, args)]
+        result = {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "python benchmarks/bench_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "minutes": (time.time() - start) / 60, "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
+            "threads": args.threads, "iterations": args.iterations, "people": rows[0]["people"], "rows": rows,
+        }
     write_json(args.json, result)
     md = to_markdown(result)
-    results = Path(args.results_md)
-    text = results.read_text() if results.is_file() else ""
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + md + text[text.index(END) + len(END) + 1:]
-    else:
-        text = text.rstrip() + "\n\n" + md
-    write_text(results, text)
+    replace_block(Path(args.results_md), md)
+    readme = "\n".join([BEGIN, f"Measured {result['date']} by `{result['command']}` (details: "
+                         "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)); onnxruntime CPU, 12 annotated COCO people.",
+                         "", *table(result), END]) + "\n"
+    replace_block(Path(args.readme), readme)
     print(md)
     return 0
 

@@ -29,7 +29,8 @@ def _one_line_error(result, *needles: str) -> None:
 
 
 def test_infer_bundle_writes_png_and_json(cli_runner, lite18_bundle, photos, tmp_path) -> None:
-    from hrdeploy.pose.preprocess import preprocess, read_image
+    from hrdeploy.images import read_image
+    from hrdeploy.pose.preprocess import preprocess
     from hrdeploy.runtime.onnxruntime import OrtRunner
 
     astronaut = photos[0]

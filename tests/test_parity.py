@@ -108,3 +108,24 @@ def test_parse_tolerances_overrides_one_or_all_precisions() -> None:
 def test_parse_tolerances_rejects_bad_specs(spec: str) -> None:
     with pytest.raises(UserError, match="--tolerance"):
         parse_tolerances([spec])
+
+
+def test_calibration_boxes_from_mpii_and_coco_annotations(shared_data) -> None:
+    import json
+
+    from hrdeploy.parity.crops import boxes_from_annotations, candidate_boxes
+
+    mpii = json.loads((shared_data / "mpii" / "test_mpii.json").read_text())
+    boxes = boxes_from_annotations(shared_data / "mpii" / "test_mpii.json", shared_data / "mpii", (256, 192))
+    assert [b.file.name for b in boxes] == [r["image"] for r in mpii]
+    for b, r in zip(boxes, mpii, strict=True):
+        x, y, w, h = b.box
+        assert h == pytest.approx(r["scale"] * 200) and w == pytest.approx(h * 0.75)
+        assert (x + w / 2, y + h / 2) == pytest.approx(tuple(r["center"]))
+    coco = boxes_from_annotations(shared_data / "coco" / "test_coco.json", shared_data / "coco", (256, 192))
+    assert len(coco) == 12  # the annotated people with keypoints
+    # the person search starts from the centred crop and tiles the photo with smaller windows
+    cands = candidate_boxes((480, 640), (256, 192))
+    assert len(cands) > 10 and cands[0][2] / cands[0][3] == pytest.approx(0.75)
+    # every padded window (x1.25 around the box) lies inside the photo
+    assert all(x - 0.125 * w >= -1e-6 and x + 1.125 * w <= 640 + 1e-6 for x, _, w, _ in cands[1:])

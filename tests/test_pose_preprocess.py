@@ -7,13 +7,12 @@ import pytest
 import torch
 
 from hrdeploy.errors import UserError
+from hrdeploy.images import image_files, read_image
 from hrdeploy.pose.preprocess import (
     apply_transform,
     crop_transform,
-    image_files,
     invert_transform,
     preprocess,
-    read_image,
     warp_affine,
 )
 

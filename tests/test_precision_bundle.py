@@ -49,7 +49,8 @@ def eager_ref(lite18_bundle: Path, photos: Path) -> tuple[np.ndarray, np.ndarray
     """Independent reference: the first photos preprocessed here, and the eager fp32 model rebuilt from the
     manifest on them (computed once: eager Lite-HRNet is the slow part on a busy CPU)."""
     from hrdeploy.bundle import Bundle
-    from hrdeploy.pose.preprocess import image_files, preprocess, read_image
+    from hrdeploy.images import image_files, read_image
+    from hrdeploy.pose.preprocess import preprocess
     from hrdeploy.runtime.eager import EagerRunner
 
     b = Bundle.open(lite18_bundle)
@@ -71,13 +72,14 @@ def test_int8_ort_quantizes_most_convs_and_reports_parity(bundle: Path, photos: 
     from hrdeploy.precision.int8 import qdq_summary
 
     fp32_hash = hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
-    # --min-cosine 1.0 cannot be met by an int8 graph: exercises the "converted but out of tolerance" exit 1
+    # bounds above 1 cannot be met: exercises the "converted but out of tolerance" exit 1 whatever the gate's mode
     result = cli_runner.invoke(cli, [
         "quantize", str(bundle), "--precision", "int8", "--calib-dir", str(photos), "--calib-samples", "4",
-        "--val-samples", str(VAL_IMAGES), "--backend", "ort", "--exclude", "*spatial_weighting*", "--min-cosine", "1.0",
+        "--val-samples", str(VAL_IMAGES), "--backend", "ort", "--exclude", "*spatial_weighting*",
+        "--tolerance", "int8.min_cosine=1.5,int8.min_oks=1.5",
     ])
     assert result.exit_code == 1, result.output
-    assert "FAIL heatmaps: cosine" in result.output
+    assert "FAIL" in result.output and "needs >= 1.5" in result.output
     assert hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest() == fp32_hash
 
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -99,12 +101,11 @@ def test_int8_ort_quantizes_most_convs_and_reports_parity(bundle: Path, photos: 
     excluded_convs = {n for n in entry["excluded_nodes"] if n.startswith("node_") and "onv" in n}
     assert excluded_convs and excluded_convs | set(entry["auto_excluded"]) == set(entry["unquantized_convs"])
 
-    # the recorded parity is what an independent re-run measures
-    x, ref = eager_ref
-    out = _variant(bundle, "model.int8.onnx", x)
+    # seeded weights: calibration and validation run on person crops of the photos (one per photo)
     val = entry["validation"]
-    assert val["passed"] is False and val["images"] == VAL_IMAGES
-    assert val["cosine"] == pytest.approx(_cosine(ref, out), abs=1e-6)
+    assert val["passed"] is False and val["inputs"] == VAL_IMAGES
+    assert "person crops found by the fp32 model" in entry["calibration"]["source"]
+    assert val["mode"] == "tensor" and val["failures"]  # seeded keypoints are noise: the heatmaps are judged
     parity = json.loads((bundle / "parity.json").read_text())
     assert set(parity) == {"export", "int8"} and parity["int8"]["passed"] is False
     assert manifest["parity"]["int8"] == {"passed": False, "file": "parity.json"}
@@ -139,10 +140,8 @@ def test_fp16_keeps_fp32_io_and_matches_eager(bundle: Path, photos: Path, eager_
     assert entry["kept_fp32_by_op"]["ReduceMean"] == sum(n.op_type == "ReduceMean" for n in model.graph.node)
     assert entry["kept_fp32_count"] == sum(entry["kept_fp32_by_op"].values())
     x, ref = eager_ref
-    cosine = _cosine(ref, _variant(bundle, "model.fp16.onnx", x))
-    assert cosine > 0.999
-    assert entry["validation"]["cosine"] == pytest.approx(cosine, abs=1e-6)
-    assert entry["validation"]["passed"] is True
+    assert _cosine(ref, _variant(bundle, "model.fp16.onnx", x)) > 0.999  # independent check on whole photos
+    assert entry["validation"]["passed"] is True and entry["validation"]["cosine"] > 0.999
 
 
 def _fails_cleanly(cli_runner, bundle: Path, args: list[str], match: str) -> None:
@@ -177,7 +176,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_bundle(bundle: Path, photos
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     _fails_cleanly(cli_runner, bundle, [], "int8 needs calibration images")
     (bundle / "model.onnx").unlink()
-    _fails_cleanly(cli_runner, bundle, ["--precision", "fp16"], "no 'onnx' artifact")
+    _fails_cleanly(cli_runner, bundle, ["--precision", "fp16"], "its file model.onnx is missing")
 
 
 def test_modelopt_backend_without_modelopt_is_a_user_error(bundle: Path, photos: Path, cli_runner) -> None:
@@ -191,4 +190,4 @@ def test_modelopt_backend_without_modelopt_is_a_user_error(bundle: Path, photos:
 
 def test_not_a_bundle(tmp_path: Path, cli_runner) -> None:
     result = cli_runner.invoke(cli, ["quantize", str(tmp_path / "nope"), "--precision", "fp16"])
-    assert result.exit_code == 2 and "is not a bundle directory" in result.output
+    assert result.exit_code == 2 and "does not exist" in result.output

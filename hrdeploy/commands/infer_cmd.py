@@ -235,7 +235,7 @@ def infer_cmd(
     from hrdeploy.pose.pipeline import keypoint_distance, predict
     from hrdeploy.pose.preprocess import check_box
 
-    check_writable(Path(out_dir) / "x.png", "--out")
+    check_writable(Path(out_dir), "--out")
     images, bundles = _split_paths(paths)
     if not images:
         raise UserError("no images given; pass image files or folders before the model")

@@ -10,8 +10,9 @@ import click
 @click.option("--precision", help="fp16 (mixed precision, fp32 I/O) or int8 (Q/DQ) [default: the bundle's preset].")
 @click.option("--calib-dir", type=click.Path(), help="Folder of calibration photos of people (needed for int8). "
               "Top-down models calibrate on person crops: the boxes of --calib-ann, or else one crop per photo "
-              "where the eager model finds a person (its confident keypoints' box; the centred crop at the "
-              "model's aspect ratio when it finds none). Never the images you evaluate on.")
+              "where the fp32 model finds a person (it scores the whole photo and smaller windows of it, takes the "
+              "box of the best window's confident keypoints, and keeps the best window when it finds none). "
+              "Never the images you evaluate on.")
 @click.option("--calib-ann", type=click.Path(), help="Person boxes of the --calib-dir photos: a COCO keypoint "
               "json (bbox) or an MPII json (list of {image, center, scale}; box height = scale x 200 px).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=32, show_default=True,
@@ -20,7 +21,8 @@ import click
                                "[default: percentile (ort), entropy (modelopt)].")
 @click.option("--backend", default="auto", show_default=True,
               help="modelopt (NVIDIA ModelOpt) | ort (onnxruntime / onnxconverter-common) | "
-                   "auto (modelopt if installed).")
+                   "auto (int8: ort, whose INT8 keeps COCO AP on the trained network; fp16: modelopt AutoCast "
+                   "if installed, else ort).")
 @click.option("--exclude", "exclude", multiple=True, metavar="PATTERN",
               help="Keep matching nodes in fp32: glob over node names, op types or module paths "
                    "(e.g. '*spatial_weighting*'). Repeatable.")
@@ -50,7 +52,8 @@ def quantize_cmd(
     exported with (`hrdeploy export --config`), when it has one.
 
     The gate (hrdeploy.parity, the same table as export, validate and eval): with --ann/--images the COCO
-    keypoint AP drop against eager fp32; without, keypoint agreement (OKS, PCK) with eager on person crops.
+    keypoint AP drop against eager fp32; without, keypoint agreement (OKS, PCK) with eager and the heatmaps'
+    cosine on person crops.
 
     Exit status 0 when the variant is within tolerance, 1 when it drifts beyond it (the file is kept and
     recorded as failed), 2 on bad input (the bundle is left unchanged).

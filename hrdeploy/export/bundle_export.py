@@ -82,7 +82,7 @@ def check_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
             )
         if not force:
             raise UserError(f"bundle {out_dir} already exists; pass --force to replace it or choose another -o")
-    check_writable(out.parent / ".probe", "-o")
+    check_writable(out, "-o")
     return out
 
 

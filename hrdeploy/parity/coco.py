@@ -142,7 +142,7 @@ class ImageCache:
 
     def __call__(self, path: Path) -> np.ndarray:
         if path not in self._images:
-            from hrdeploy.pose.preprocess import read_image
+            from hrdeploy.images import read_image
 
             self._images[path] = read_image(path)
         return self._images[path]

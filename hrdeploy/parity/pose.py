@@ -1,8 +1,9 @@
 """Judge a top-down pose artifact against the eager fp32 model on person crops (the one verdict of every stage).
 
 With annotations (`CocoKeypoints`), the gate is the COCO keypoint AP drop on the annotated people; without,
-it is keypoint agreement with eager on the crops (OKS, PCK). Tensor statistics and heatmap-peak agreement of
-the same crops are reported alongside, ungated (a quantized heatmap can differ in value yet peak in place).
+it is keypoint agreement with eager on the crops (OKS, PCK) and the cosine of the crops' heatmaps, or, when
+eager finds no person on them (seeded weights, photos without people), the heatmaps' cosine alone. The other
+tensor statistics and the heatmap-peak agreement of the same crops are reported alongside, ungated.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from hrdeploy.errors import UserError
 from hrdeploy.parity.coco import CocoKeypoints, CropSet, RunFn, results_from_keypoints
 from hrdeploy.parity.compare import argmax_agreement, bounds_for, judge, keypoint_agreement, tensor_stats
 from hrdeploy.parity.tolerances import Tolerance
@@ -41,9 +41,12 @@ class Reference:
 
 
 def check_pose(
-    ref: Reference, run: RunFn, tol: Tolerance, batch: int = 8, *, fixed_batch: bool = False
+    ref: Reference, run: RunFn, tol: Tolerance, batch: int = 8, *, fixed_batch: bool = False, trained: bool = True,
 ) -> dict[str, Any]:
-    """Run `run` on the reference's crops and judge it; returns metrics, the gated subset and the verdict."""
+    """Run `run` on the reference's crops and judge it; returns metrics, the gated subset and the verdict.
+
+    trained=False (seeded weights): keypoints are noise, so without annotations the heatmaps' cosine is gated.
+    """
     kp, hm, seconds = ref.crops.keypoints(run, batch, fixed_batch=fixed_batch, flip_index=ref.flip_index,
                                           post_process=ref.post_process)
     tensor = tensor_stats(ref.heatmaps, hm)
@@ -57,13 +60,13 @@ def check_pose(
         stats = ref.coco.score(results_from_keypoints(ref.crops.boxes, kp, ref.coco.category_id))
         out.update(mode="coco-ap", reference_stats=ref.stats, stats=stats)
         gated["ap_drop"] = 100.0 * (ref.stats["AP"] - stats["AP"])
-    else:
-        if not agreement["keypoints"]:
-            raise UserError(f"the eager model is sure of no keypoint on the {len(ref.crops)} validation crop(s), so "
-                            "there is nothing to compare; validate on photos of people (--val-dir / --images) or on "
-                            "annotated people (--ann/--images)")
+    elif agreement["keypoints"] and trained:
         out["mode"] = "crop-agreement"
         gated.update(oks=agreement["oks"], **{k: v for k, v in agreement.items() if k.startswith("pck@")})
+        gated["cosine"] = tensor["cosine"]  # of the person crops' heatmaps: catches what a few people's keypoints miss
+    else:  # no person on these crops (seeded weights, photos without people): heatmap tensors
+        out["mode"] = "tensor"
+        gated["cosine"] = tensor["cosine"]
     failures = judge(gated, tol)
     out.update(gated=gated, tolerance=bounds_for(tol, gated), failures=failures, passed=not failures)
     return out

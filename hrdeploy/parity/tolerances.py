@@ -3,14 +3,14 @@
 Export, quantize, validate and eval judge an artifact with `hrdeploy.parity.compare.judge` against
 `TOLERANCES[precision]`, so an artifact gets the same verdict wherever it is checked. Bounds:
 
-- `max_rel`, `min_cosine`: tensor statistics of the raw outputs: fp32 artifacts (a converted graph must compute
-  the same function), and fp16/int8 artifacts of models without keypoints (segmentation, necks); pose artifacts
-  in fp16/int8 are judged by the keypoints they predict, not by heatmap values. A row over `max_rel` still
-  passes within FLOOR_FACTOR x the reference's own fp32 rounding error (`fp32_floor_rel`, see below).
+- `max_rel`, `min_cosine`: tensor statistics of raw outputs: of fp32 artifacts (a converted graph must compute
+  the same function; a row over `max_rel` still passes within FLOOR_FACTOR x the reference's own fp32 rounding
+  error, `fp32_floor_rel`), of fp16/int8 heatmaps on person crops (beside keypoint agreement), and of the
+  outputs of models without keypoints.
 - `max_ap_drop`: COCO keypoint AP points (0-100) below eager fp32 on annotated people (pycocotools).
-- `min_oks`, `min_pck`: keypoint agreement with eager fp32 on person crops when there are no annotations:
-  the mean OKS of the artifact's decoded keypoints taking eager's as ground truth (eager-confident joints
-  only), and the % of those joints within 0.05 x the crop's longer side.
+- `min_oks`, `min_pck`: keypoint agreement with eager fp32 on person crops when there are no annotations: the
+  mean OKS of the artifact's decoded keypoints taking eager's as ground truth (eager-confident joints of
+  people only), and the % of those joints within 0.05 x the person box's longer side.
 
 Syntax of overrides (`--tolerance`, repeatable, comma separated): `min_oks=0.97` (every precision) or
 `int8.max_ap_drop=3`.
@@ -54,16 +54,18 @@ class Tolerance:
 
 # Crop-agreement bounds come from the trained PP-TinyPose network (wider_naive_lite_hrnet_18), measured by
 # `python benchmarks/bench_accuracy.py` (benchmarks/RESULTS.md) on the person crops found in the 5 MPII photos +
-# 6 scikit-image photos (7 crops hold a person). At 128x96: fp16 OKS 0.998 / PCK 100; the onnxruntime INT8
-# OKS 0.971 / PCK 96.4; INT8 calibrated on one tiny random image (COCO AP -30 points) OKS 0.907 / PCK 88.0.
-# The int8 bars sit between the good and the broken INT8 with ~0.03 OKS / ~4 PCK points of margin each side.
-# (INT8 with every depthwise conv quantized, -8.5 AP at 128x96, agrees on these crops as well as the good one,
-# OKS 0.960: only the AP gate with annotations catches it.)
+# 6 scikit-image photos (7 crops hold a person at 128x96, 11 at 256x192). fp16: OKS 0.998 / PCK 100 / heatmap
+# cosine 0.99999. Good onnxruntime INT8 (COCO AP +0.9 at 128x96): OKS 0.976 / PCK 97.6 / cosine 0.960; at
+# 256x192 0.990 / 100 / 0.988. Broken INT8 at 128x96: calibrated on one tiny random image (AP -9.3) OKS 0.977
+# / PCK 98.8 / cosine 0.926; every depthwise conv int8 (AP -3.8) 0.957 / 91.6 / 0.896. The keypoints of these
+# few people cannot tell the tiny-calibrated INT8 from the good one, the heatmaps can: the int8 cosine bar
+# 0.945 sits between 0.960 and 0.926, OKS 0.94 and PCK 92 below the good INT8 with margin. For models without
+# keypoints min_cosine is the only bound (not measured on a trained network).
 # AP bars: fp16 0.5 and int8 2 AP points (MMDeploy's regression gate is +-2 AP for int8).
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_rel=1e-4, min_cosine=0.99999, max_ap_drop=0.1, min_oks=0.999, min_pck=99.0),
     "fp16": Tolerance(min_cosine=0.999, max_ap_drop=0.5, min_oks=0.99, min_pck=98.0),
-    "int8": Tolerance(min_cosine=0.98, max_ap_drop=2.0, min_oks=0.94, min_pck=92.0),
+    "int8": Tolerance(min_cosine=0.945, max_ap_drop=2.0, min_oks=0.94, min_pck=92.0),
 }
 
 

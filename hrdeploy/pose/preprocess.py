@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from hrdeploy.errors import UserError
-from hrdeploy.images import IMAGE_SUFFIXES, image_files, read_image  # noqa: F401 - re-exported for the stages
 
 
 def box_to_center_scale(

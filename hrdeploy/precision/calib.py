@@ -1,6 +1,6 @@
 """Calibration and validation images, preprocessed exactly as at deployment.
 
-Each image is read (hrdeploy.pose.preprocess.read_image), letterboxed whole into the bundle's input size
+Each image is read (hrdeploy.images.read_image), letterboxed whole into the bundle's input size
 and normalised with the bundle's mean/std (hrdeploy.pose.preprocess.preprocess with box=None), in file-name
 order, so that calibration sees the same tensors the deployed engine will.
 """
@@ -45,7 +45,8 @@ def load_images(folder: str | os.PathLike, manifest: dict[str, Any], samples: in
 
     UserError for a missing folder, a folder without images, an unreadable image, or samples < 1.
     """
-    from hrdeploy.pose.preprocess import image_files, preprocess, read_image
+    from hrdeploy.images import image_files, read_image
+    from hrdeploy.pose.preprocess import preprocess
 
     if samples is not None and samples < 1:
         raise UserError(f"--calib-samples must be at least 1, got {samples}")

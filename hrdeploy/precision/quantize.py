@@ -23,7 +23,7 @@ import onnx
 from hrdeploy.bundle import Bundle
 from hrdeploy.errors import UserError, missing_dependency
 from hrdeploy.io import atomic_path, write_json, write_text
-from hrdeploy.parity.coco import CocoKeypoints, CropSet
+from hrdeploy.parity.coco import CocoKeypoints, CropSet, ImageCache
 from hrdeploy.parity.compare import bounds_for, judge, tensor_stats
 from hrdeploy.parity.pose import Reference, check_pose
 from hrdeploy.parity.tolerances import TOLERANCES, Tolerance
@@ -56,15 +56,17 @@ def modelopt_available() -> bool:
         return False
 
 
-def resolve_backend(backend: str) -> str:
-    """'auto' -> 'modelopt' when installed, else 'ort'; 'modelopt' without it is a UserError."""
+def resolve_backend(backend: str, precision: str = "int8") -> str:
+    """'auto' -> 'ort' for int8 (the backend whose INT8 keeps COCO AP on the trained network, see
+    benchmarks/RESULTS.md), and for fp16 'modelopt' (AutoCast) when installed, else 'ort'; 'modelopt'
+    without it is a UserError."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "modelopt" and not modelopt_available():
         err = missing_dependency("nvidia-modelopt[onnx]", extra="int8", purpose="--backend modelopt")
         raise UserError(f"{err}, or use --backend ort") from None
     if backend == "auto":
-        return "modelopt" if modelopt_available() else "ort"
+        return "modelopt" if precision == "fp16" and modelopt_available() else "ort"
     return backend
 
 
@@ -95,11 +97,11 @@ def _eager_heatmaps(b: Bundle, threads: int | None) -> Callable[[np.ndarray], np
 
 def _crop_set(
     b: Bundle, folder: str | os.PathLike, samples: int | None, ann: str | os.PathLike | None,
-    finder: Callable[[np.ndarray], np.ndarray], what: str,
+    finder: Callable[[np.ndarray], np.ndarray], what: str, photos: ImageCache | None = None,
 ) -> tuple[CropSet, ImageSet]:
     """Person crops of the photos in `folder`: boxes from `ann`, else where `finder` (fp32) finds people."""
+    from hrdeploy.images import image_files
     from hrdeploy.parity.crops import boxes_from_annotations, find_people
-    from hrdeploy.pose.preprocess import image_files
 
     if samples is not None and samples < 1:
         raise UserError(f"--{what}-samples must be at least 1, got {samples}")
@@ -109,9 +111,9 @@ def _crop_set(
         available, how = len(boxes), f"person boxes of {Path(ann).name}"
     else:
         files = image_files(folder)
-        boxes = find_people(files[:samples], finder, hw, mean, std)
+        boxes = find_people(files[:samples], finder, hw, mean, std, photos)
         available, how = len(files), "person crops found by the fp32 model"
-    crops = CropSet.build(boxes, hw, mean, std)
+    crops = CropSet.build(boxes, hw, mean, std, photos)
     names = [f"{p.file.name}@{','.join(f'{v:.0f}' for v in p.box)}" for p in boxes]
     return crops, ImageSet(crops.x, names, f"{folder} ({how})", available)
 
@@ -120,7 +122,7 @@ def _check_disjoint(calib_dir: str | os.PathLike, coco: CocoKeypoints | None) ->
     """Calibration photos must not be evaluation images (UserError naming the first shared one)."""
     if coco is None:
         return
-    from hrdeploy.pose.preprocess import image_files
+    from hrdeploy.images import image_files
 
     evaluated = {Path(coco.file(i)).resolve() for i in coco.image_ids()}
     shared = sorted(p.name for p in image_files(calib_dir) if p.resolve() in evaluated)
@@ -140,7 +142,8 @@ def _validate(
 
         if val_crops is not None:
             ref = Reference.compute(eager, val_crops, coco, batch or CALIB_BATCH)
-            result = check_pose(ref, run, tol, batch or CALIB_BATCH, fixed_batch=batch is not None)
+            result = check_pose(ref, run, tol, batch or CALIB_BATCH, fixed_batch=batch is not None,
+                                trained=b.model.checkpoint is not None)
             result.pop("keypoints")
             return result
         # not a top-down pose model: tensor statistics of every output on the (whole) images
@@ -206,7 +209,7 @@ def quantize_bundle(
         raise UserError("--calib-ann needs --calib-dir, the folder of the images it annotates")
     b = Bundle.open(bundle)
     src = b.artifact("onnx").path
-    used_backend = resolve_backend(backend)
+    used_backend = resolve_backend(backend, precision)
     method = method or DEFAULT_METHOD[used_backend]
     if used_backend == "modelopt" and precision == "int8" and method == "percentile":
         raise UserError("ModelOpt calibrates with entropy or max, not percentile; use --method entropy|max "
@@ -231,8 +234,14 @@ def quantize_bundle(
 
     def finder(x: np.ndarray) -> np.ndarray:
         return fp32.run(x)[b.output_names[0]]
+
     coco = CocoKeypoints(ann, images) if ann is not None else None
+    photos = ImageCache()
     if calib_dir is not None:
+        from hrdeploy.images import image_files
+
+        for path in image_files(calib_dir)[:calib_samples]:  # unreadable photos: a UserError before any work
+            photos(path)
         _check_disjoint(calib_dir, coco)
 
     manifest = b.manifest
@@ -243,7 +252,7 @@ def quantize_bundle(
             calib = None
         elif topdown:
             say(f"{precision}: finding people in {calib_dir}" if calib_ann is None else f"{precision}: cropping")
-            calib_crops, calib = _crop_set(b, calib_dir, calib_samples, calib_ann, finder, "calib")
+            calib_crops, calib = _crop_set(b, calib_dir, calib_samples, calib_ann, finder, "calib", photos)
         else:
             calib = load_images(calib_dir, manifest, calib_samples)
         val_crops: CropSet | None = None

@@ -37,7 +37,8 @@ def photo_inputs(
     manifest: dict[str, Any], images: str | os.PathLike | None = None, limit: int | None = None
 ) -> list[ValidationInput]:
     """Preprocessed photos from `images` (a folder) or scikit-image's samples, at the manifest's size."""
-    from hrdeploy.pose.preprocess import image_files, preprocess, read_image
+    from hrdeploy.images import image_files, read_image
+    from hrdeploy.pose.preprocess import preprocess
 
     inp = manifest["input"]
     size = (int(inp["height"]), int(inp["width"]))

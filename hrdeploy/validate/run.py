@@ -217,10 +217,10 @@ def _localize_target(
 
 def pose_reference(b: Bundle, eager: Any, ann: str | os.PathLike | None, images: str | os.PathLike | None) -> Any:
     """Eager fp32 on person crops: the annotated people of `ann`, else the people it finds in the photos."""
+    from hrdeploy.images import image_files
     from hrdeploy.parity.coco import CocoKeypoints, CropSet
     from hrdeploy.parity.crops import find_people
     from hrdeploy.parity.pose import Reference
-    from hrdeploy.pose.preprocess import image_files
 
     def run(x: np.ndarray) -> np.ndarray:
         return eager.run(x)[b.output_names[0]]
@@ -418,7 +418,7 @@ def _validate_bundle(
             lo_hi = (1, 1024) if t.backend == "eager" else b.artifacts[t.key].batch_range
             n = lo_hi[0] if lo_hi[0] == lo_hi[1] else min(max(batch or 8, lo_hi[0]), lo_hi[1])
             pose = check_pose(pose_ref, lambda x, r=runner: r.run(x)[output_names[0]], tolerance, n,
-                              fixed_batch=lo_hi[0] == lo_hi[1])
+                              fixed_batch=lo_hi[0] == lo_hi[1], trained=b.model.checkpoint is not None)
             pose.pop("keypoints")
             row["pose"] = {k: pose[k] for k in ("mode", "people", "gated", "tolerance", "agreement", "failures")}
             if "stats" in pose:
