@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -33,7 +34,10 @@ VARIANTS = {
     "int8": ("int8", {}, "calib"),
     "int8 broken: depthwise int8": ("int8", {"auto_exclude": False}, "calib"),
     "int8 broken: tiny calibration": ("int8", {}, "tiny"),
+    # run in .venv-modelopt (`make test-modelopt` sets it up): --variants "int8: ModelOpt" --append
+    "int8: ModelOpt": ("int8", {"backend": "modelopt", "method": "entropy"}, "calib"),
 }
+DEFAULT_VARIANTS = [v for v in VARIANTS if "ModelOpt" not in v]
 # every variant's crop gate runs on the same crops: the people found in the calibration photos
 
 
@@ -73,23 +77,27 @@ def measure_size(size_text: str, work: Path, folders: dict[str, Path], args: arg
         export_bundle(MODEL, base, input_size=size, dynamic_batch=True, force=True,
                       checkpoint=str(DATA / "weights" / WEIGHTS[size_text]))
     quantized: dict[str, tuple[Path, str, float, dict]] = {}
-    for name, (precision, kw, folder) in VARIANTS.items():
+    for name in args.variants:
+        precision, kw, folder = VARIANTS[name]
         bundle = base if name in ("fp16", "int8") else work / f"tp_{size_text}_{name.split(': ')[1].split()[0]}"
         if bundle != base:
             shutil.rmtree(bundle, ignore_errors=True)
             shutil.copytree(base, bundle, ignore=shutil.ignore_patterns("model.fp16.onnx", "model.int8.onnx",
                                                                        ".hrdeploy.lock"))
         t0 = time.perf_counter()
-        quantize_bundle(bundle, precision, calib_dir=folders[folder], backend="ort", sensitivity=False,
-                        threads=args.threads, val_dir=folders["calib"], **kw)
+        quantize_bundle(bundle, precision, calib_dir=folders[folder], sensitivity=False, threads=args.threads,
+                        val_dir=folders["calib"], **{"backend": "ort", **kw})
         seconds = time.perf_counter() - t0
         val = json.loads((bundle / f"quantize.{precision}.json").read_text())["validation"]
         quantized[name] = (bundle, precision, seconds, val)
         print(f"{size_text} {name}: quantize gate {'PASS' if val['passed'] else 'FAIL'} {val['gated']}", flush=True)
 
     ann, images = DATA / "coco" / "test_coco.json", DATA / "coco"
-    report = evaluate_bundle(base, ann, images, all_artifacts=True, threads=args.threads)
-    reports = {"": report}
+    reports = {}
+    if {"fp16", "int8"} & set(args.variants):
+        reports[""] = evaluate_bundle(base, ann, images, artifacts=["onnx", *[v for v in ("int8", "fp16")
+                                                                          if v in args.variants]],
+                                      threads=args.threads)
     for name, (bundle, precision, _, _) in quantized.items():
         if bundle != base:
             reports[name] = evaluate_bundle(bundle, ann, images, artifacts=[precision], threads=args.threads)
@@ -180,8 +188,11 @@ def to_markdown(result: dict) -> str:
         "`quantize gate` is that verdict, `eval gate` the AP-drop verdict). Latency: onnxruntime CPU, "
         f"{result['threads']} thread(s), p50 of {result['iterations']} calls at batch 1 and "
         f"{max(3, result['iterations'] // 3)} at batch 8. The two `broken` rows are deliberately bad int8 builds "
-        "that the gates must reject. ModelOpt INT8 is not measured here (nvidia-modelopt is not installed in this "
-        "environment).",
+        "that the gates must reject. `int8: ModelOpt` rows (NVIDIA ModelOpt, entropy calibration, the same crops and "
+        "the same wide-range depthwise exclusion) were added by "
+        + ("; ".join(f"`{a}`" for a in result["appended"]) if result.get("appended") else "nobody (not measured)")
+        + " in `.venv-modelopt` (onnxruntime-gpu's CPU provider there; the latency of those rows was measured in "
+        "that environment at another time and machine load, so do not compare it with the other rows).",
         "",
     ]
     lines += table(result)
@@ -207,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "accuracy.json"))
     parser.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README whose table block is replaced")
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    parser.add_argument("--append", action="store_true",
+                        help="merge the measured rows into --json (replacing rows of the same input and model)")
     parser.add_argument("--rejudge", action="store_true",
                         help="re-judge the crop metrics of --json (read back from each variant's quantize report) "
                              "with the current tolerance table and re-render; measures nothing")
@@ -218,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hrdeploy.io import write_json
 
+    command = "python benchmarks/bench_accuracy.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     if args.rejudge:
         result = json.loads(Path(args.json).read_text())
         for row in result["rows"]:
@@ -233,12 +248,20 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.workdir)
         folders = calibration_folders(work)
         rows = [row for size in args.sizes for row in measure_size(size, work, folders, args)]
-        result = {
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python benchmarks/bench_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "minutes": (time.time() - start) / 60, "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
-            "threads": args.threads, "iterations": args.iterations, "people": rows[0]["people"], "rows": rows,
-        }
+        if args.append:
+            result = json.loads(Path(args.json).read_text())
+            new = {(r["size"], r["variant"]): r for r in rows}
+            kept = [new.pop((r["size"], r["variant"]), r) for r in result["rows"]]
+            result["rows"] = sorted(kept + list(new.values()), key=lambda r: r["size"] != "128x96")
+            when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            result.setdefault("appended", []).append(f"{command} ({when})")
+        else:
+            result = {
+                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "command": command,
+                "minutes": (time.time() - start) / 60, "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
+                "threads": args.threads, "iterations": args.iterations, "people": rows[0]["people"], "rows": rows,
+            }
     write_json(args.json, result)
     md = to_markdown(result)
     replace_block(Path(args.results_md), md)

@@ -35,8 +35,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['people']} annotated people of `{Path(report['annotations']).name}`, boxes: {report['boxes']}, "
         f"flip test {'on' if report['flip_test'] else 'off'}, decoding {report['post_process']}; scored by "
-        f"{report['scorer']}. dAP is AP points against eager fp32; crops/s is onnxruntime CPU throughput at the "
-        "batch shown. Result: " + ("**PASS**" if report["passed"] else "**FAIL**") + ".",
+        f"{report['scorer']}. dAP is AP points against eager fp32; crops/s is each runner's throughput (eager "
+        "PyTorch, onnxruntime CPU or TensorRT) at the batch shown. Result: "
+        + ("**PASS**" if report["passed"] else "**FAIL**") + ".",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
