@@ -1,0 +1,139 @@
+"""Serve one artifact on a real Triton Inference Server through NVIDIA PyTriton.
+
+PyTriton starts `tritonserver` (HTTP, gRPC, Prometheus metrics, health endpoints, Triton's dynamic batcher)
+with a Python-backend model that hands each batch to hrdeploy's runner in this process: onnxruntime for ONNX
+artifacts, TensorRT for engines. One runner per model instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hrdeploy.errors import UserError, missing_dependency
+from hrdeploy.serve.batching import Batching
+from hrdeploy.serve.spec import ServeSpec
+
+EXIT_TIMEOUT_S = 5  # how long tritonserver waits for in-flight requests and open connections when stopping
+_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 0}
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"grpc://{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+def make_infer_func(spec: ServeSpec, batching: Batching, threads: int | None) -> Callable:
+    """A PyTriton inference callable backed by a new runner for `spec`."""
+    from pytriton.decorators import batch
+
+    from hrdeploy.runtime.factory import open_runner
+
+    runner = open_runner(spec.path, threads=threads)
+    in_name = spec.input.name
+
+    if batching.max_batch_size > 0:
+        @batch
+        def infer(**inputs):  # noqa: ANN003, ANN202 - PyTriton passes one stacked array per input name
+            return runner.run(inputs[in_name])
+
+        return infer
+
+    def infer_static(requests):  # noqa: ANN001, ANN202 - list of pytriton Request, each a whole fixed-shape tensor
+        return [runner.run(r[in_name]) for r in requests]
+
+    return infer_static
+
+
+def serve(
+    spec: ServeSpec,
+    name: str,
+    batching: Batching,
+    endpoints: Endpoints,
+    *,
+    instances: int = 1,
+    threads: int | None = None,
+    log_file: Path | None = None,
+    on_ready: Callable[[Endpoints], None] = lambda e: None,
+) -> int:
+    """Serve until SIGINT (returns 130) or SIGTERM (returns 0); tritonserver is always stopped.
+
+    A UserError when PyTriton is missing or tritonserver dies while serving.
+    """
+    try:
+        import numpy as np
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+    except ImportError as err:
+        raise missing_dependency("nvidia-pytriton", "serve", "hrdeploy serve") from err
+    if instances < 1:
+        raise UserError(f"--instances {instances}: give 1 or more")
+    logging.getLogger("pytriton").setLevel(logging.WARNING)
+
+    received: list[int] = []
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in _SIGNAL_EXIT}
+    static = batching.max_batch_size == 0
+
+    def tensor(t) -> Tensor:  # noqa: ANN001 - TensorSpec
+        shape = (spec.static_batch or 1, *t.dims) if static else t.dims
+        return Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=tuple(shape))
+
+    if static:
+        config = ModelConfig(batching=False)
+    else:
+        config = ModelConfig(max_batch_size=batching.max_batch_size, batcher=DynamicBatcher(
+            max_queue_delay_microseconds=batching.max_queue_delay_us, preferred_batch_size=list(batching.preferred)))
+    try:
+        with tempfile.TemporaryDirectory(prefix="hrdeploy-serve-") as work:
+            triton_config = TritonConfig(
+                http_address=endpoints.host, http_port=endpoints.http_port, grpc_address=endpoints.host,
+                grpc_port=endpoints.grpc_port, metrics_address=endpoints.host, metrics_port=endpoints.metrics_port,
+                allow_gpu_metrics=False, exit_timeout_secs=EXIT_TIMEOUT_S,
+                log_file=log_file or Path(work) / "tritonserver.log",
+            )
+            with Triton(config=triton_config, workspace=Path(work) / "pytriton") as triton:
+                triton.bind(
+                    model_name=name,
+                    infer_func=[make_infer_func(spec, batching, threads) for _ in range(instances)],
+                    inputs=[tensor(spec.input)],
+                    outputs=[tensor(t) for t in spec.outputs],
+                    config=config,
+                    strict=True,
+                )
+                if not stop.is_set():
+                    triton.run()
+                    on_ready(endpoints)
+                while not stop.wait(0.5):
+                    if not triton.is_alive():
+                        where = log_file or "rerun with --log-file FILE"
+                        raise UserError(f"tritonserver stopped unexpectedly; see its log ({where})")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return _SIGNAL_EXIT[received[0]]
