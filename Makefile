@@ -66,8 +66,8 @@ $(SERVE_STAMP): pyproject.toml
 	touch $(SERVE_STAMP)
 
 test-serve: setup-serve
-	$(SERVE_VENV)/bin/python -m pytest -q -rs -p no:cacheprovider -m serve $(PYTEST_ARGS)
+	$(SERVE_VENV)/bin/python -m pytest -q -rs -p no:cacheprovider -m serve tests/test_serve.py $(PYTEST_ARGS)
 
 # Serve lite_hrnet_18 (256x192) on PyTriton, load it at concurrency 1,4,16 and compare with in-process calls.
 serve-demo: setup-serve
-	$(SERVE_VENV)/bin/python benchmarks/bench_serve.py --out out/serve-demo --duration 5
+	$(SERVE_VENV)/bin/python benchmarks/bench_serve.py --out out/serve-demo --duration 5 --no-results
