@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_bundles import tiny_bundle
 
 from hrdeploy.cli import cli
 from hrdeploy.errors import UserError
 from hrdeploy.serve.batching import plan_batching, preferred_batch_sizes
 from hrdeploy.serve.loadtest import average_batch, parse_target, run_load
-from hrdeploy.serve.spec import ServeSpec, TensorSpec
+from hrdeploy.serve.spec import ServeSpec, TensorSpec, serve_spec
 from hrdeploy.serve.triton_repo import config_pbtxt
 
 SIZE = (64, 64)  # lite_hrnet_18's smallest input (a multiple of its stride 32): heatmaps 16x16
@@ -74,6 +75,52 @@ def test_static_batch_config_has_the_full_shape_and_no_batcher() -> None:
     text = config_pbtxt(spec, "m", plan_batching(spec, None, 100), 1, "gpu")
     assert "max_batch_size: 0" in text and "dynamic_batching" not in text
     assert "dims: [ 2, 3, 64, 48 ]" in text and "dims: [ 2, 17, 16, 12 ]" in text
+
+
+def test_serve_spec_reads_the_bundle(tmp_path: Path) -> None:
+    dyn = serve_spec(tiny_bundle(tmp_path / "dyn", with_fp16=True), "fp16")
+    assert (dyn.model, dyn.key, dyn.kind, dyn.precision, dyn.path.name) == ("tiny", "fp16", "onnx", "fp16",
+                                                                            "model.fp16.onnx")
+    assert dyn.input == TensorSpec("input", "float32", (3, 64, 48))  # the fp16 graph keeps float32 I/O
+    assert dyn.outputs == (TensorSpec("heatmaps", "float32", (17, 16, 12)),)
+    assert (dyn.batch_range, dyn.static_batch) == ((1, None), None)
+    static = serve_spec(tiny_bundle(tmp_path / "static", dynamic_batch=False))
+    assert (static.batch_range, static.static_batch) == (None, 1)
+
+
+def test_triton_repo_writes_config_and_model(cli_runner, tmp_path: Path) -> None:
+    bundle = tiny_bundle(tmp_path / "b", with_fp16=True)
+    repo = tmp_path / "repo"
+    result = cli_runner.invoke(cli, ["triton-repo", os.fspath(bundle), "-o", os.fspath(repo), "--artifact", "fp16",
+                                     "--max-batch", "6", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    text = (repo / "tiny_fp16" / "config.pbtxt").read_text()
+    for line in ('name: "tiny_fp16"', 'backend: "onnxruntime"', "max_batch_size: 6", "data_type: TYPE_FP32",
+                 "dims: [ 3, 64, 48 ]", "dims: [ 17, 16, 12 ]", "preferred_batch_size: [ 2, 4, 6 ]", "kind: KIND_CPU"):
+        assert line in text, line
+    assert (repo / "tiny_fp16" / "1" / "model.onnx").read_bytes() == (bundle / "model.fp16.onnx").read_bytes()
+    assert sorted(p.name for p in (repo / "tiny_fp16").rglob("*")) == ["1", "config.pbtxt", "model.onnx"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["triton-repo", "{static}", "-o", "{tmp}/r", "--max-batch", "4"], "static batch of 1, so Triton cannot batch"),
+    (["triton-repo", "{dyn}", "-o", "{tmp}/r", "--artifact", "int8"], r"has no .int8. artifact \(it has: onnx\)"),
+    (["triton-repo", "{dyn}", "-o", "{tmp}/r", "--name", "../x"], "a Triton model name is a directory name"),
+    (["triton-repo", "{dyn}", "-o", "{tmp}/r", "--instances", "0"], "--instances 0"),
+    (["triton-repo", "{dyn}", "-o", "{tmp}/r", "--max-batch", "0"], "--max-batch 0"),
+    (["triton-repo", "{tmp}/nope", "-o", "{tmp}/r"], "does not exist|not a bundle"),
+    (["serve", "{static}", "--max-batch", "4"], "static batch of 1, so Triton cannot batch"),
+    (["serve", "{dyn}", "--max-queue-delay-us", "-1"], "--max-queue-delay-us -1"),
+])
+def test_repo_and_serve_refuse_bad_input(cli_runner, tmp_path: Path, args: list[str], message: str) -> None:
+    import re
+
+    paths = {"static": tiny_bundle(tmp_path / "static", dynamic_batch=False), "dyn": tiny_bundle(tmp_path / "dyn"),
+             "tmp": tmp_path}
+    result = cli_runner.invoke(cli, [a.format(**paths) for a in args])
+    _one_line_error(result)
+    assert re.search(message, result.stderr), result.stderr
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("url", ["http://10.1.2.3:8000", "grpc://example.com:8001", "http://0.0.0.0:8000"])
@@ -191,9 +238,9 @@ def test_repo_config_parses_and_matches_the_bundle(small_bundle: Path, cli_runne
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from hrdeploy.manifest import load_manifest
+    from hrdeploy.bundle import Bundle
 
-    manifest = load_manifest(small_bundle)
+    b = Bundle.open(small_bundle)
     repo = tmp_path / "repo"
     result = cli_runner.invoke(cli, ["triton-repo", os.fspath(small_bundle), "-o", os.fspath(repo), "--instances", "2",
                                      "--max-queue-delay-us", "500"])
@@ -201,16 +248,14 @@ def test_repo_config_parses_and_matches_the_bundle(small_bundle: Path, cli_runne
     config = text_format.Parse((repo / "lite_hrnet_18" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert (config.name, config.backend, config.max_batch_size) == ("lite_hrnet_18", "onnxruntime", 8)
     fp32 = model_config_pb2.DataType.Value("TYPE_FP32")
-    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
-        (manifest["input"]["name"], fp32, [3, *SIZE])]
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [(b.input.name, fp32, [3, *SIZE])]
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
-        (o["name"], fp32, [o["channels"], SIZE[0] // o["stride"], SIZE[1] // o["stride"]])
-        for o in manifest["outputs"]]
+        (o.name, fp32, [o.channels, SIZE[0] // o.stride, SIZE[1] // o.stride]) for o in b.outputs]
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 4, 8]
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
     assert [(g.count, g.kind) for g in config.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_GPU)]
     model_file = repo / "lite_hrnet_18" / "1" / "model.onnx"
-    assert model_file.read_bytes() == (small_bundle / manifest["artifacts"]["onnx"]["file"]).read_bytes()
+    assert model_file.read_bytes() == b.artifact("onnx").path.read_bytes()
     again = cli_runner.invoke(cli, ["triton-repo", os.fspath(small_bundle), "-o", os.fspath(repo)])
     _one_line_error(again, "exists; pass --force")
 

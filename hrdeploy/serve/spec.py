@@ -1,6 +1,6 @@
 """What a server needs to know about one artifact of a bundle: tensor names, dtypes, dims, batch range.
 
-`serve_spec` is the only place in hrdeploy.serve that reads the bundle.
+`serve_spec` is the only place in hrdeploy.serve that opens the bundle (through hrdeploy.bundle.Bundle).
 """
 
 from __future__ import annotations
@@ -51,63 +51,38 @@ class ServeSpec:
 
 
 def serve_spec(bundle: str | os.PathLike, key: str = "onnx") -> ServeSpec:
-    """Read artifact `key` of `bundle` (names, dims and batch range from the manifest, dtypes from the ONNX)."""
-    from hrdeploy.manifest import artifact_path, load_manifest
+    """Artifact `key` of `bundle`: names and dims from the manifest, dtypes from the ONNX, batch range."""
+    from hrdeploy.bundle import Bundle
 
-    bundle = Path(bundle)
-    manifest = load_manifest(bundle)
-    artifacts = manifest.get("artifacts") or {}
-    if key not in artifacts:
-        have = ", ".join(artifacts) or "none"
-        raise UserError(f"bundle {bundle} has no {key!r} artifact (it has: {have}); make it with `hrdeploy quantize` "
+    b = Bundle.open(bundle)
+    if key not in b.artifacts:
+        have = ", ".join(b.artifacts) or "none"
+        raise UserError(f"bundle {b.root} has no {key!r} artifact (it has: {have}); make it with `hrdeploy quantize` "
                         "(fp16/int8) or `hrdeploy build` (engines), or pick one with --artifact")
-    path = artifact_path(bundle, manifest, key)
-    entry = artifacts[key]
-    kind = "engine" if path.suffix in (".engine", ".plan", ".trt") else "onnx"
-    inp = manifest["input"]
-    height, width = (-1, -1) if inp.get("dynamic_shape") else (int(inp["height"]), int(inp["width"]))
-    in_dims = (3, height, width)
-    out_dims = []
-    for out in manifest["outputs"]:
-        stride = int(out["stride"])
-        out_dims.append((int(out["channels"]), *(d // stride if d > 0 else -1 for d in (height, width))))
-    if kind == "onnx":
-        dtypes = _onnx_io_dtypes(path)
-        in_dtype = dtypes.get(inp["name"], "float32")
-        out_dtypes = [dtypes.get(o["name"], "float32") for o in manifest["outputs"]]
+    a = b.artifact(key)
+    inp = b.input
+    height, width = (-1, -1) if inp.dynamic_shape else inp.size
+    out_dims = [(o.channels, *(d // o.stride if d > 0 else -1 for d in (height, width))) for o in b.outputs]
+    if a.kind == "onnx":
+        graph = a.onnx_model().graph
+        dtypes = {vi.name: _np_dtype(vi.type.tensor_type.elem_type) for vi in [*graph.input, *graph.output]}
     else:  # hrdeploy builds engines from ONNX with float32 inputs and outputs (keep_io_types)
-        in_dtype, out_dtypes = "float32", ["float32"] * len(out_dims)
-    batch_range, static_batch = _batch_range(manifest, entry, kind)
+        dtypes = {}
+    lo, hi = a.batch_range
+    if not (inp.dynamic_batch or inp.dynamic_shape):
+        batch_range, static_batch = None, lo
+    else:
+        batch_range, static_batch = ((lo, hi) if a.kind == "engine" else (1, None)), None
     return ServeSpec(
-        bundle=bundle, model=manifest["model"]["name"], key=key, path=path, kind=kind,
-        precision=entry.get("precision", "fp32"),
-        input=TensorSpec(inp["name"], in_dtype, in_dims),
-        outputs=tuple(TensorSpec(o["name"], dt, d)
-                      for o, dt, d in zip(manifest["outputs"], out_dtypes, out_dims, strict=True)),
+        bundle=b.root, model=b.model.name, key=key, path=a.path, kind=a.kind, precision=a.precision,
+        input=TensorSpec(inp.name, dtypes.get(inp.name, "float32"), (3, height, width)),
+        outputs=tuple(TensorSpec(o.name, dtypes.get(o.name, "float32"), d) for o, d in zip(b.outputs, out_dims,
+                                                                                             strict=True)),
         batch_range=batch_range, static_batch=static_batch,
     )
 
 
-def _batch_range(manifest: dict, entry: dict, kind: str) -> tuple[tuple[int, int | None] | None, int | None]:
-    """((min, max), None) for a batch axis (engines: their profile; ONNX: unbounded), (None, N) for a static batch."""
-    inp = manifest["input"]
-    if not (inp.get("dynamic_batch") or inp.get("dynamic_shape")):
-        batch = inp["shape"][0]
-        return None, int(batch) if isinstance(batch, int) else 1
-    profiles = entry.get("profiles") or [] if kind == "engine" else []
-    if profiles:
-        return (int(profiles[0]["min"][0]), int(profiles[0]["max"][0])), None
-    return (1, None), None
-
-
-def _onnx_io_dtypes(path: Path) -> dict[str, str]:
-    """Input/output element types of an ONNX graph, read without its weights."""
-    import onnx
+def _np_dtype(elem_type: int) -> str:
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    try:
-        graph = onnx.load(os.fspath(path), load_external_data=False).graph
-    except Exception as err:  # protobuf DecodeError and friends
-        raise UserError(f"{path} is not a readable ONNX model; re-export the bundle ({type(err).__name__})") from err
-    return {vi.name: tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
-            for vi in [*graph.input, *graph.output]}
+    return tensor_dtype_to_np_dtype(elem_type).name

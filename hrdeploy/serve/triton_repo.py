@@ -116,17 +116,17 @@ def write_repo(
 
 
 def _external_data(spec: ServeSpec) -> list[str]:
-    """Bundle-relative external-data files an ONNX artifact refers to (none for engines)."""
+    """Bundle-relative external-data files an ONNX artifact refers to (none for engines), confined to the bundle."""
     if spec.kind != "onnx":
         return []
-    import onnx
+    from hrdeploy.bundle import confine, load_onnx
 
-    graph = onnx.load(os.fspath(spec.path), load_external_data=False).graph
-    files = {e.value for t in graph.initializer for e in t.external_data if e.key == "location"}
+    graph = load_onnx(spec.path).graph
+    files = sorted({e.value for t in graph.initializer for e in t.external_data if e.key == "location"})
     for rel in files:
-        if Path(rel).is_absolute() or ".." in Path(rel).parts or not (spec.path.parent / rel).is_file():
-            raise UserError(f"{spec.path} refers to external data {rel!r} outside the bundle or missing; re-export it")
-    return sorted(files)
+        if not confine(spec.path.parent, rel, "external data").is_file():
+            raise UserError(f"{spec.path} refers to external data {rel!r}, which is missing; re-export the bundle")
+    return files
 
 
 def docker_command(repo: str | os.PathLike, tag: str = "<yy.mm>-py3") -> str:
