@@ -101,6 +101,23 @@ def check_budget(requests: int | None, duration: float | None) -> None:
         raise UserError(f"--duration {duration}: give more than 0 and at most {MAX_DURATION_S:g} seconds")
 
 
+@dataclass
+class Samples:
+    """Raw outcome of one or more load windows at one concurrency (pooled with `+`)."""
+
+    concurrency: int
+    batch: int
+    latencies_s: list[float]
+    failures: int
+    errors: list[str]
+    seconds: float
+
+    def __add__(self, other: Samples) -> Samples:
+        errors = self.errors + [e for e in other.errors if e not in self.errors]
+        return Samples(self.concurrency, self.batch, self.latencies_s + other.latencies_s,
+                       self.failures + other.failures, errors[:5], self.seconds + other.seconds)
+
+
 def run_load(
     make_call: Callable[[], Callable[[], object]],
     concurrency: int,
@@ -115,6 +132,20 @@ def run_load(
     Stops after `requests` calls in all or after `duration` seconds. Each thread first makes `warmup`
     untimed calls. An exception from a call counts as a failed request.
     """
+    return summarize(collect(make_call, concurrency, requests=requests, duration=duration, batch=batch,
+                             warmup=warmup))
+
+
+def collect(
+    make_call: Callable[[], Callable[[], object]],
+    concurrency: int,
+    *,
+    requests: int | None = None,
+    duration: float | None = None,
+    batch: int = 1,
+    warmup: int = 1,
+) -> Samples:
+    """The raw samples of `run_load` (same arguments), to pool several windows before summarising."""
     check_budget(requests, duration)
     issued = 0
     lock = threading.Lock()
@@ -172,19 +203,23 @@ def run_load(
     for t in threads:
         t.join()
     seconds = time.perf_counter() - t_start
-    lat = np.array([x for per in latencies for x in per]) * 1e3
+    return Samples(concurrency, batch, [x for per in latencies for x in per], sum(failures), errors, seconds)
+
+
+def summarize(s: Samples) -> LoadResult:
+    """Throughput (answered requests per second of wall time) and latency percentiles of `s`."""
+    lat = np.array(s.latencies_s) * 1e3
     ok = int(lat.size)
-    failed = sum(failures)
 
     def pct(q: float) -> float | None:
         return round(float(np.percentile(lat, q)), 3) if ok else None
 
     return LoadResult(
-        concurrency=concurrency, requests=ok + failed, failures=failed, seconds=round(seconds, 6),
-        throughput_rps=round(ok / seconds, 2) if seconds > 0 else 0.0,
-        images_per_s=round(ok * batch / seconds, 2) if seconds > 0 else 0.0,
+        concurrency=s.concurrency, requests=ok + s.failures, failures=s.failures, seconds=round(s.seconds, 6),
+        throughput_rps=round(ok / s.seconds, 2) if s.seconds > 0 else 0.0,
+        images_per_s=round(ok * s.batch / s.seconds, 2) if s.seconds > 0 else 0.0,
         p50_ms=pct(50), p90_ms=pct(90), p99_ms=pct(99), mean_ms=round(float(lat.mean()), 3) if ok else None,
-        max_ms=round(float(lat.max()), 3) if ok else None, errors=errors,
+        max_ms=round(float(lat.max()), 3) if ok else None, errors=list(s.errors),
     )
 
 
