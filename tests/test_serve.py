@@ -102,6 +102,30 @@ def test_triton_repo_writes_config_and_model(cli_runner, tmp_path: Path) -> None
     assert sorted(p.name for p in (repo / "tiny_fp16").rglob("*")) == ["1", "config.pbtxt", "model.onnx"]
 
 
+def test_triton_repo_for_an_engine_uses_its_profile(cli_runner, tmp_path: Path) -> None:
+    from hrdeploy.bundle import Bundle
+
+    bundle = tiny_bundle(tmp_path / "b")
+    (bundle / "model.fp16.engine").write_bytes(b"plan bytes")  # triton-repo copies it; nothing here parses it
+    profile = {"input": "input", "min": [1, 3, 64, 48], "opt": [4, 3, 64, 48], "max": [8, 3, 64, 48]}
+    Bundle.open(bundle).record_artifact("engine_fp16", "model.fp16.engine", precision="fp16", profiles=[profile])
+    repo = tmp_path / "repo"
+    result = cli_runner.invoke(cli, ["triton-repo", os.fspath(bundle), "-o", os.fspath(repo), "--artifact",
+                                     "engine_fp16"])
+    assert result.exit_code == 0, result.output
+    text = (repo / "tiny_engine_fp16" / "config.pbtxt").read_text()
+    for line in ('backend: "tensorrt"', 'default_model_filename: "model.plan"', "max_batch_size: 8",
+                 "preferred_batch_size: [ 2, 4, 8 ]", "kind: KIND_GPU"):
+        assert line in text, line
+    assert (repo / "tiny_engine_fp16" / "1" / "model.plan").read_bytes() == b"plan bytes"
+    over = cli_runner.invoke(cli, ["triton-repo", os.fspath(bundle), "-o", os.fspath(tmp_path / "r2"), "--artifact",
+                                   "engine_fp16", "--max-batch", "16"])
+    _one_line_error(over, "over the engine_fp16 profile's max batch 8")
+    cpu = cli_runner.invoke(cli, ["triton-repo", os.fspath(bundle), "-o", os.fspath(tmp_path / "r3"), "--artifact",
+                                  "engine_fp16", "--device", "cpu"])
+    _one_line_error(cpu, "runs on a GPU only")
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["triton-repo", "{static}", "-o", "{tmp}/r", "--max-batch", "4"], "static batch of 1, so Triton cannot batch"),
     (["triton-repo", "{dyn}", "-o", "{tmp}/r", "--artifact", "int8"], r"has no .int8. artifact \(it has: onnx\)"),
@@ -224,7 +248,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(small_bundle: Path):
-    s = Server(small_bundle, "--max-batch", str(MAX_BATCH), "--max-queue-delay-us", "2000")
+    s = Server(small_bundle, "--max-batch", str(MAX_BATCH), "--max-queue-delay-us", "2000", "--instances", "2")
     try:
         s.wait_ready()
         yield s
@@ -339,11 +363,22 @@ def test_sigterm_stops_the_server_cleanly(server: Server) -> None:
 
 
 @pytest.mark.serve
-def test_ctrl_c_stops_the_server_with_exit_130(small_bundle: Path) -> None:
-    s = Server(small_bundle)
+def test_static_batch_bundle_is_served_whole_and_ctrl_c_exits_130(tmp_path: Path) -> None:
+    _need_serve_extra()
+    import tritonclient.http as httpclient
+
+    from hrdeploy.runtime.onnxruntime import OrtRunner
+
+    bundle = tiny_bundle(tmp_path / "static", name="lite_hrnet_18", dynamic_batch=False)
+    s = Server(bundle)
     try:
         s.wait_ready()
+        x = np.random.default_rng(1).standard_normal((1, 3, 64, 48)).astype(np.float32)
+        got = _infer(httpclient, s.http, x)
+        want = OrtRunner(bundle / "model.onnx", threads=1).run(x)["heatmaps"]
+        assert got.shape == want.shape == (1, 17, 16, 12)
+        assert float(np.abs(got - want).max()) <= 1e-5 * float(np.abs(want).max())
     finally:
         code, out = s.stop(signal.SIGINT)
     assert code == 130, out
-    assert "stopped" in out
+    assert "static batch 1, no batching" in out and "stopped" in out
