@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("hrdeploy.commands.bench_cmd", "bench_cmd", "Measure latency and throughput per backend and batch."),
     "infer": ("hrdeploy.commands.infer_cmd", "infer_cmd", "Run pose inference on images and draw keypoints."),
     "triton-repo": ("hrdeploy.commands.triton_repo_cmd", "triton_repo_cmd",
-                    "Write a Triton Inference Server model repository for an artifact."),
+                    "Write a Triton model repository for a bundle artifact."),
     "serve": ("hrdeploy.commands.serve_cmd", "serve_cmd", "Serve a bundle on Triton (PyTriton) with dynamic batching."),
     "loadtest": ("hrdeploy.commands.loadtest_cmd", "loadtest_cmd", "Load-test a Triton server on this machine."),
 }

@@ -153,6 +153,15 @@ def test_loadtest_refuses_hosts_that_are_not_loopback(cli_runner, url: str) -> N
     _one_line_error(result, "is not loopback")
 
 
+def test_serve_without_the_extra_says_how_to_get_it(cli_runner, tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("pytriton") is not None:
+        pytest.skip("nvidia-pytriton is installed here; this checks the message without it")
+    result = cli_runner.invoke(cli, ["serve", os.fspath(tiny_bundle(tmp_path / "b"))])
+    _one_line_error(result, "nvidia-pytriton is not installed", "hrdeploy[serve]", "/usr/bin/python3.11")
+
+
 def test_loadtest_needs_exactly_one_budget(cli_runner) -> None:
     result = cli_runner.invoke(cli, ["loadtest", "http://127.0.0.1:9", "--model", "m"])
     _one_line_error(result, "exactly one of --requests N or --duration SECONDS")
@@ -254,6 +263,18 @@ def server(small_bundle: Path):
         yield s
     finally:
         s.stop()
+
+
+@pytest.mark.serve
+def test_serve_refuses_a_port_in_use(small_bundle: Path, cli_runner) -> None:
+    _need_serve_extra()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = cli_runner.invoke(cli, ["serve", os.fspath(small_bundle), "--port", str(_free_port()),
+                                         "--grpc-port", str(port), "--metrics-port", str(_free_port())])
+    _one_line_error(result, f"cannot listen on 127.0.0.1:{port} for gRPC", "--grpc-port")
 
 
 @pytest.mark.serve

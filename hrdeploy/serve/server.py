@@ -7,8 +7,10 @@ artifacts, TensorRT for engines. One runner per model instance.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import socket
 import tempfile
 import threading
 from collections.abc import Callable
@@ -21,6 +23,8 @@ from hrdeploy.serve.spec import ServeSpec
 
 EXIT_TIMEOUT_S = 5  # how long tritonserver waits for in-flight requests and open connections when stopping
 _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 0}
+PYTHON_NOTE = ("PyTriton's Python backend needs a venv made with Debian's /usr/bin/python3.11, "
+               "e.g. `make setup-serve` (.venv-serve)")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,22 @@ class Endpoints:
     @property
     def metrics(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+def check_ports_free(endpoints: Endpoints) -> None:
+    """UserError naming the first HTTP/gRPC/metrics port that something on `host` already uses."""
+    ports = (("HTTP", "--port", endpoints.http_port), ("gRPC", "--grpc-port", endpoints.grpc_port),
+             ("metrics", "--metrics-port", endpoints.metrics_port))
+    if len({p for _, _, p in ports}) < len(ports):
+        raise UserError(f"the HTTP, gRPC and metrics ports must differ (got {', '.join(str(p) for *_, p in ports)})")
+    for what, option, port in ports:
+        with socket.socket(socket.AF_INET6 if ":" in endpoints.host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tritonserver binds: TIME_WAIT is fine
+            try:
+                s.bind((endpoints.host, port))
+            except OSError as err:
+                raise UserError(f"cannot listen on {endpoints.host}:{port} for {what} ({err.strerror}); "
+                                f"pick a free port with {option}") from err
 
 
 def make_infer_func(spec: ServeSpec, batching: Batching, threads: int | None) -> Callable:
@@ -85,7 +105,7 @@ def serve(
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig
     except ImportError as err:
-        raise missing_dependency("nvidia-pytriton", "serve", "hrdeploy serve") from err
+        raise missing_dependency("nvidia-pytriton", "serve", f"hrdeploy serve; {PYTHON_NOTE}") from err
     if instances < 1:
         raise UserError(f"--instances {instances}: give 1 or more")
     logging.getLogger("pytriton").setLevel(logging.WARNING)
@@ -97,6 +117,7 @@ def serve(
         received.append(signum)
         stop.set()
 
+    check_ports_free(endpoints)
     previous = {s: signal.signal(s, on_signal) for s in _SIGNAL_EXIT}
     static = batching.max_batch_size == 0
 
@@ -110,14 +131,16 @@ def serve(
         config = ModelConfig(max_batch_size=batching.max_batch_size, batcher=DynamicBatcher(
             max_queue_delay_microseconds=batching.max_queue_delay_us, preferred_batch_size=list(batching.preferred)))
     try:
-        with tempfile.TemporaryDirectory(prefix="hrdeploy-serve-") as work:
+        with tempfile.TemporaryDirectory(prefix="hrdeploy-serve-") as work, contextlib.ExitStack() as stack:
             triton_config = TritonConfig(
                 http_address=endpoints.host, http_port=endpoints.http_port, grpc_address=endpoints.host,
                 grpc_port=endpoints.grpc_port, metrics_address=endpoints.host, metrics_port=endpoints.metrics_port,
                 allow_gpu_metrics=False, exit_timeout_secs=EXIT_TIMEOUT_S,
                 log_file=log_file or Path(work) / "tritonserver.log",
             )
-            with Triton(config=triton_config, workspace=Path(work) / "pytriton") as triton:
+            where = log_file or "rerun with --log-file FILE"
+            try:  # entering Triton starts tritonserver; run() loads the model
+                triton = stack.enter_context(Triton(config=triton_config, workspace=Path(work) / "pytriton"))
                 triton.bind(
                     model_name=name,
                     infer_func=[make_infer_func(spec, batching, threads) for _ in range(instances)],
@@ -128,11 +151,17 @@ def serve(
                 )
                 if not stop.is_set():
                     triton.run()
-                    on_ready(endpoints)
-                while not stop.wait(0.5):
-                    if not triton.is_alive():
-                        where = log_file or "rerun with --log-file FILE"
-                        raise UserError(f"tritonserver stopped unexpectedly; see its log ({where})")
+            except UserError:
+                raise
+            except Exception as err:  # PyTriton raises its own, tritonclient's and socket errors here
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                raise UserError(f"tritonserver could not serve {name!r}: {first}; see its log ({where}); "
+                                f"{PYTHON_NOTE}") from err
+            if not stop.is_set():
+                on_ready(endpoints)
+            while not stop.wait(0.5):
+                if not triton.is_alive():
+                    raise UserError(f"tritonserver stopped unexpectedly; see its log ({where})")
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
