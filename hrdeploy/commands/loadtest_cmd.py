@@ -15,7 +15,7 @@ import click
 @click.option("--duration", type=float, help="Seconds per concurrency level.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Images per request.")
 @click.option("--metrics-url", help="Triton's Prometheus endpoint, for the average batch per execution "
-                                    "[default: port + 2 of an http URL, as `hrdeploy serve` uses].")
+                                    "[default: `hrdeploy serve`'s, HTTP port + 2 or gRPC port + 1, if it answers].")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest.json"),
               show_default=True, help="Where to write the JSON; the .md goes beside it.")
 @click.pass_context
@@ -47,9 +47,14 @@ def loadtest_cmd(ctx: click.Context, url: str, model: str, concurrency: str, req
     check_budget(requests, duration)
     if json_file.suffix.lower() != ".json":
         raise UserError(f"--json {json_file}: give a .json path (the .md is written beside it)")
-    if metrics_url is None and target.protocol == "http":
-        metrics_url = f"http://{target.address.rsplit(':', 1)[0]}:{target.port + 2}/metrics"
     inp = describe_model(target, model, batch)
+    if metrics_url is None:  # `hrdeploy serve` layout: HTTP on PORT, gRPC on PORT + 1, metrics on PORT + 2
+        guess = f"http://{target.address.rsplit(':', 1)[0]}:{target.port + (2 if target.protocol == 'http' else 1)}"
+        try:
+            scrape_metrics(f"{guess}/metrics", model)
+            metrics_url = f"{guess}/metrics"
+        except UserError:
+            click.echo(f"no Triton metrics at {guess}/metrics; pass --metrics-url for the average batch", err=True)
     make_call = triton_call_factory(target, model, inp)
     results = []
     for c in levels:
