@@ -43,13 +43,13 @@ def free_port() -> int:
 
 def bundle_for(out: Path, model: str, size: tuple[int, int]) -> Path:
     """The benchmark bundle: exported once (dynamic batch), reused while its input size matches."""
+    from hrdeploy.bundle import Bundle, is_bundle
     from hrdeploy.export import export_bundle
-    from hrdeploy.manifest import load_manifest
 
     bundle = out / model
-    if (bundle / "manifest.json").is_file():
-        inp = load_manifest(bundle)["input"]
-        if (inp["height"], inp["width"]) == size and inp.get("dynamic_batch"):
+    if is_bundle(bundle):
+        inp = Bundle.open(bundle).input
+        if inp.size == size and inp.dynamic_batch:
             return bundle
     print(f"exporting {model} at {size[0]}x{size[1]} to {bundle} ...", flush=True)
     result = export_bundle(model, bundle, input_size=size, dynamic_batch=True, force=True)
