@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hrdeploy.errors import UserError, missing_dependency
+from hrdeploy.runtime.base import Runner
 from hrdeploy.serve.batching import Batching
 from hrdeploy.serve.spec import ServeSpec
 
@@ -63,13 +64,10 @@ def check_ports_free(endpoints: Endpoints) -> None:
                                 f"pick a free port with {option}") from err
 
 
-def make_infer_func(spec: ServeSpec, batching: Batching, threads: int | None) -> Callable:
-    """A PyTriton inference callable backed by a new runner for `spec`."""
+def make_infer_func(spec: ServeSpec, batching: Batching, runner: Runner) -> Callable:
+    """A PyTriton inference callable that runs `runner` on each batch Triton forms (or each whole request)."""
     from pytriton.decorators import batch
 
-    from hrdeploy.runtime.factory import open_runner
-
-    runner = open_runner(spec.path, threads=threads)
     in_name = spec.input.name
 
     if batching.max_batch_size > 0:
@@ -106,6 +104,7 @@ def serve(
         from pytriton.triton import Triton, TritonConfig
     except ImportError as err:
         raise missing_dependency("nvidia-pytriton", "serve", f"hrdeploy serve; {PYTHON_NOTE}") from err
+    from hrdeploy.runtime.factory import open_runner
     if instances < 1:
         raise UserError(f"--instances {instances}: give 1 or more")
     logging.getLogger("pytriton").setLevel(logging.WARNING)
@@ -122,7 +121,7 @@ def serve(
     static = batching.max_batch_size == 0
 
     def tensor(t) -> Tensor:  # noqa: ANN001 - TensorSpec
-        shape = (spec.static_batch or 1, *t.dims) if static else t.dims
+        shape = spec.whole_shape(t) if static else t.dims
         return Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=tuple(shape))
 
     if static:
@@ -139,11 +138,13 @@ def serve(
                 log_file=log_file or Path(work) / "tritonserver.log",
             )
             where = log_file or "rerun with --log-file FILE"
+            # Runners first, so the stack stops tritonserver before it closes them.
+            runners = [stack.enter_context(open_runner(spec.path, threads=threads)) for _ in range(instances)]
             try:  # entering Triton starts tritonserver; run() loads the model
                 triton = stack.enter_context(Triton(config=triton_config, workspace=Path(work) / "pytriton"))
                 triton.bind(
                     model_name=name,
-                    infer_func=[make_infer_func(spec, batching, threads) for _ in range(instances)],
+                    infer_func=[make_infer_func(spec, batching, r) for r in runners],
                     inputs=[tensor(spec.input)],
                     outputs=[tensor(t) for t in spec.outputs],
                     config=config,

@@ -26,6 +26,9 @@ class TensorSpec:
 
     @property
     def triton_dtype(self) -> str:
+        if self.dtype not in TRITON_DTYPES:
+            raise UserError(f"tensor {self.name!r} has dtype {self.dtype}, which hrdeploy does not serve "
+                            f"({', '.join(TRITON_DTYPES)})")
         return TRITON_DTYPES[self.dtype]
 
 
@@ -44,10 +47,9 @@ class ServeSpec:
     batch_range: tuple[int, int | None] | None  # (min, max) of a batch axis, max None = unbounded; None = static
     static_batch: int | None  # the fixed batch of a static-batch artifact
 
-    @property
-    def full_input_shape(self) -> tuple[int, ...]:
-        """Input shape with the batch axis (static-batch artifacts only)."""
-        return (self.static_batch or 1, *self.input.dims)
+    def whole_shape(self, t: TensorSpec) -> tuple[int, ...]:
+        """`t`'s shape with the fixed batch axis, as a model that does not batch (max_batch_size 0) declares it."""
+        return (self.static_batch or 1, *t.dims)
 
 
 def serve_spec(bundle: str | os.PathLike, key: str = "onnx") -> ServeSpec:

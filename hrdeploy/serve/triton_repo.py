@@ -73,8 +73,7 @@ def config_pbtxt(spec: ServeSpec, name: str, batching: Batching, instances: int,
 
 
 def _tensor(t: TensorSpec, spec: ServeSpec, batching: Batching, last: bool) -> str:
-    # max_batch_size 0: dims are the whole shape, batch axis included.
-    dims = t.dims if batching.max_batch_size > 0 else (spec.static_batch or 1, *t.dims)
+    dims = t.dims if batching.max_batch_size > 0 else spec.whole_shape(t)
     return "\n".join([
         "  {",
         f'    name: "{t.name}"',
