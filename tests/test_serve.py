@@ -224,9 +224,10 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Server:
     def __init__(self, bundle: Path, *extra: str) -> None:
         self.http, self.grpc, self.metrics = _free_port(), _free_port(), _free_port()
+        self.log = bundle.parent / f"tritonserver-{self.http}.log"
         cmd = [sys.executable, "-m", "hrdeploy.cli", "serve", os.fspath(bundle), "--host", "127.0.0.1",
                "--port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
-               "--threads", "1", *extra]
+               "--threads", "1", "--log-file", os.fspath(self.log), *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
@@ -234,7 +235,8 @@ class Server:
         ready = f"http://127.0.0.1:{self.http}/v2/models/lite_hrnet_18/ready"  # the model, not only the server
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"hrdeploy serve exited {self.proc.returncode}: {self.proc.stdout.read()}")
+                log = self.log.read_text()[-3000:] if self.log.is_file() else ""
+                raise AssertionError(f"hrdeploy serve exited {self.proc.returncode}: {self.proc.stdout.read()}\n{log}")
             try:
                 with urllib.request.urlopen(ready, timeout=2) as r:
                     if r.status == 200:
@@ -372,6 +374,12 @@ def test_short_load_test_has_no_failed_requests(server: Server, cli_runner, tmp_
     assert 1.0 <= report["results"][1]["avg_batch"] <= MAX_BATCH
     assert first["p50_ms"] <= first["p99_ms"] and first["throughput_rps"] > 0
     assert "| 4 | 24 | 0 |" in out.with_suffix(".md").read_text()
+    over = cli_runner.invoke(cli, ["loadtest", f"http://127.0.0.1:{server.http}", "--model", "lite_hrnet_18",
+                                   "--batch", str(MAX_BATCH + 1), "--requests", "1", "--json", os.fspath(out)])
+    _one_line_error(over, f"--batch {MAX_BATCH + 1} is over the model's max_batch_size {MAX_BATCH}")
+    closed = cli_runner.invoke(cli, ["loadtest", f"grpc://127.0.0.1:{_free_port()}", "--model", "lite_hrnet_18",
+                                     "--requests", "1", "--json", os.fspath(out)])
+    _one_line_error(closed, "cannot reach grpc://127.0.0.1:")
 
 
 @pytest.mark.serve

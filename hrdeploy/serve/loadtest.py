@@ -254,16 +254,21 @@ def describe_model(target: Target, model: str, batch: int) -> ModelInput:
         client = client_mod.InferenceServerClient(target.address)
     except Exception as err:
         raise UserError(f"cannot reach {target.protocol}://{target.address}: {err}") from err
+    url = f"{target.protocol}://{target.address}"
     try:
-        if not client.is_server_ready():
-            raise UserError(f"server at {target.address} is not ready")
-        meta = client.get_model_metadata(model)
-        config = client.get_model_config(model)
-    except InferenceServerException as err:
-        raise UserError(f"{target.protocol}://{target.address} model {model!r}: {err.message()}; check the name "
-                        "(`hrdeploy serve` prints it)") from err
-    except Exception as err:  # connection refused and friends
-        raise UserError(f"cannot reach {target.protocol}://{target.address}: {err}; is the server running?") from err
+        try:
+            ready = client.is_server_ready()
+        except Exception as err:  # connection refused and friends, raised by either client library
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise UserError(f"cannot reach {url}: {first}; is the server running?") from err
+        if not ready:
+            raise UserError(f"the server at {url} is not ready yet; wait for `hrdeploy serve` to print 'ready'")
+        try:
+            meta = client.get_model_metadata(model)
+            config = client.get_model_config(model)
+        except InferenceServerException as err:
+            raise UserError(f"{url} model {model!r}: {err.message()}; check the name (`hrdeploy serve` prints it)") \
+                from err
     finally:
         client.close()
     if target.protocol == "grpc":
