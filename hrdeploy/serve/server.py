@@ -24,6 +24,10 @@ from hrdeploy.serve.spec import ServeSpec
 
 EXIT_TIMEOUT_S = 5  # how long tritonserver waits for in-flight requests and open connections when stopping
 _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 0}
+# PyTriton's Python-backend stub gives its handshake with the serving process 1 s (pytriton.proxy.communication
+# get_config_from_handshake_server); on a starved CPU it can time out, and a fresh start usually succeeds.
+HANDSHAKE_TIMEOUT = "Timeout occurred while waiting for config file"
+START_ATTEMPTS = 3
 PYTHON_NOTE = ("PyTriton's Python backend needs a venv made with Debian's /usr/bin/python3.11, "
                "e.g. `make setup-serve` (.venv-serve)")
 
@@ -140,24 +144,35 @@ def serve(
             where = log_file or "rerun with --log-file FILE"
             # Runners first, so the stack stops tritonserver before it closes them.
             runners = [stack.enter_context(open_runner(spec.path, threads=threads)) for _ in range(instances)]
-            try:  # entering Triton starts tritonserver; run() loads the model
-                triton = stack.enter_context(Triton(config=triton_config, workspace=Path(work) / "pytriton"))
-                triton.bind(
-                    model_name=name,
-                    infer_func=[make_infer_func(spec, batching, r) for r in runners],
-                    inputs=[tensor(spec.input)],
-                    outputs=[tensor(t) for t in spec.outputs],
-                    config=config,
-                    strict=True,
-                )
-                if not stop.is_set():
-                    triton.run()
-            except UserError:
-                raise
-            except Exception as err:  # PyTriton raises its own, tritonclient's and socket errors here
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-                raise UserError(f"tritonserver could not serve {name!r}: {first}; see its log ({where}); "
-                                f"{PYTHON_NOTE}") from err
+
+            def start(attempt: int) -> Triton:
+                """Start tritonserver (entering Triton) and load the model (run()); stop it again on failure."""
+                triton = Triton(config=triton_config, workspace=Path(work) / f"pytriton-{attempt}")
+                try:
+                    triton.__enter__()
+                    triton.bind(model_name=name, infer_func=[make_infer_func(spec, batching, r) for r in runners],
+                                inputs=[tensor(spec.input)], outputs=[tensor(t) for t in spec.outputs],
+                                config=config, strict=True)
+                    if not stop.is_set():
+                        triton.run()
+                except BaseException:
+                    triton.stop()
+                    raise
+                return triton
+
+            for attempt in range(1, START_ATTEMPTS + 1):
+                try:
+                    triton = start(attempt)
+                    break
+                except Exception as err:  # PyTriton raises its own, tritonclient's and socket errors here
+                    if HANDSHAKE_TIMEOUT in str(err) and attempt < START_ATTEMPTS and not stop.is_set():
+                        logging.getLogger("hrdeploy.serve").warning(
+                            "the Python backend's handshake with PyTriton timed out (a loaded CPU); retrying")
+                        continue
+                    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                    raise UserError(f"tritonserver could not serve {name!r}: {first}; see its log ({where}); "
+                                    f"{PYTHON_NOTE}") from err
+            stack.callback(triton.stop)
             if not stop.is_set():
                 on_ready(endpoints)
             while not stop.wait(0.5):
