@@ -26,7 +26,7 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not gpu and not modelopt and not serve" $(PYTEST_ARGS)
-	$(MAKE) test-serve
+	$(MAKE) test-serve PYTEST_ARGS=
 
 test-gpu: setup
 	$(BIN)/pip install -q -e '.[tensorrt]'
@@ -49,8 +49,9 @@ test-modelopt:
 	.venv-modelopt/bin/python -m pytest -q -rs -m modelopt $(PYTEST_ARGS)
 
 # The serve extra (NVIDIA PyTriton, which bundles tritonserver) lives in its own environment made with Debian's
-# python3.11: tritonserver's Python-backend stub embeds that libpython, and with another 3.11 patch release
-# (e.g. pyenv's 3.11.7) the stub fails at model load ('_thread.RLock' object has no attribute '_recursion_count').
+# python3.11: PyTriton's Python-backend stub for 3.11 links the system's libpython3.11.so.1.0 (Debian's 3.11.2),
+# and with another 3.11 patch release's standard library (e.g. pyenv's 3.11.7) it fails at model load
+# ('_thread.RLock' object has no attribute '_recursion_count').
 SERVE_PY ?= /usr/bin/python3.11
 SERVE_VENV := .venv-serve
 SERVE_STAMP := $(SERVE_VENV)/.installed
