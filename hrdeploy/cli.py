@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate": ("hrdeploy.commands.validate_cmd", "validate_cmd", "Check every artifact of a bundle against eager."),
     "bench": ("hrdeploy.commands.bench_cmd", "bench_cmd", "Measure latency and throughput per backend and batch."),
     "infer": ("hrdeploy.commands.infer_cmd", "infer_cmd", "Run pose inference on images and draw keypoints."),
+    "triton-repo": ("hrdeploy.commands.triton_repo_cmd", "triton_repo_cmd",
+                    "Write a Triton model repository for a bundle artifact."),
+    "serve": ("hrdeploy.commands.serve_cmd", "serve_cmd", "Serve a bundle on Triton (PyTriton) with dynamic batching."),
+    "loadtest": ("hrdeploy.commands.loadtest_cmd", "loadtest_cmd", "Load-test a Triton server on this machine."),
 }
 
 

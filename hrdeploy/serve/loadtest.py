@@ -1,0 +1,371 @@
+"""A bounded, closed-loop load generator for a Triton server on this machine (loopback only).
+
+Each of C worker threads sends one request, waits for the answer, and sends the next, until the request
+budget or the duration is spent. Latency is per request (client side); throughput is answered requests per
+second of wall time. The same harness (`run_load`) drives any callable, so a server and a runner called in
+process are measured the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from hrdeploy.errors import UserError, missing_dependency
+
+MAX_CONCURRENCY = 256
+MAX_REQUESTS = 1_000_000
+MAX_DURATION_S = 600.0
+_SAMPLE = re.compile(r'^(\w+)\{([^}]*)\}\s+([0-9.eE+-]+)$')
+
+
+@dataclass(frozen=True)
+class Target:
+    protocol: str  # "http" | "grpc"
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    requests: int  # answered + failed
+    failures: int
+    seconds: float
+    throughput_rps: float  # answered requests per second
+    images_per_s: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    max_ms: float | None
+    errors: list[str] = field(default_factory=list)  # the first few distinct failure messages
+    avg_batch: float | None = None  # requests per model execution, from Triton's metrics
+
+
+def check_loopback(host: str, what: str) -> str:
+    """`host` if it is a loopback address (127.0.0.0/8, ::1, localhost); else a UserError."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise UserError(f"{what} host {host!r} is not loopback; the load test only targets this machine "
+                        "(127.0.0.1, ::1 or localhost)")
+    return host
+
+
+def parse_target(url: str) -> Target:
+    """http://HOST:PORT or grpc://HOST:PORT (no scheme: http), loopback hosts only."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "grpc"):
+        raise UserError(f"{url}: use http://HOST:PORT or grpc://HOST:PORT")
+    try:
+        port = parts.port
+    except ValueError as err:
+        raise UserError(f"{url}: bad port ({err})") from err
+    if not parts.hostname or port is None:
+        raise UserError(f"{url}: give host and port, e.g. http://127.0.0.1:8000")
+    return Target(parts.scheme, check_loopback(parts.hostname, "server"), port)
+
+
+def parse_concurrency(text: str) -> list[int]:
+    try:
+        levels = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        levels = []
+    if not levels or any(not 1 <= c <= MAX_CONCURRENCY for c in levels):
+        raise UserError(f"--concurrency {text!r}: give a comma list of 1..{MAX_CONCURRENCY}, e.g. 1,4,16")
+    return levels
+
+
+def check_budget(requests: int | None, duration: float | None) -> None:
+    if (requests is None) == (duration is None):
+        raise UserError("give exactly one of --requests N or --duration SECONDS")
+    if requests is not None and not 1 <= requests <= MAX_REQUESTS:
+        raise UserError(f"--requests {requests}: give 1..{MAX_REQUESTS}")
+    if duration is not None and not 0 < duration <= MAX_DURATION_S:
+        raise UserError(f"--duration {duration}: give more than 0 and at most {MAX_DURATION_S:g} seconds")
+
+
+@dataclass
+class Samples:
+    """Raw outcome of one or more load windows at one concurrency (pooled with `+`)."""
+
+    concurrency: int
+    batch: int
+    latencies_s: list[float]
+    failures: int
+    errors: list[str]
+    seconds: float
+
+    def __add__(self, other: Samples) -> Samples:
+        errors = self.errors + [e for e in other.errors if e not in self.errors]
+        return Samples(self.concurrency, self.batch, self.latencies_s + other.latencies_s,
+                       self.failures + other.failures, errors[:5], self.seconds + other.seconds)
+
+
+def run_load(
+    make_call: Callable[[], Callable[[], object]],
+    concurrency: int,
+    *,
+    requests: int | None = None,
+    duration: float | None = None,
+    batch: int = 1,
+    warmup: int = 1,
+) -> LoadResult:
+    """Drive `concurrency` threads, each calling its own `make_call()` result in a closed loop.
+
+    Stops after `requests` calls in all or after `duration` seconds. Each thread first makes `warmup`
+    untimed calls. An exception from a call counts as a failed request.
+    """
+    return summarize(collect(make_call, concurrency, requests=requests, duration=duration, batch=batch,
+                             warmup=warmup))
+
+
+def collect(
+    make_call: Callable[[], Callable[[], object]],
+    concurrency: int,
+    *,
+    requests: int | None = None,
+    duration: float | None = None,
+    batch: int = 1,
+    warmup: int = 1,
+) -> Samples:
+    """The raw samples of `run_load` (same arguments), to pool several windows before summarising."""
+    check_budget(requests, duration)
+    issued = 0
+    lock = threading.Lock()
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    failures = [0] * concurrency
+    errors: list[str] = []
+    start_line = threading.Barrier(concurrency + 1)
+    deadline = [float("inf")]
+
+    def take() -> bool:
+        nonlocal issued
+        with lock:
+            if requests is not None and issued >= requests:
+                return False
+            if time.perf_counter() >= deadline[0]:
+                return False
+            issued += 1
+            return True
+
+    def worker(i: int) -> None:
+        try:
+            call = make_call()
+            for _ in range(warmup):
+                call()
+        except Exception as err:  # a client that cannot connect: every request of this thread fails
+            call, setup_error = None, err
+        else:
+            setup_error = None
+        start_line.wait()
+        while take():
+            t0 = time.perf_counter()
+            try:
+                if call is None:
+                    raise setup_error  # type: ignore[misc]
+                call()
+            except Exception as err:  # noqa: BLE001 - any client or server error is a failed request
+                failures[i] += 1
+                message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+                with lock:
+                    if message not in errors and len(errors) < 5:
+                        errors.append(message)
+                continue
+            latencies[i].append(time.perf_counter() - t0)
+        close = getattr(call, "close", None)
+        if close is not None:
+            close()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    start_line.wait()
+    t_start = time.perf_counter()
+    if duration is not None:
+        deadline[0] = t_start + duration
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t_start
+    return Samples(concurrency, batch, [x for per in latencies for x in per], sum(failures), errors, seconds)
+
+
+def summarize(s: Samples) -> LoadResult:
+    """Throughput (answered requests per second of wall time) and latency percentiles of `s`."""
+    lat = np.array(s.latencies_s) * 1e3
+    ok = int(lat.size)
+
+    def pct(q: float) -> float | None:
+        return round(float(np.percentile(lat, q)), 3) if ok else None
+
+    return LoadResult(
+        concurrency=s.concurrency, requests=ok + s.failures, failures=s.failures, seconds=round(s.seconds, 6),
+        throughput_rps=round(ok / s.seconds, 2) if s.seconds > 0 else 0.0,
+        images_per_s=round(ok * s.batch / s.seconds, 2) if s.seconds > 0 else 0.0,
+        p50_ms=pct(50), p90_ms=pct(90), p99_ms=pct(99), mean_ms=round(float(lat.mean()), 3) if ok else None,
+        max_ms=round(float(lat.max()), 3) if ok else None, errors=list(s.errors),
+    )
+
+
+# ------------------------------------------------------------------------------------------ Triton client
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    name: str
+    datatype: str  # Triton datatype, e.g. "FP32"
+    shape: tuple[int, ...]  # with the batch axis
+    max_batch_size: int
+
+
+def _client_module(protocol: str):  # noqa: ANN202 - tritonclient.http or tritonclient.grpc
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as client
+        else:
+            import tritonclient.http as client
+    except ImportError as err:
+        raise missing_dependency("tritonclient", "serve", "hrdeploy loadtest") from err
+    return client
+
+
+def describe_model(target: Target, model: str, batch: int) -> ModelInput:
+    """The model's single input, from the server's metadata and config; UserError if unreachable or unknown."""
+    client_mod = _client_module(target.protocol)
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        client = client_mod.InferenceServerClient(target.address)
+    except Exception as err:
+        raise UserError(f"cannot reach {target.protocol}://{target.address}: {err}") from err
+    url = f"{target.protocol}://{target.address}"
+    try:
+        try:
+            ready = client.is_server_ready()
+        except Exception as err:  # connection refused and friends, raised by either client library
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise UserError(f"cannot reach {url}: {first}; is the server running?") from err
+        if not ready:
+            raise UserError(f"the server at {url} is not ready yet; wait for `hrdeploy serve` to print 'ready'")
+        try:
+            meta = client.get_model_metadata(model)
+            config = client.get_model_config(model)
+        except InferenceServerException as err:
+            raise UserError(f"{url} model {model!r}: {err.message()}; check the name (`hrdeploy serve` prints it)") \
+                from err
+    finally:
+        client.close()
+    if target.protocol == "grpc":
+        from google.protobuf.json_format import MessageToDict
+
+        meta = MessageToDict(meta, preserving_proto_field_name=True)
+        config = MessageToDict(config, preserving_proto_field_name=True)
+    config = config.get("config", config)
+    inputs = meta["inputs"]
+    if len(inputs) != 1:
+        raise UserError(f"model {model!r} has {len(inputs)} inputs; the load test drives single-input models")
+    dims = [int(d) for d in inputs[0]["shape"]]
+    max_batch = int(config.get("max_batch_size", 0))
+    if max_batch > 0:
+        if batch > max_batch:
+            raise UserError(f"--batch {batch} is over the model's max_batch_size {max_batch}")
+        dims[0] = batch
+    elif batch != 1:
+        raise UserError(f"model {model!r} does not batch (max_batch_size 0); drop --batch")
+    if any(d < 0 for d in dims):
+        raise UserError(f"model {model!r} input {inputs[0]['name']} has dynamic dims {dims}; "
+                        "the load test needs a fixed input shape")
+    return ModelInput(inputs[0]["name"], inputs[0]["datatype"], tuple(dims), max_batch)
+
+
+def triton_call_factory(
+    target: Target, model: str, inp: ModelInput, seed: int = 0
+) -> Callable[[], Callable[[], object]]:
+    """A factory of per-thread callables, each with its own client, sending one seeded random tensor."""
+    from tritonclient.utils import triton_to_np_dtype
+
+    client_mod = _client_module(target.protocol)
+    data = np.random.default_rng(seed).standard_normal(inp.shape).astype(triton_to_np_dtype(inp.datatype))
+
+    def make_call() -> Callable[[], object]:
+        client = client_mod.InferenceServerClient(target.address)
+        infer_input = client_mod.InferInput(inp.name, list(inp.shape), inp.datatype)
+        infer_input.set_data_from_numpy(data)
+
+        def call() -> object:
+            return client.infer(model, [infer_input])
+
+        call.close = client.close  # type: ignore[attr-defined]
+        return call
+
+    return make_call
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def scrape_metrics(url: str, model: str) -> dict[str, float]:
+    """Triton's Prometheus counters for `model` (summed over versions), e.g. nv_inference_exec_count."""
+    parts = urlsplit(url)
+    check_loopback(parts.hostname or "", "metrics")
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback http only, checked above
+            text = resp.read().decode()
+    except OSError as err:
+        raise UserError(f"cannot read metrics from {url}: {err}") from err
+    counters: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line.strip())
+        if m and f'model="{model}"' in m.group(2):
+            counters[m.group(1)] = counters.get(m.group(1), 0.0) + float(m.group(3))
+    return counters
+
+
+def average_batch(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Requests per model execution between two scrapes (nv_inference_request_success / nv_inference_exec_count)."""
+    execs = after.get("nv_inference_exec_count", 0.0) - before.get("nv_inference_exec_count", 0.0)
+    done = after.get("nv_inference_request_success", 0.0) - before.get("nv_inference_request_success", 0.0)
+    return round(done / execs, 3) if execs > 0 else None
+
+
+def markdown(report: dict) -> str:
+    """The load-test report as a Markdown table (one row per concurrency)."""
+    t = report["target"]
+    budget = f"{t['requests']} requests" if t.get("requests") else f"{t['duration_s']:g} s"
+    lines = [
+        f"# Load test: {t['model']} at {t['url']}",
+        "",
+        f"{budget} per concurrency, batch {t['batch']} per request, input {t['datatype']} {t['shape']}, "
+        f"closed loop (each worker waits for its answer). Latency is client-side; {report['machine']}.",
+        "",
+        "| concurrency | requests | failed | req/s | images/s | p50 ms | p90 ms | p99 ms | mean ms | avg batch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        cells = [r["concurrency"], r["requests"], r["failures"], r["throughput_rps"], r["images_per_s"],
+                 r["p50_ms"], r["p90_ms"], r["p99_ms"], r["mean_ms"], r["avg_batch"]]
+        lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    for r in report["results"]:
+        for e in r["errors"]:
+            lines.append(f"\n- concurrency {r['concurrency']}: {e}")
+    return "\n".join(lines) + "\n"
+
+
+def as_dict(result: LoadResult) -> dict:
+    return asdict(result)

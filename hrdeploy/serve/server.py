@@ -1,0 +1,184 @@
+"""Serve one artifact on a real Triton Inference Server through NVIDIA PyTriton.
+
+PyTriton starts `tritonserver` (HTTP, gRPC, Prometheus metrics, health endpoints, Triton's dynamic batcher)
+with a Python-backend model that hands each batch to hrdeploy's runner in this process: onnxruntime for ONNX
+artifacts, TensorRT for engines. One runner per model instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hrdeploy.errors import UserError, missing_dependency
+from hrdeploy.runtime.base import Runner
+from hrdeploy.serve.batching import Batching
+from hrdeploy.serve.spec import ServeSpec
+
+EXIT_TIMEOUT_S = 5  # how long tritonserver waits for in-flight requests and open connections when stopping
+_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 0}
+# PyTriton's Python-backend stub gives its handshake with the serving process 1 s (pytriton.proxy.communication
+# get_config_from_handshake_server); on a starved CPU it can time out, and a fresh start usually succeeds.
+HANDSHAKE_TIMEOUT = "Timeout occurred while waiting for config file"
+START_ATTEMPTS = 3
+PYTHON_NOTE = ("PyTriton's Python backend needs a venv made with Debian's /usr/bin/python3.11, "
+               "e.g. `make setup-serve` (.venv-serve)")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def grpc(self) -> str:
+        return f"grpc://{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+
+def check_ports_free(endpoints: Endpoints) -> None:
+    """UserError naming the first HTTP/gRPC/metrics port that something on `host` already uses."""
+    ports = (("HTTP", "--port", endpoints.http_port), ("gRPC", "--grpc-port", endpoints.grpc_port),
+             ("metrics", "--metrics-port", endpoints.metrics_port))
+    if len({p for _, _, p in ports}) < len(ports):
+        raise UserError(f"the HTTP, gRPC and metrics ports must differ (got {', '.join(str(p) for *_, p in ports)})")
+    for what, option, port in ports:
+        with socket.socket(socket.AF_INET6 if ":" in endpoints.host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tritonserver binds: TIME_WAIT is fine
+            try:
+                s.bind((endpoints.host, port))
+            except OSError as err:
+                raise UserError(f"cannot listen on {endpoints.host}:{port} for {what} ({err.strerror}); "
+                                f"pick a free port with {option}") from err
+
+
+def make_infer_func(spec: ServeSpec, batching: Batching, runner: Runner) -> Callable:
+    """A PyTriton inference callable that runs `runner` on each batch Triton forms (or each whole request)."""
+    from pytriton.decorators import batch
+
+    in_name = spec.input.name
+
+    if batching.max_batch_size > 0:
+        @batch
+        def infer(**inputs):  # noqa: ANN003, ANN202 - PyTriton passes one stacked array per input name
+            return runner.run(inputs[in_name])
+
+        return infer
+
+    def infer_static(requests):  # noqa: ANN001, ANN202 - list of pytriton Request, each a whole fixed-shape tensor
+        return [runner.run(r[in_name]) for r in requests]
+
+    return infer_static
+
+
+def serve(
+    spec: ServeSpec,
+    name: str,
+    batching: Batching,
+    endpoints: Endpoints,
+    *,
+    instances: int = 1,
+    threads: int | None = None,
+    log_file: Path | None = None,
+    on_ready: Callable[[Endpoints], None] = lambda e: None,
+) -> int:
+    """Serve until SIGINT (returns 130) or SIGTERM (returns 0); tritonserver is always stopped.
+
+    A UserError when PyTriton is missing or tritonserver dies while serving.
+    """
+    try:
+        import numpy as np
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+    except ImportError as err:
+        raise missing_dependency("nvidia-pytriton", "serve", f"hrdeploy serve; {PYTHON_NOTE}") from err
+    from hrdeploy.runtime.factory import open_runner
+    if instances < 1:
+        raise UserError(f"--instances {instances}: give 1 or more")
+    logging.getLogger("pytriton").setLevel(logging.WARNING)
+
+    received: list[int] = []
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    check_ports_free(endpoints)
+    previous = {s: signal.signal(s, on_signal) for s in _SIGNAL_EXIT}
+    static = batching.max_batch_size == 0
+
+    def tensor(t) -> Tensor:  # noqa: ANN001 - TensorSpec
+        shape = spec.whole_shape(t) if static else t.dims
+        return Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=tuple(shape))
+
+    if static:
+        config = ModelConfig(batching=False)
+    else:
+        config = ModelConfig(max_batch_size=batching.max_batch_size, batcher=DynamicBatcher(
+            max_queue_delay_microseconds=batching.max_queue_delay_us, preferred_batch_size=list(batching.preferred)))
+    try:
+        with tempfile.TemporaryDirectory(prefix="hrdeploy-serve-") as work, contextlib.ExitStack() as stack:
+            triton_config = TritonConfig(
+                http_address=endpoints.host, http_port=endpoints.http_port, grpc_address=endpoints.host,
+                grpc_port=endpoints.grpc_port, metrics_address=endpoints.host, metrics_port=endpoints.metrics_port,
+                allow_gpu_metrics=False, exit_timeout_secs=EXIT_TIMEOUT_S,
+                log_file=log_file or Path(work) / "tritonserver.log",
+            )
+            where = log_file or "rerun with --log-file FILE"
+            # Runners first, so the stack stops tritonserver before it closes them.
+            runners = [stack.enter_context(open_runner(spec.path, threads=threads)) for _ in range(instances)]
+
+            def start(attempt: int) -> Triton:
+                """Start tritonserver (entering Triton) and load the model (run()); stop it again on failure."""
+                triton = Triton(config=triton_config, workspace=Path(work) / f"pytriton-{attempt}")
+                try:
+                    triton.__enter__()
+                    triton.bind(model_name=name, infer_func=[make_infer_func(spec, batching, r) for r in runners],
+                                inputs=[tensor(spec.input)], outputs=[tensor(t) for t in spec.outputs],
+                                config=config, strict=True)
+                    if not stop.is_set():
+                        triton.run()
+                except BaseException:
+                    triton.stop()
+                    raise
+                return triton
+
+            for attempt in range(1, START_ATTEMPTS + 1):
+                try:
+                    triton = start(attempt)
+                    break
+                except Exception as err:  # PyTriton raises its own, tritonclient's and socket errors here
+                    if HANDSHAKE_TIMEOUT in str(err) and attempt < START_ATTEMPTS and not stop.is_set():
+                        logging.getLogger("hrdeploy.serve").warning(
+                            "the Python backend's handshake with PyTriton timed out (a loaded CPU); retrying")
+                        continue
+                    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                    raise UserError(f"tritonserver could not serve {name!r}: {first}; see its log ({where}); "
+                                    f"{PYTHON_NOTE}") from err
+            stack.callback(triton.stop)
+            if not stop.is_set():
+                on_ready(endpoints)
+            while not stop.wait(0.5):
+                if not triton.is_alive():
+                    raise UserError(f"tritonserver stopped unexpectedly; see its log ({where})")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return _SIGNAL_EXIT[received[0]]

@@ -1,0 +1,413 @@
+"""Serving on Triton: the model repository config, a real PyTriton server, bad requests, load, shutdown.
+
+Tests marked `serve` need the serve extra (nvidia-pytriton, tritonclient) and run in .venv-serve
+(`make test-serve`, part of `make test`); the others run everywhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_bundles import tiny_bundle
+
+from hrdeploy.cli import cli
+from hrdeploy.errors import UserError
+from hrdeploy.serve.batching import plan_batching, preferred_batch_sizes
+from hrdeploy.serve.loadtest import average_batch, parse_target, run_load
+from hrdeploy.serve.spec import ServeSpec, TensorSpec, serve_spec
+from hrdeploy.serve.triton_repo import config_pbtxt
+
+SIZE = (64, 64)  # lite_hrnet_18's smallest input (a multiple of its stride 32): heatmaps 16x16
+MAX_BATCH = 4
+
+
+def _one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def _spec(batch_range=(1, None), static_batch=None) -> ServeSpec:  # noqa: ANN001
+    return ServeSpec(
+        bundle=Path("b"), model="m", key="onnx", path=Path("b/model.onnx"), kind="onnx", precision="fp32",
+        input=TensorSpec("input", "float32", (3, 64, 48)), outputs=(TensorSpec("heatmaps", "float32", (17, 16, 12)),),
+        batch_range=batch_range, static_batch=static_batch,
+    )
+
+
+# ------------------------------------------------------------------------------------------ everywhere
+
+
+def test_preferred_batch_sizes_are_powers_of_two_up_to_the_max() -> None:
+    assert preferred_batch_sizes(8) == (2, 4, 8)
+    assert preferred_batch_sizes(6) == (2, 4, 6)
+    assert preferred_batch_sizes(1) == ()
+
+
+def test_batching_follows_the_artifact_batch_range() -> None:
+    assert plan_batching(_spec(), None, 100).max_batch_size == 8  # unbounded ONNX: the default
+    assert plan_batching(_spec((1, 16)), None, 100).max_batch_size == 16  # an engine profile's max
+    with pytest.raises(UserError, match="over the onnx profile's max batch 16"):
+        plan_batching(_spec((1, 16)), 32, 100)
+    with pytest.raises(UserError, match="rebuild the engine with --min-batch 1"):
+        plan_batching(_spec((2, 8)), None, 100)
+    static = _spec(None, 2)
+    assert plan_batching(static, None, 100).max_batch_size == 0
+    with pytest.raises(UserError, match="static batch of 2.*--dynamic-batch"):
+        plan_batching(static, 4, 100)
+
+
+def test_static_batch_config_has_the_full_shape_and_no_batcher() -> None:
+    spec = _spec(None, 2)
+    text = config_pbtxt(spec, "m", plan_batching(spec, None, 100), 1, "gpu")
+    assert "max_batch_size: 0" in text and "dynamic_batching" not in text
+    assert "dims: [ 2, 3, 64, 48 ]" in text and "dims: [ 2, 17, 16, 12 ]" in text
+
+
+def test_serve_spec_reads_the_bundle(tmp_path: Path) -> None:
+    dyn = serve_spec(tiny_bundle(tmp_path / "dyn", with_fp16=True), "fp16")
+    assert (dyn.model, dyn.key, dyn.kind, dyn.precision, dyn.path.name) == ("tiny", "fp16", "onnx", "fp16",
+                                                                            "model.fp16.onnx")
+    assert dyn.input == TensorSpec("input", "float32", (3, 64, 48))  # the fp16 graph keeps float32 I/O
+    assert dyn.outputs == (TensorSpec("heatmaps", "float32", (17, 16, 12)),)
+    assert (dyn.batch_range, dyn.static_batch) == ((1, None), None)
+    static = serve_spec(tiny_bundle(tmp_path / "static", dynamic_batch=False))
+    assert (static.batch_range, static.static_batch) == (None, 1)
+
+
+def test_triton_repo_writes_config_and_model(cli_runner, tmp_path: Path) -> None:
+    bundle = tiny_bundle(tmp_path / "b", with_fp16=True)
+    repo = tmp_path / "repo"
+    result = cli_runner.invoke(cli, ["triton-repo", os.fspath(bundle), "-o", os.fspath(repo), "--artifact", "fp16",
+                                     "--max-batch", "6", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    text = (repo / "tiny_fp16" / "config.pbtxt").read_text()
+    for line in ('name: "tiny_fp16"', 'backend: "onnxruntime"', "max_batch_size: 6", "data_type: TYPE_FP32",
+                 "dims: [ 3, 64, 48 ]", "dims: [ 17, 16, 12 ]", "preferred_batch_size: [ 2, 4, 6 ]", "kind: KIND_CPU"):
+        assert line in text, line
+    assert (repo / "tiny_fp16" / "1" / "model.onnx").read_bytes() == (bundle / "model.fp16.onnx").read_bytes()
+    assert sorted(p.name for p in (repo / "tiny_fp16").rglob("*")) == ["1", "config.pbtxt", "model.onnx"]
+
+
+def test_triton_repo_for_an_engine_uses_its_profile(cli_runner, tmp_path: Path) -> None:
+    from hrdeploy.bundle import Bundle
+
+    bundle = tiny_bundle(tmp_path / "b")
+    (bundle / "model.fp16.engine").write_bytes(b"plan bytes")  # triton-repo copies it; nothing here parses it
+    profile = {"input": "input", "min": [1, 3, 64, 48], "opt": [4, 3, 64, 48], "max": [8, 3, 64, 48]}
+    Bundle.open(bundle).record_artifact("engine_fp16", "model.fp16.engine", precision="fp16", profiles=[profile])
+    repo = tmp_path / "repo"
+    result = cli_runner.invoke(cli, ["triton-repo", os.fspath(bundle), "-o", os.fspath(repo), "--artifact",
+                                     "engine_fp16"])
+    assert result.exit_code == 0, result.output
+    text = (repo / "tiny_engine_fp16" / "config.pbtxt").read_text()
+    for line in ('backend: "tensorrt"', 'default_model_filename: "model.plan"', "max_batch_size: 8",
+                 "preferred_batch_size: [ 2, 4, 8 ]", "kind: KIND_GPU"):
+        assert line in text, line
+    assert (repo / "tiny_engine_fp16" / "1" / "model.plan").read_bytes() == b"plan bytes"
+    over = cli_runner.invoke(cli, ["triton-repo", os.fspath(bundle), "-o", os.fspath(tmp_path / "r2"), "--artifact",
+                                   "engine_fp16", "--max-batch", "16"])
+    _one_line_error(over, "over the engine_fp16 profile's max batch 8")
+    cpu = cli_runner.invoke(cli, ["triton-repo", os.fspath(bundle), "-o", os.fspath(tmp_path / "r3"), "--artifact",
+                                  "engine_fp16", "--device", "cpu"])
+    _one_line_error(cpu, "runs on a GPU only")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["triton-repo", "{static}", "-o", "{tmp}/r", "--max-batch", "4"], "static batch of 1, so Triton cannot batch"),
+    (["triton-repo", "{dyn}", "-o", "{tmp}/r", "--artifact", "int8"], r"has no .int8. artifact \(it has: onnx\)"),
+    (["triton-repo", "{dyn}", "-o", "{tmp}/r", "--name", "../x"], "a Triton model name is a directory name"),
+    (["triton-repo", "{dyn}", "-o", "{tmp}/r", "--instances", "0"], "--instances 0"),
+    (["triton-repo", "{dyn}", "-o", "{tmp}/r", "--max-batch", "0"], "--max-batch 0"),
+    (["triton-repo", "{tmp}/nope", "-o", "{tmp}/r"], "does not exist|not a bundle"),
+    (["serve", "{static}", "--max-batch", "4"], "static batch of 1, so Triton cannot batch"),
+    (["serve", "{dyn}", "--max-queue-delay-us", "-1"], "--max-queue-delay-us -1"),
+])
+def test_repo_and_serve_refuse_bad_input(cli_runner, tmp_path: Path, args: list[str], message: str) -> None:
+    import re
+
+    paths = {"static": tiny_bundle(tmp_path / "static", dynamic_batch=False), "dyn": tiny_bundle(tmp_path / "dyn"),
+             "tmp": tmp_path}
+    result = cli_runner.invoke(cli, [a.format(**paths) for a in args])
+    _one_line_error(result)
+    assert re.search(message, result.stderr), result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("url", ["http://10.1.2.3:8000", "grpc://example.com:8001", "http://0.0.0.0:8000"])
+def test_loadtest_refuses_hosts_that_are_not_loopback(cli_runner, url: str) -> None:
+    result = cli_runner.invoke(cli, ["loadtest", url, "--model", "m", "--requests", "1"])
+    _one_line_error(result, "is not loopback")
+
+
+def test_serve_without_the_extra_says_how_to_get_it(cli_runner, tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("pytriton") is not None:
+        pytest.skip("nvidia-pytriton is installed here; this checks the message without it")
+    result = cli_runner.invoke(cli, ["serve", os.fspath(tiny_bundle(tmp_path / "b"))])
+    _one_line_error(result, "nvidia-pytriton is not installed", "hrdeploy[serve]", "/usr/bin/python3.11")
+
+
+def test_loadtest_needs_exactly_one_budget(cli_runner) -> None:
+    result = cli_runner.invoke(cli, ["loadtest", "http://127.0.0.1:9", "--model", "m"])
+    _one_line_error(result, "exactly one of --requests N or --duration SECONDS")
+    assert parse_target("[::1]:8001").address == "[::1]:8001"
+
+
+def test_run_load_counts_requests_failures_and_latency() -> None:
+    calls = itertools.count(1)  # next() is atomic under the GIL
+
+    def make_call():  # noqa: ANN202
+        def call() -> None:
+            n = next(calls)
+            time.sleep(0.001)
+            if n % 3 == 0:
+                raise RuntimeError("every third call fails")
+        return call
+
+    r = run_load(make_call, 3, requests=30, warmup=0)
+    assert (r.requests, r.failures) == (30, 10)
+    assert r.errors == ["RuntimeError: every third call fails"]
+    assert r.p50_ms is not None and r.p50_ms >= 1.0 and r.p99_ms >= r.p50_ms
+    assert r.throughput_rps == pytest.approx(20 / r.seconds, rel=0.01)
+
+
+def test_average_batch_is_requests_per_execution() -> None:
+    before = {"nv_inference_exec_count": 10.0, "nv_inference_request_success": 10.0}
+    after = {"nv_inference_exec_count": 30.0, "nv_inference_request_success": 70.0}
+    assert average_batch(before, after) == 3.0
+    assert average_batch(after, after) is None
+
+
+# ------------------------------------------------------------------------------------------ serve extra
+
+
+def _need_serve_extra() -> None:
+    for module in ("pytriton", "tritonclient.grpc", "tritonclient.http"):
+        try:
+            __import__(module)
+        except ImportError:
+            pytest.skip(f"{module} is not installed (the serve extra; `make test-serve` sets up .venv-serve)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lite_hrnet_18 at 64x64 with a dynamic batch (torchscript exporter: the quickest export)."""
+    _need_serve_extra()
+    from hrdeploy.export import export_bundle
+
+    out = tmp_path_factory.mktemp("serve") / "lite_hrnet_18"
+    assert export_bundle("lite_hrnet_18", out, input_size=SIZE, dynamic_batch=True, exporter="torchscript").passed
+    return out
+
+
+class Server:
+    def __init__(self, bundle: Path, *extra: str) -> None:
+        self.http, self.grpc, self.metrics = _free_port(), _free_port(), _free_port()
+        self.log = bundle.parent / f"tritonserver-{self.http}.log"
+        cmd = [sys.executable, "-m", "hrdeploy.cli", "serve", os.fspath(bundle), "--host", "127.0.0.1",
+               "--port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
+               "--threads", "1", "--log-file", os.fspath(self.log), *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        ready = f"http://127.0.0.1:{self.http}/v2/models/lite_hrnet_18/ready"  # the model, not only the server
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                log = self.log.read_text()[-3000:] if self.log.is_file() else ""
+                raise AssertionError(f"hrdeploy serve exited {self.proc.returncode}: {self.proc.stdout.read()}\n{log}")
+            try:
+                with urllib.request.urlopen(ready, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError("hrdeploy serve was not ready in time")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return self.proc.returncode, out
+
+
+@pytest.fixture(scope="module")
+def server(small_bundle: Path):
+    s = Server(small_bundle, "--max-batch", str(MAX_BATCH), "--max-queue-delay-us", "2000", "--instances", "2")
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.mark.serve
+def test_serve_refuses_a_port_in_use(small_bundle: Path, cli_runner) -> None:
+    _need_serve_extra()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = cli_runner.invoke(cli, ["serve", os.fspath(small_bundle), "--port", str(_free_port()),
+                                         "--grpc-port", str(port), "--metrics-port", str(_free_port())])
+    _one_line_error(result, f"cannot listen on 127.0.0.1:{port} for gRPC", "--grpc-port")
+
+
+@pytest.mark.serve
+def test_repo_config_parses_and_matches_the_bundle(small_bundle: Path, cli_runner, tmp_path: Path) -> None:
+    _need_serve_extra()
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from hrdeploy.bundle import Bundle
+
+    b = Bundle.open(small_bundle)
+    repo = tmp_path / "repo"
+    result = cli_runner.invoke(cli, ["triton-repo", os.fspath(small_bundle), "-o", os.fspath(repo), "--instances", "2",
+                                     "--max-queue-delay-us", "500"])
+    assert result.exit_code == 0, result.output
+    config = text_format.Parse((repo / "lite_hrnet_18" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert (config.name, config.backend, config.max_batch_size) == ("lite_hrnet_18", "onnxruntime", 8)
+    fp32 = model_config_pb2.DataType.Value("TYPE_FP32")
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [(b.input.name, fp32, [3, *SIZE])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
+        (o.name, fp32, [o.channels, SIZE[0] // o.stride, SIZE[1] // o.stride]) for o in b.outputs]
+    assert list(config.dynamic_batching.preferred_batch_size) == [2, 4, 8]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_GPU)]
+    model_file = repo / "lite_hrnet_18" / "1" / "model.onnx"
+    assert model_file.read_bytes() == b.artifact("onnx").path.read_bytes()
+    again = cli_runner.invoke(cli, ["triton-repo", os.fspath(small_bundle), "-o", os.fspath(repo)])
+    _one_line_error(again, "exists; pass --force")
+
+
+def _infer(client_mod, port: int, x: np.ndarray, datatype: str = "FP32"):  # noqa: ANN001, ANN202
+    client = client_mod.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        inp = client_mod.InferInput("input", list(x.shape), datatype)
+        inp.set_data_from_numpy(x)
+        return client.infer("lite_hrnet_18", [inp]).as_numpy("heatmaps")
+    finally:
+        client.close()
+
+
+@pytest.mark.serve
+def test_served_heatmaps_equal_onnxruntime_and_config_matches(server: Server, small_bundle: Path) -> None:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from hrdeploy.runtime.onnxruntime import OrtRunner
+
+    x = np.random.default_rng(0).standard_normal((3, 3, *SIZE)).astype(np.float32)
+    want = OrtRunner(small_bundle / "model.onnx", threads=1).run(x)["heatmaps"]
+    for client_mod, port in ((httpclient, server.http), (grpcclient, server.grpc)):
+        got = _infer(client_mod, port, x)
+        assert got.shape == want.shape == (3, 17, SIZE[0] // 4, SIZE[1] // 4)
+        assert float(np.abs(got - want).max()) <= 1e-5 * float(np.abs(want).max())
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.http}")
+    try:
+        config = client.get_model_config("lite_hrnet_18")
+    finally:
+        client.close()
+    assert config["max_batch_size"] == MAX_BATCH
+    assert config["input"][0]["dims"] == [3, *SIZE] and config["input"][0]["data_type"] == "TYPE_FP32"
+    assert config["dynamic_batching"]["preferred_batch_size"] == [2, 4]
+
+
+@pytest.mark.serve
+@pytest.mark.parametrize("shape,datatype,needle", [
+    ((1, 3, 32, 32), "FP32", "unexpected shape for input 'input'"),
+    ((1, 3, *SIZE), "FP64", "data-type is 'FP64', but model 'lite_hrnet_18' expects 'FP32'"),
+    ((MAX_BATCH + 1, 3, *SIZE), "FP32", f"must be <= {MAX_BATCH}"),
+])
+def test_bad_requests_get_triton_errors_and_the_server_keeps_serving(
+    server: Server, shape: tuple[int, ...], datatype: str, needle: str
+) -> None:
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    x = np.zeros(shape, dtype=np.float64 if datatype == "FP64" else np.float32)
+    with pytest.raises(InferenceServerException) as err:
+        _infer(httpclient, server.http, x, datatype)
+    assert needle in err.value.message(), err.value.message()
+    ok = _infer(httpclient, server.http, np.zeros((1, 3, *SIZE), np.float32))
+    assert ok.shape == (1, 17, SIZE[0] // 4, SIZE[1] // 4) and np.isfinite(ok).all()
+
+
+@pytest.mark.serve
+def test_short_load_test_has_no_failed_requests(server: Server, cli_runner, tmp_path: Path) -> None:
+    out = tmp_path / "lt.json"
+    result = cli_runner.invoke(cli, [
+        "loadtest", f"grpc://127.0.0.1:{server.grpc}", "--model", "lite_hrnet_18", "--concurrency", "1,4",
+        "--requests", "24", "--metrics-url", f"http://127.0.0.1:{server.metrics}/metrics", "--json", os.fspath(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert [(r["concurrency"], r["requests"], r["failures"]) for r in report["results"]] == [(1, 24, 0), (4, 24, 0)]
+    first = report["results"][0]
+    assert first["avg_batch"] == 1.0  # one client waits for each answer: nothing to batch with
+    assert 1.0 <= report["results"][1]["avg_batch"] <= MAX_BATCH
+    assert first["p50_ms"] <= first["p99_ms"] and first["throughput_rps"] > 0
+    assert "| 4 | 24 | 0 |" in out.with_suffix(".md").read_text()
+    over = cli_runner.invoke(cli, ["loadtest", f"http://127.0.0.1:{server.http}", "--model", "lite_hrnet_18",
+                                   "--batch", str(MAX_BATCH + 1), "--requests", "1", "--json", os.fspath(out)])
+    _one_line_error(over, f"--batch {MAX_BATCH + 1} is over the model's max_batch_size {MAX_BATCH}")
+    closed = cli_runner.invoke(cli, ["loadtest", f"grpc://127.0.0.1:{_free_port()}", "--model", "lite_hrnet_18",
+                                     "--requests", "1", "--json", os.fspath(out)])
+    _one_line_error(closed, "cannot reach grpc://127.0.0.1:")
+
+
+@pytest.mark.serve
+def test_sigterm_stops_the_server_cleanly(server: Server) -> None:
+    code, out = server.stop(signal.SIGTERM)
+    assert code == 0, out
+    assert "stopped" in out
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{server.http}/v2/health/live", timeout=2)
+
+
+@pytest.mark.serve
+def test_static_batch_bundle_is_served_whole_and_ctrl_c_exits_130(tmp_path: Path) -> None:
+    _need_serve_extra()
+    import tritonclient.http as httpclient
+
+    from hrdeploy.runtime.onnxruntime import OrtRunner
+
+    bundle = tiny_bundle(tmp_path / "static", name="lite_hrnet_18", dynamic_batch=False)
+    s = Server(bundle)
+    try:
+        s.wait_ready()
+        x = np.random.default_rng(1).standard_normal((1, 3, 64, 48)).astype(np.float32)
+        got = _infer(httpclient, s.http, x)
+        want = OrtRunner(bundle / "model.onnx", threads=1).run(x)["heatmaps"]
+        assert got.shape == want.shape == (1, 17, 16, 12)
+        assert float(np.abs(got - want).max()) <= 1e-5 * float(np.abs(want).max())
+    finally:
+        code, out = s.stop(signal.SIGINT)
+    assert code == 130, out
+    assert "static batch 1, no batching" in out and "stopped" in out
