@@ -24,10 +24,12 @@ from hrdeploy.serve.spec import ServeSpec
 
 EXIT_TIMEOUT_S = 5  # how long tritonserver waits for in-flight requests and open connections when stopping
 _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 0}
-# PyTriton's Python-backend stub gives its handshake with the serving process 1 s (pytriton.proxy.communication
-# get_config_from_handshake_server); on a starved CPU it can time out, and a fresh start usually succeeds.
-HANDSHAKE_TIMEOUT = "Timeout occurred while waiting for config file"
-START_ATTEMPTS = 3
+# With several instances, PyTriton's Python-backend stubs start in parallel: instance 0 opens a handshake socket
+# and the others connect to it within 1 s (pytriton.proxy.communication.get_config_from_handshake_server). On a
+# busy CPU they can time out, or connect between the socket's bind and listen (ConnectionRefusedError); both fail
+# inside that function, and a fresh start usually succeeds.
+HANDSHAKE_FAILURE = "get_config_from_handshake_server"
+START_ATTEMPTS = 5
 PYTHON_NOTE = ("PyTriton's Python backend needs a venv made with Debian's /usr/bin/python3.11, "
                "e.g. `make setup-serve` (.venv-serve)")
 
@@ -165,9 +167,9 @@ def serve(
                     triton = start(attempt)
                     break
                 except Exception as err:  # PyTriton raises its own, tritonclient's and socket errors here
-                    if HANDSHAKE_TIMEOUT in str(err) and attempt < START_ATTEMPTS and not stop.is_set():
+                    if HANDSHAKE_FAILURE in str(err) and attempt < START_ATTEMPTS and not stop.is_set():
                         logging.getLogger("hrdeploy.serve").warning(
-                            "the Python backend's handshake with PyTriton timed out (a loaded CPU); retrying")
+                            "the Python backend's handshake with PyTriton failed (a race at start); retrying")
                         continue
                     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
                     raise UserError(f"tritonserver could not serve {name!r}: {first}; see its log ({where}); "
