@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from results_md import replace_block  # noqa: E402 - benchmarks/ is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 MODEL = "wider_naive_lite_hrnet_18"
@@ -157,18 +159,6 @@ def table(result: dict) -> list[str]:
     return lines
 
 
-def replace_block(path: Path, block: str) -> None:
-    """Put `block` (BEGIN ... END) in place of the file's previous one, or append it."""
-    from hrdeploy.io import write_text
-
-    text = path.read_text() if path.is_file() else ""
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END) + 1:]
-    else:
-        text = text.rstrip() + "\n\n" + block
-    write_text(path, text)
-
-
 def to_markdown(result: dict) -> str:
     lines = [
         BEGIN,
@@ -264,11 +254,11 @@ def main(argv: list[str] | None = None) -> int:
             }
     write_json(args.json, result)
     md = to_markdown(result)
-    replace_block(Path(args.results_md), md)
+    replace_block(Path(args.results_md), md, BEGIN, END)
     readme = "\n".join([BEGIN, f"Measured {result['date']} by `{result['command']}` (details: "
                          "[benchmarks/RESULTS.md](benchmarks/RESULTS.md)); onnxruntime CPU, 12 annotated COCO people.",
                          "", *table(result), END]) + "\n"
-    replace_block(Path(args.readme), readme)
+    replace_block(Path(args.readme), readme, BEGIN, END)
     print(md)
     return 0
 
