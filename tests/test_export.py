@@ -61,7 +61,8 @@ def test_existing_bundle_needs_force(cli_runner, lite18_bundle):
         (["export", "lite_hrnet18"], "unknown model 'lite_hrnet18'; did you mean lite_hrnet_18"),
         (["export", "lite_hrnet_18", "--input-size", "250x192"], "does not divide by lite_hrnet_18's stride 32"),
         (["export", "lite_hrnet_18", "--input-size", "big"], "is not HxW"),
-        (["export", "lite_hrnet_18", "--opset", "9"], "opset 9 is out of range for the torchscript exporter; use 13.."),
+        (["export", "lite_hrnet_18", "--opset", "9"],
+         "opset 9 is out of range for the torchscript exporter; use 13..20"),
         (["export", "hrnetv2_w48", "--dataset", "coco"], "has no 'coco' variant"),
     ],
 )
