@@ -292,12 +292,21 @@ def _export_into(
 
     step("parity: onnxruntime vs eager")
     heatmaps = tuple(n for n in spec.output_names if n.startswith("heatmaps")) if spec.is_pose else ()
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
     with clock.phase("parity"), OrtRunner(onnx_path, threads=1) as ort_runner:
-        parity = compare(
-            EagerRunner(eager, spec.output_names), ort_runner,
-            _parity_cases(opts, size, spec.stride), heatmap_outputs=heatmaps,
-            exact_reference=EagerRunner(copy.deepcopy(eager).double(), spec.output_names, dtype=float64),
-        )
+        try:
+            parity = compare(
+                EagerRunner(eager, spec.output_names), ort_runner,
+                _parity_cases(opts, size, spec.stride), heatmap_outputs=heatmaps,
+                exact_reference=EagerRunner(copy.deepcopy(eager).double(), spec.output_names, dtype=float64),
+            )
+        except (Fail, InvalidArgument, RuntimeException) as err:  # the graph kept a shape of the export sample
+            other = "dynamo" if exporter == "torchscript" else "torchscript"
+            raise UserError(
+                f"the {exporter}-exported graph does not run on onnxruntime at every parity input "
+                f"({str(err).splitlines()[0][:200]}); export with --exporter {other}"
+            ) from err
     parity["stage"] = "export"
     manifest["export"]["seconds"] = round(export_seconds, 2)
     manifest["export"]["phases"] = clock.to_dict()
