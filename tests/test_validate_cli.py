@@ -60,7 +60,7 @@ def tiny_bundles(tiny_model, tmp_path_factory):
     from hrdeploy.export import export_bundle
 
     root = tmp_path_factory.mktemp("tiny_bundles")
-    export_bundle(tiny_model, root / "dyn", dynamic_shape=True, exporter="dynamo")
+    export_bundle(tiny_model, root / "dyn", dynamic_shape=True)  # dynamic H/W: dynamo by default
     export_bundle(tiny_model, root / "static", batch=1)
     return root / "dyn", root / "static"
 
@@ -109,6 +109,7 @@ def test_validate_passes_and_keeps_export_report(cli_runner, tiny_bundles, tmp_p
 
 def test_validate_fails_and_names_the_tampered_node(cli_runner, tiny_bundles, tmp_path) -> None:
     bundle = _copy(tiny_bundles[0], tmp_path)
+    assert json.loads((bundle / MANIFEST).read_text())["export"]["exporter"] == "dynamo"
     path = bundle / "model.onnx"
     model = onnx.load(path)
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
@@ -125,7 +126,7 @@ def test_validate_fails_and_names_the_tampered_node(cli_runner, tiny_bundles, tm
     assert row["passed"] is False and row["failures"]
     first = row["divergence"]["first_divergence"]
     assert first["node"] == target.name
-    assert first["module"].startswith("block.")  # mapped back to the eager module
+    assert first["module"].startswith("block.")  # mapped back to the eager module (torch.export FX names)
     assert row["divergence"]["last_agreeing"] is not None and first["position"] > 0  # the stem agreed
     assert "changed since the manifest recorded it" in row["warning"]
     assert target.name in result.output and target.name in (bundle / "parity.md").read_text()
