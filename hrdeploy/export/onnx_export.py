@@ -70,8 +70,9 @@ def export_onnx(
 ) -> None:
     """Export `model` to `path`; a dynamic batch dim is named `batch` in the graph.
 
-    With dynamic_shape, H and W are exported as multiples of `stride` (torch.export derived dims),
-    since the export-friendly rewrites are exact only for sizes that divide by the network stride.
+    With dynamic_shape, dynamo exports H and W as multiples of `stride` (torch.export derived dims),
+    since the export-friendly rewrites are exact only for sizes that divide by the network stride;
+    TorchScript names them `height` and `width` without a constraint. A failure raises ExporterError.
     """
     x = torch.randn(batch if not dynamic_batch else max(batch, 2), 3, *input_size)
     kwargs: dict = {"input_names": [INPUT_NAME], "output_names": list(output_names), "opset_version": opset}
