@@ -115,6 +115,7 @@ def bench_model(name: str, work: Path, args: argparse.Namespace, log) -> dict[st
         row["export_s"] = res.manifest["export"]["seconds"]
         row["export_total_s"] = round(res.seconds, 1)
         row["rewrites"] = res.manifest["rewrites"]
+        row["exporter"] = res.manifest["export"]["exporter"]
         row["parity_passed"] = res.passed
         row["parity_max_rel"] = max(r["max_rel"] for r in res.parity["rows"])
         floors = [r["fp32_floor_rel"] for r in res.parity["rows"] if "fp32_floor_rel" in r]
@@ -208,6 +209,8 @@ def fmt(v: float | None, spec: str = ".2f") -> str:
 def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     m = meta["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    # rows measured before the manifest's exporter was recorded here were exported with dynamo
+    exporters = "/".join(sorted({r.get("exporter", "dynamo") for r in rows if "export_s" in r})) or "no"
     lines = [
         "# hrdeploy zoo benchmark",
         "",
@@ -232,7 +235,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"calls as fit in {meta['row_seconds']} s (1..{meta['max_iterations']}; `n` columns); a batch-8 call "
         f"expected to take over {meta['row_seconds']} s runs once without warm-up. p50 is the median.",
         "- MACs: torch FlopCounterMode / 2 at batch 1 (hrdeploy.counting). Export: the rewritten model, "
-        "dynamic batch, dynamo exporter + onnxsim; `export s` excludes the parity check. Parity: fp32 ONNX on "
+        f"dynamic batch, {exporters} exporter + onnxsim; `export s` excludes the parity check. Parity: fp32 ONNX on "
         "onnxruntime vs eager on seeded inputs at batch 1 and 4 (max rel = max abs error / max |eager|).",
         "- Ratios: `ort/eager` < 1 means onnxruntime is faster (batch 1: p50; batch 8: ms per image); "
         "`b8/b1` is onnxruntime images/s at batch 8 over batch 1; `rewritten/upstream` is the p50 of the "

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+import torch
 
 import hrdeploy
 from hrdeploy.cli import cli
@@ -60,7 +61,8 @@ def test_existing_bundle_needs_force(cli_runner, lite18_bundle):
         (["export", "lite_hrnet18"], "unknown model 'lite_hrnet18'; did you mean lite_hrnet_18"),
         (["export", "lite_hrnet_18", "--input-size", "250x192"], "does not divide by lite_hrnet_18's stride 32"),
         (["export", "lite_hrnet_18", "--input-size", "big"], "is not HxW"),
-        (["export", "lite_hrnet_18", "--opset", "9"], "opset 9 is out of range for the dynamo exporter; use 18..23"),
+        (["export", "lite_hrnet_18", "--opset", "9"],
+         "opset 9 is out of range for the torchscript exporter; use 13..20"),
         (["export", "hrnetv2_w48", "--dataset", "coco"], "has no 'coco' variant"),
     ],
 )
@@ -159,3 +161,65 @@ def test_parity_over_tolerance_is_judged_against_the_fp32_floor(candidate_err, f
     assert ("fp32_floor_rel" in row) is (floor is not None and candidate_err > 1e-4)
     if "fp32_floor_rel" in row:
         assert row["fp32_floor_rel"] == pytest.approx(floor, rel=1e-3)
+
+
+class _TinyCrossResolution(torch.nn.Module):
+    """Two branches joined by upstream Lite-HRNet's CrossResolutionWeighting (adaptive pool to the other
+    branch's size, which the TorchScript exporter refuses with a dynamic batch), then a 1x1 head."""
+
+    def __init__(self, num_outputs: int) -> None:
+        from hrdeploy.models.lite_hrnet import CrossResolutionWeighting
+
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, 2, 1)
+        self.down = torch.nn.Conv2d(8, 8, 3, 2, 1)
+        self.weighting = CrossResolutionWeighting([8, 8], ratio=2)
+        self.head = torch.nn.Conv2d(8, num_outputs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return self.head(self.weighting([x, self.down(x)])[0])
+
+
+@pytest.fixture
+def tiny_cross_resolution():
+    from hrdeploy import registry
+
+    name = "_tiny_cross_resolution_export_test"
+    registry.list_models()  # load the zoo first, so the test entry is added last and removed cleanly
+    registry.register_model(name=name, family="test", task="pose_topdown", default_input_size=(64, 48), stride=8,
+                            upstream="tests/test_export.py")(_TinyCrossResolution)
+    yield name
+    registry._REGISTRY.pop(name, None)
+
+
+def test_torchscript_failure_falls_back_to_dynamo(tiny_cross_resolution, tmp_path, cli_runner):
+    from hrdeploy.export import export_bundle
+
+    steps: list[str] = []
+    result = export_bundle(tiny_cross_resolution, tmp_path / "auto", rewrite=False, dynamic_batch=True,
+                           step=steps.append)
+    export = result.manifest["export"]
+    assert result.passed and export["exporter"] == "dynamo"
+    assert export["fallback_from"]["exporter"] == "torchscript"
+    assert "adaptive pooling" in export["fallback_from"]["error"]
+    assert {"export_torchscript", "export_dynamo"} <= set(export["phases"])
+    assert [s for s in steps if "exporting with dynamo instead" in s and s.startswith("torchscript could not")]
+    assert json.loads((tmp_path / "auto" / "manifest.json").read_text())["export"]["exporter"] == "dynamo"
+
+    # the same export with the exporter chosen is the user's error, not a silent switch
+    args = ["export", tiny_cross_resolution, "--no-rewrite", "--dynamic-batch", "--exporter", "torchscript",
+            "-o", str(tmp_path / "chosen")]
+    result = cli_runner.invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert "error: the torchscript exporter could not export this model: Unsupported: ONNX export of operator " \
+           "adaptive pooling" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "chosen").exists()
+
+
+def test_default_exporter_is_torchscript_and_dynamic_shape_uses_dynamo():
+    from hrdeploy.export import ExportOptions
+
+    assert ExportOptions().first_exporter == "torchscript"
+    assert ExportOptions(dynamic_shape=True).first_exporter == "dynamo"
+    assert ExportOptions(dynamic_shape=True, exporter="torchscript").first_exporter == "torchscript"

@@ -118,7 +118,7 @@ def test_a_transpose_that_is_not_a_shuffle_is_left_alone():
 
 
 def test_export_records_the_passes_and_stays_exact(lite18_bundle):
-    """The session bundle (dynamo, 128x96, dynamic batch): its parity vs eager at batch 1 and 4 is of the
+    """The session bundle (torchscript, 128x96, dynamic batch): its parity vs eager at batch 1 and 4 is of the
     optimised graph; the manifest says what each pass did."""
     manifest = json.loads((lite18_bundle / "manifest.json").read_text())
     records = {r["pass"]: r for r in manifest["export"]["graph_passes"]}
@@ -132,7 +132,7 @@ def test_export_records_the_passes_and_stays_exact(lite18_bundle):
     assert parity["passed"] and {r["batch"] for r in parity["rows"]} == {1, 4}
     assert max(r["max_rel"] for r in parity["rows"]) <= 1e-4
     phases = manifest["export"]["phases"]
-    assert {"build_model", "export_dynamo", "graph_passes", "parity"} <= set(phases)
+    assert {"build_model", "export_torchscript", "graph_passes", "parity"} <= set(phases)
     assert all(p["wall_s"] >= 0 and p["cpu_s"] >= 0 for p in phases.values())
 
 

@@ -1,7 +1,8 @@
 """`hrdeploy validate` on real bundles: a tiny registered pose net (fast) and lite_hrnet_18 (shared fixture).
 
 The tiny net is registered for this module only and removed afterwards, so the zoo seen by other tests
-is unchanged. Its bundles are exported with the real export_bundle (dynamo exporter, onnxsim).
+is unchanged. Its bundles are exported with the real export_bundle and onnxsim: the dynamic-shape one with
+the dynamo exporter, the static one with the default (TorchScript), so both localisation paths are covered.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def tiny_bundles(tiny_model, tmp_path_factory):
     from hrdeploy.export import export_bundle
 
     root = tmp_path_factory.mktemp("tiny_bundles")
-    export_bundle(tiny_model, root / "dyn", dynamic_shape=True)
+    export_bundle(tiny_model, root / "dyn", dynamic_shape=True)  # dynamic H/W: dynamo by default
     export_bundle(tiny_model, root / "static", batch=1)
     return root / "dyn", root / "static"
 
@@ -108,6 +109,7 @@ def test_validate_passes_and_keeps_export_report(cli_runner, tiny_bundles, tmp_p
 
 def test_validate_fails_and_names_the_tampered_node(cli_runner, tiny_bundles, tmp_path) -> None:
     bundle = _copy(tiny_bundles[0], tmp_path)
+    assert json.loads((bundle / MANIFEST).read_text())["export"]["exporter"] == "dynamo"
     path = bundle / "model.onnx"
     model = onnx.load(path)
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
@@ -124,10 +126,28 @@ def test_validate_fails_and_names_the_tampered_node(cli_runner, tiny_bundles, tm
     assert row["passed"] is False and row["failures"]
     first = row["divergence"]["first_divergence"]
     assert first["node"] == target.name
-    assert first["module"].startswith("block.")  # mapped back to the eager module
+    assert first["module"].startswith("block.")  # mapped back to the eager module (torch.export FX names)
     assert row["divergence"]["last_agreeing"] is not None and first["position"] > 0  # the stem agreed
     assert "changed since the manifest recorded it" in row["warning"]
     assert target.name in result.output and target.name in (bundle / "parity.md").read_text()
+
+
+def test_torchscript_bundle_localises_the_tampered_conv_to_its_module(cli_runner, tiny_bundles, tmp_path) -> None:
+    bundle = _copy(tiny_bundles[1], tmp_path)
+    assert json.loads((bundle / MANIFEST).read_text())["export"]["exporter"] == "torchscript"
+    broken = _tamper(bundle / "model.onnx", bundle / "model.onnx", 2, -3.0)  # the residual block's conv
+    assert broken.startswith("/block/block.0/")  # TorchScript names nodes by module scope
+
+    result = cli_runner.invoke(cli, ["validate", str(bundle), "--threads", "1", "--no-photos", "--backends", "ort"])
+    assert result.exit_code == 1, result.output
+    divergence = json.loads((bundle / "parity.json").read_text())["validate"]["rows"][0]["divergence"]
+    assert divergence["reference"] == "eager" and "TorchScript" in divergence["method"]
+    first = divergence["first_divergence"]
+    assert first["node"] == broken and first["module"] == "block.0"
+    assert first["position"] > 0 and divergence["last_agreeing"]["module"].startswith("stem.")  # the stem agreed
+    # every conv before it agreed although BatchNorm is folded into it (compared with the BN module's output)
+    assert divergence["compared"] >= 5
+    assert "block.0" in result.output
 
 
 def _tamper(src: Path, dst: Path, conv_index: int, scale: float) -> str:
@@ -235,12 +255,13 @@ def test_localize_in_small_chunks_finds_the_same_node(tiny_bundles, tmp_path) ->
     from hrdeploy.validate.localize import localize
 
     bundle = tiny_bundles[1]  # static batch 1, no rewrites: the eager model is the exported one
+    kw = {"exporter": "torchscript"}  # the default export's path; chunking is the same for dynamo
     broken = _tamper(bundle / "model.onnx", tmp_path / "broken.onnx", 1, 2.0)
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 48), dtype=np.float32)
     eager = Bundle.open(bundle).eager_model()
-    whole = localize(tmp_path / "broken.onnx", x, eager_model=eager)
-    chunked = localize(tmp_path / "broken.onnx", x, eager_model=eager, budget_bytes=1)  # one tensor per chunk
+    whole = localize(tmp_path / "broken.onnx", x, eager_model=eager, **kw)
+    chunked = localize(tmp_path / "broken.onnx", x, eager_model=eager, budget_bytes=1, **kw)  # one tensor per chunk
     assert whole["first_divergence"]["node"] == chunked["first_divergence"]["node"] == broken
     assert whole["compared"] == chunked["compared"] >= 2
-    clean = localize(bundle / "model.onnx", x, eager_model=eager, budget_bytes=1)
+    clean = localize(bundle / "model.onnx", x, eager_model=eager, budget_bytes=1, **kw)
     assert clean["first_divergence"] is None and clean["compared"] >= 5

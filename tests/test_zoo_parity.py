@@ -18,8 +18,8 @@ def small_input(name: str) -> tuple[int, int]:
     return round(h * scale / spec.stride) * spec.stride, round(w * scale / spec.stride) * spec.stride
 
 
-# Exported by other tests, whose bundles this file checks instead of exporting again (the dynamo export is
-# most of the suite's time): lite_hrnet_18 by the session fixture `lite18_bundle` (128x96), dite_hrnet_18
+# Exported by other tests, whose bundles this file checks instead of exporting again (exports are most of
+# the suite's time): lite_hrnet_18 by the session fixture `lite18_bundle` (128x96), dite_hrnet_18
 # at its full 256x192 by tests/test_rewrite_dite.py (which checks the same parity rows and batch 3).
 EXPORTED_ELSEWHERE = {"lite_hrnet_18", "dite_hrnet_18"}
 

@@ -23,7 +23,9 @@ _OPTION_FIELDS = {
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension.")
 @click.option("--dynamic-shape", is_flag=True, help="Dynamic batch, height and width (multiples of the stride).")
 @click.option("--opset", type=int, default=19, show_default=True, help="ONNX opset.")
-@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), default="dynamo", show_default=True)
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]),
+              help="torch.onnx exporter [default: torchscript; dynamo with --dynamic-shape or for a model "
+                   "TorchScript cannot export].")
 @click.option("--simplify/--no-simplify", default=True, help="Simplify with onnxsim [default: on].")
 @click.option("--rewrite/--no-rewrite", default=True, help="Apply the export-friendly rewrites [default: on].")
 @click.option("--graph-passes/--no-graph-passes", default=True,

@@ -20,8 +20,8 @@ from hrdeploy import __version__
 from hrdeploy.bundle import FORMAT, MANIFEST, Bundle, hold_lock, is_bundle
 from hrdeploy.errors import UserError
 from hrdeploy.export.metadata import manifest_metadata, set_metadata
-from hrdeploy.export.onnx_export import INPUT_NAME, check_and_infer, export_onnx, simplify
-from hrdeploy.export.options import ExportOptions
+from hrdeploy.export.onnx_export import INPUT_NAME, ExporterError, check_and_infer, export_onnx, simplify
+from hrdeploy.export.options import FALLBACK_EXPORTER, ExportOptions, check_opset
 from hrdeploy.export.parity import ParityCase, compare, to_markdown
 from hrdeploy.export.phases import PhaseClock
 from hrdeploy.export.threads import torch_threads
@@ -159,7 +159,7 @@ def build_manifest(spec: ModelSpec, opts: ExportOptions, dataset: str, size: tup
         },
         "rewrites": rewrites,
         "export": {
-            "exporter": opts.exporter, "opset": opts.opset, "batch": None if opts.dynamic_batch else opts.batch,
+            "exporter": opts.first_exporter, "opset": opts.opset, "batch": None if opts.dynamic_batch else opts.batch,
             "simplified": None,
         },
         "stages": opts.stages,
@@ -236,13 +236,30 @@ def _export_into(
         deployable, rewrites = eager, []
 
     onnx_path = work / ONNX_FILE
-    step(f"exporting ONNX ({opts.exporter}, opset {opts.opset}, input {size[0]}x{size[1]})")
-    with clock.phase(f"export_{opts.exporter}"):
-        export_onnx(
-            deployable, onnx_path, size, list(spec.output_names), batch=opts.batch,
-            dynamic_batch=opts.dynamic_batch, dynamic_shape=opts.dynamic_shape, stride=spec.stride,
-            opset=opts.opset, exporter=opts.exporter,
-        )
+
+    def export(exporter: str) -> None:
+        with clock.phase(f"export_{exporter}"):
+            export_onnx(
+                deployable, onnx_path, size, list(spec.output_names), batch=opts.batch,
+                dynamic_batch=opts.dynamic_batch, dynamic_shape=opts.dynamic_shape, stride=spec.stride,
+                opset=opts.opset, exporter=exporter,
+            )
+
+    exporter, fallback = opts.first_exporter, None
+    why = " for a dynamic height and width" if opts.exporter is None and opts.dynamic_shape else ""
+    step(f"exporting ONNX ({exporter}{why}, opset {opts.opset}, input {size[0]}x{size[1]})")
+    try:
+        export(exporter)
+    except ExporterError as err:
+        if opts.exporter is not None or exporter == FALLBACK_EXPORTER:  # nothing else to try
+            raise
+        fallback = {"exporter": err.exporter, "error": err.reason}
+        exporter = FALLBACK_EXPORTER
+        check_opset(opts.opset, exporter, f"the {err.exporter} exporter could not export this model ({err.reason}) "
+                                          f"and its fallback cannot run: ")
+        step(f"{err.exporter} could not export this model ({err.reason[:120]}); exporting with {exporter} instead")
+        onnx_path.unlink(missing_ok=True)
+        export(exporter)
     with clock.phase("check"):
         model = check_and_infer(onnx_path)
     simplify_error = None
@@ -257,7 +274,9 @@ def _export_into(
         step("exact graph passes")
         with clock.phase("graph_passes"):
             model, graph_passes = optimize_graph(model)
-    manifest = build_manifest(spec, opts, dataset, size, rewrites)
+    manifest = build_manifest(spec, replace(opts, exporter=exporter), dataset, size, rewrites)
+    if fallback:
+        manifest["export"]["fallback_from"] = fallback
     manifest["export"]["simplified"] = opts.simplify and simplify_error is None
     if simplify_error:
         manifest["export"]["simplify_error"] = simplify_error
@@ -273,12 +292,21 @@ def _export_into(
 
     step("parity: onnxruntime vs eager")
     heatmaps = tuple(n for n in spec.output_names if n.startswith("heatmaps")) if spec.is_pose else ()
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
     with clock.phase("parity"), OrtRunner(onnx_path, threads=1) as ort_runner:
-        parity = compare(
-            EagerRunner(eager, spec.output_names), ort_runner,
-            _parity_cases(opts, size, spec.stride), heatmap_outputs=heatmaps,
-            exact_reference=EagerRunner(copy.deepcopy(eager).double(), spec.output_names, dtype=float64),
-        )
+        try:
+            parity = compare(
+                EagerRunner(eager, spec.output_names), ort_runner,
+                _parity_cases(opts, size, spec.stride), heatmap_outputs=heatmaps,
+                exact_reference=EagerRunner(copy.deepcopy(eager).double(), spec.output_names, dtype=float64),
+            )
+        except (Fail, InvalidArgument, RuntimeException) as err:  # the graph kept a shape of the export sample
+            other = "dynamo" if exporter == "torchscript" else "torchscript"
+            raise UserError(
+                f"the {exporter}-exported graph does not run on onnxruntime at every parity input "
+                f"({str(err).splitlines()[0][:200]}); export with --exporter {other}"
+            ) from err
     parity["stage"] = "export"
     manifest["export"]["seconds"] = round(export_seconds, 2)
     manifest["export"]["phases"] = clock.to_dict()

@@ -11,8 +11,10 @@ Two references:
 - the eager model (for the fp32 ONNX itself): the dynamo exporter names each ONNX value after the
   torch.export FX node that produced it, so the eager model is re-traced with torch.export, decomposed
   with the same ONNX registry, and run node by node (torch.fx.Interpreter) to get the same names,
-  each with the module path that produced it (`nn_module_stack`). TorchScript-exported graphs carry
-  module paths in node names instead ("/stage2/stage2.0/..."); for those only the ONNX node is named.
+  each with the module path that produced it (`nn_module_stack`). The TorchScript exporter names nodes
+  by module scope instead ("/backbone/stage1/stage1.2/.../conv/Conv"): the eager model is run with
+  forward hooks that rebuild each module call's scope the same way, and a call's output is compared
+  with the value of the last node (in graph order) inside its scope.
 
 Intermediates are fetched in chunks of at most `budget_bytes` so large networks do not exhaust memory;
 scanning stops at the first divergence.
@@ -185,6 +187,89 @@ def fx_reference(
     return fetch
 
 
+def _scope_segment(path: str) -> str:
+    """A module's segment in TorchScript ONNX node names: its path from the last non-numeric atom on
+    ("backbone.stage1.2" -> "stage1.2"), as torch.onnx.utils._setup_trace_module_map names scopes."""
+    atoms = path.split(".")
+    for i in range(len(atoms) - 1, -1, -1):
+        if not atoms[i].isnumeric():
+            return ".".join(atoms[i:])
+    return path
+
+
+def scope_reference(
+    model: Any, deployed: Any, x: np.ndarray
+) -> Callable[[set[str]], dict[str, list[tuple[str, Any, str]]]]:
+    """A function names -> {name: [(scope, tensor as numpy, module path), ...]} from the eager model, for
+    an ONNX graph exported by the TorchScript exporter (node names are module scopes).
+
+    Forward hooks rebuild each module call's scope (a module called again in the same scope gets "_1",
+    "_2", ... as the exporter names it). A call's output is matched to the value of the last node in graph
+    order inside its scope. Conv+BatchNormalization are fused in the ONNX, so the convolution's value is
+    the following BatchNorm's output: each call comes with the outputs of the next FUSION_DEPTH calls to
+    finish as alternative candidates, in order.
+    """
+    import torch
+
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    segments = {m: _scope_segment(p) for p, m in model.named_modules() if p}
+    paths = {m: p for p, m in model.named_modules() if p}
+
+    def run(keep: set[int]) -> tuple[list[tuple[str, str]], dict[int, Any]]:
+        """Run the model; return each call's (scope, module path) in finishing order and the kept outputs."""
+        stack: list[str] = [""]
+        seen: dict[str, int] = {}
+        calls: list[tuple[str, str]] = []
+        outputs: dict[int, Any] = {}
+
+        def pre(module: Any, args: Any) -> None:
+            scope = f"{stack[-1]}/{segments[module]}"
+            count = seen.get(scope, 0)
+            seen[scope] = count + 1
+            stack.append(scope if count == 0 else f"{scope}_{count}")
+
+        def post(module: Any, args: Any, out: Any) -> None:
+            if len(calls) in keep and isinstance(out, torch.Tensor) and out.is_floating_point():
+                outputs[len(calls)] = out.detach().float().numpy().copy()  # later in-place ops may change it
+            calls.append((stack.pop(), paths[module]))
+
+        handles = [h for m in segments for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+        try:
+            with torch.no_grad():
+                model.eval()(xt)
+        finally:
+            for h in handles:
+                h.remove()
+        return calls, outputs
+
+    calls, _ = run(set())
+    last: dict[str, str] = {}  # scope -> value of the last node (graph order) inside it
+    for node in deployed.graph.node:
+        if not node.name.startswith("/") or not node.output:
+            continue
+        parts = node.name.split("/")[1:-1]
+        for depth in range(1, len(parts) + 1):
+            last["/" + "/".join(parts[:depth])] = node.output[0]
+    by_value: dict[str, list[int]] = {}
+    for i, (scope, _) in enumerate(calls):
+        if scope in last:
+            by_value.setdefault(last[scope], []).append(i)
+
+    def candidates(value: str) -> list[int]:
+        out: list[int] = []
+        for i in by_value[value]:
+            out += [j for j in range(i, min(i + FUSION_DEPTH + 1, len(calls))) if j not in out]
+        return out
+
+    def fetch(names: set[str]) -> dict[str, list[tuple[str, Any, str]]]:
+        wanted = {n: candidates(n) for n in names if n in by_value}
+        _, outputs = run({i for c in wanted.values() for i in c})
+        found = {n: [(calls[i][0], outputs[i], calls[i][1]) for i in c if i in outputs] for n, c in wanted.items()}
+        return {n: c for n, c in found.items() if c}
+
+    return fetch
+
+
 def _entry(t: dict[str, Any], metrics: dict[str, float], module: str = "") -> dict[str, Any]:
     row = {"node": t["node"], "op": t["op"], "tensor": t["tensor"]}
     if module:
@@ -207,6 +292,7 @@ def localize(
     max_rel: float = 1e-3,
     min_cosine: float = 0.99999,
     opset: int = 18,
+    exporter: str = "dynamo",
     dynamic_batch: bool = False,
     dynamic_shape: bool = False,
     stride: int = 32,
@@ -216,7 +302,7 @@ def localize(
     """Compare every intermediate of `onnx_path` on input `x` (one batch) against a reference.
 
     Give either `reference_onnx` (same tensor names) or `eager_model` (the export-friendly eager module
-    the ONNX was exported from, with the dynamic dims it was exported with). Returns {"method",
+    the ONNX was exported from, with the exporter and dynamic dims it was exported with). Returns {"method",
     "compared", "first_divergence", "last_agreeing", "worst"}; first_divergence is None when every
     matched intermediate is within tolerance.
     """
@@ -233,6 +319,9 @@ def localize(
             return {k: [(k, v, "")] for k, v in ref_session.run(sorted(names), x).items()}
 
         reference: Reference = onnx_reference
+    elif eager_model is not None and exporter == "torchscript":
+        reference = scope_reference(eager_model, deployed, x)
+        method = "intermediates vs eager (module outputs by forward hooks, matched to TorchScript node scopes)"
     elif eager_model is not None:
         reference = fx_reference(
             eager_model, x, opset, dynamic_batch=dynamic_batch, dynamic_shape=dynamic_shape, stride=stride

@@ -200,14 +200,13 @@ def _localize_target(
         if target.key != "onnx" and fp32 and (bundle / fp32["file"]).is_file():
             return localize(path, x, reference_onnx=bundle / fp32["file"], **kw)
         export = manifest.get("export", {})
-        if export.get("exporter", "dynamo") != "dynamo":
-            return {"error": f"eager-side names need the dynamo exporter (this bundle used {export.get('exporter')})"}
         from hrdeploy.rewrite import apply
 
         rewritten, _ = apply(eager, manifest.get("rewrites") or [])
         inp = manifest["input"]
         return localize(
             path, x, eager_model=rewritten, opset=int(export.get("opset", 18)),
+            exporter=str(export.get("exporter", "dynamo")),
             dynamic_batch=bool(inp.get("dynamic_batch")), dynamic_shape=bool(inp.get("dynamic_shape")),
             stride=int(inp.get("stride", 32)), **kw,
         )
