@@ -223,3 +223,31 @@ def test_default_exporter_is_torchscript_and_dynamic_shape_uses_dynamo():
     assert ExportOptions().first_exporter == "torchscript"
     assert ExportOptions(dynamic_shape=True).first_exporter == "dynamo"
     assert ExportOptions(dynamic_shape=True, exporter="torchscript").first_exporter == "torchscript"
+
+
+
+def test_a_graph_that_fails_at_a_parity_input_is_one_error_line(tiny_cross_resolution, tmp_path, cli_runner,
+                                                               monkeypatch):
+    """onnxruntime refusing the exported graph at one parity input (as a TorchScript graph that kept the
+    sample's H, W does at the second size) is the user's error: one line naming the other exporter."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    from hrdeploy.runtime.onnxruntime import OrtRunner
+
+    run = OrtRunner.run
+
+    def run_at_export_size_only(self, x, *args, **kwargs):
+        if tuple(x.shape[2:]) != (64, 48):
+            raise RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Reshape: input cannot be reshaped")
+        return run(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(OrtRunner, "run", run_at_export_size_only)
+    out = tmp_path / "baked"
+    result = cli_runner.invoke(cli, ["export", tiny_cross_resolution, "--dynamic-shape", "--exporter", "torchscript",
+                                     "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == ["error: the torchscript-exported graph does not run on onnxruntime at every parity input "
+                      "([ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Reshape: input cannot be reshaped); export with "
+                      "--exporter dynamo"]
+    assert "Traceback" not in result.output and not out.exists()
