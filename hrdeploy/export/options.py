@@ -10,7 +10,7 @@ from typing import Any
 from hrdeploy.errors import UserError
 
 EXPORTERS = ("torchscript", "dynamo")
-# Without an explicit choice the TorchScript exporter runs (4-9x faster here, and after onnxsim and the graph
+# Without an explicit choice the TorchScript exporter runs (several times faster, and after onnxsim and the graph
 # passes the same graph as dynamo's up to form: Slices for a Split, a few Constants); a model it cannot
 # export falls back to dynamo. benchmarks/export_time.md has the measurements. With a dynamic H/W dynamo runs
 # first: TorchScript bakes the sample's H, W into the batched 1x1 dynamic-kernel form of Dite-HRNet (a Reshape
