@@ -288,7 +288,7 @@ def _export_into(
     from torch import float64
 
     from hrdeploy.runtime.eager import EagerRunner
-    from hrdeploy.runtime.onnxruntime import OrtRunner
+    from hrdeploy.runtime.onnxruntime import OrtRunner, run_failure
 
     step("parity: onnxruntime vs eager")
     heatmaps = tuple(n for n in spec.output_names if n.startswith("heatmaps")) if spec.is_pose else ()
@@ -305,7 +305,7 @@ def _export_into(
             other = "dynamo" if exporter == "torchscript" else "torchscript"
             raise UserError(
                 f"the {exporter}-exported graph does not run on onnxruntime at every parity input "
-                f"({str(err).splitlines()[0][:200]}); export with --exporter {other}"
+                f"({run_failure(err)}); export with --exporter {other}"
             ) from err
     parity["stage"] = "export"
     manifest["export"]["seconds"] = round(export_seconds, 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -11,6 +12,20 @@ import numpy as np
 from hrdeploy.errors import UserError
 from hrdeploy.runtime.base import RunnerBase
 from hrdeploy.runtime.ort_options import OrtSettings, settings_for_onnx
+
+
+def run_failure(err: BaseException, limit: int = 240) -> str:
+    """onnxruntime's run error in one short line: the failing node and the kernel's own explanation, without
+    the C++ source location and check expression it embeds ("Non-zero status code returned while running
+    Reshape node. Name:'/a/Reshape_6' Status Message: /onnxruntime_src/...: size != 0 ... was false. The
+    input tensor cannot be reshaped ..." -> "node /a/Reshape_6 (Reshape): The input tensor cannot ...")."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    node = re.search(r"running (\w+) node\. Name:'([^']*)'", text)
+    detail = text.split("Status Message:", 1)[-1].strip()
+    detail = detail.split(" was false. ", 1)[-1].strip()
+    if node:
+        detail = f"node {node.group(2)} ({node.group(1)}): {detail}"
+    return detail[:limit]
 
 
 class OrtRunner(RunnerBase):

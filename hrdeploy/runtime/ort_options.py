@@ -40,7 +40,7 @@ class OrtSettings:
         opts.enable_mem_reuse = self.mem_reuse
         opts.graph_optimization_level = levels[self.graph_optimization]
         opts.enable_profiling = profile
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # fatal only: a failed run raises with the same message, once
         return opts
 
     def label(self) -> str:
