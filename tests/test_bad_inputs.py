@@ -249,6 +249,15 @@ if "eval" in COMMANDS:
         ("eval {w}/good --ann {w}/missing.json --images {w}/img", "missing.json"),
     ]
 
+# the INT8 accuracy search's numbers
+CASES += [
+    ("quantize {w}/good --precision int8 --calib-dir {w}/img --max-ap-drop -1", "max-ap-drop.: -1.0 is not in"),
+    ("quantize {w}/good --precision int8 --calib-dir {w}/img --max-ap-drop abc", "'abc' is not a valid float"),
+    ("quantize {w}/good --precision int8 --calib-dir {w}/img --tune-share 1.5", "tune-share.: 1.5 is not in"),
+    ("quantize {w}/good --precision int8 --calib-dir {w}/img --min-oks 0", "min-oks.: 0.0 is not in"),
+    ("quantize {w}/good --precision int8 --calib-dir {w}/img --search", "--search picks INT8 layers"),
+]
+
 
 def _snapshot(*roots: Path) -> dict[str, tuple]:
     """Every path under `roots` with its kind, size and mtime (symlinks not followed)."""

@@ -9,8 +9,8 @@ from typing import Any
 from hrdeploy.bundle import Bundle
 from hrdeploy.io import write_json, write_text
 
-COLUMNS = ("artifact", "precision", "backend", "batch", "AP", "AP50", "AP75", "AR", "mean OKS", "dAP", "crops/s",
-           "gate")
+COLUMNS = ("artifact", "precision", "backend", "batch", "AP", "AP50", "AP75", "AR", "mean OKS", "dAP",
+           "dAP 95% CI", "crops/s", "gate")
 
 
 def predictions_file(key: str) -> str:
@@ -24,8 +24,12 @@ def cells(row: dict[str, Any]) -> list[str]:
 
     gate = "reference" if row["artifact"] == "eager" else ("PASS" if row.get("passed") else "FAIL")
     dap = "-" if row["artifact"] == "eager" else f"{row['dAP']:+.2f}"
+    ci = row.get("interval")
+    interval = "-" if ci is None else f"[{ci['low']:+.2f}, {ci['high']:+.2f}]"
+    if ci is not None and ci.get("call") == "inconclusive":
+        gate += " (inconclusive)"
     return [row["artifact"], row["precision"], row["backend"], str(row["batch"]), num("AP"), num("AP50"), num("AP75"),
-            num("AR"), num("mean_oks"), dap, num("crops_per_s", ".1f"), gate]
+            num("AR"), num("mean_oks"), dap, interval, num("crops_per_s", ".1f"), gate]
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -36,7 +40,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"{report['people']} annotated people of `{Path(report['annotations']).name}`, boxes: {report['boxes']}, "
         f"flip test {'on' if report['flip_test'] else 'off'}, decoding {report['post_process']}; scored by "
         f"{report['scorer']}. dAP is AP points against eager fp32; crops/s is each runner's throughput (eager "
-        "PyTorch, onnxruntime CPU or TensorRT) at the batch shown. Result: "
+        "PyTorch, onnxruntime CPU or TensorRT) at the batch shown. "
+        + _interval_note(report.get("bootstrap", {}), report["rows"])
+        + "Result: "
         + ("**PASS**" if report["passed"] else "**FAIL**") + ".",
         "",
         "| " + " | ".join(COLUMNS) + " |",
@@ -49,6 +55,14 @@ def to_markdown(report: dict[str, Any]) -> str:
     for s in report["skipped"]:
         lines.append(f"\n- skipped {s['artifact']} ({s['file']}): {s['reason']}")
     return "\n".join(lines) + "\n"
+
+
+def _interval_note(bootstrap: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    ci = next((r["interval"] for r in rows if "interval" in r), None)
+    if ci is None:
+        return ""
+    return (f"dAP 95% CI: paired bootstrap over {ci['units']} {ci['unit']}s ({bootstrap.get('resamples')} resamples, "
+            f"seed {bootstrap.get('seed')}); a gate is inconclusive when the interval straddles its bar. ")
 
 
 def write_reports(report: dict[str, Any], extra_json: str | os.PathLike | None = None) -> tuple[Path, Path]:
@@ -65,6 +79,7 @@ def write_reports(report: dict[str, Any], extra_json: str | os.PathLike | None =
         write_json(extra_json, report)
     b.record_section("eval", {
         "passed": report["passed"], "file": "eval.json", "annotations": report["annotations"],
+        "images": report["images"],
         "people": report["people"], "boxes": report["boxes"],
         "rows": {r["artifact"]: {k: r.get(k) for k in ("AP", "dAP", "mean_oks", "passed")} for r in report["rows"]},
     })

@@ -13,6 +13,7 @@ from typing import Any
 
 from hrdeploy.bundle import Artifact, Bundle
 from hrdeploy.errors import UserError
+from hrdeploy.parity.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_interval
 from hrdeploy.parity.coco import CocoKeypoints, CropSet, bottomup_results, results_from_keypoints
 from hrdeploy.parity.compare import bounds_for, judge
 from hrdeploy.parity.pose import Reference, check_pose
@@ -47,14 +48,21 @@ def evaluate_bundle(
     batch: int = 8,
     tolerances: Sequence[str] | None = None,
     threads: int | None = None,
+    bootstrap: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     """One row per model (eager fp32 first, then each artifact): COCO AP stats, AP drop, speed, verdict.
+
+    bootstrap: resamples of the people (images for bottom-up or detection boxes) for each AP drop's paired
+    95 % interval (hrdeploy.parity.bootstrap; 0: none), seeded with `seed`. The verdict is on the point estimate.
 
     The report's "predictions" maps each row's key to its COCO results list (what pycocotools scored).
     """
     if batch < 1:
         raise UserError(f"--batch must be a positive integer, got {batch}")
+    if bootstrap < 0:
+        raise UserError(f"--bootstrap must be 0 (off) or a number of resamples, got {bootstrap}")
     b = Bundle.open(bundle)
     if not b.is_pose:
         raise UserError(f"{b.model.name} is a {b.model.task} model; `hrdeploy eval` scores pose models (COCO AP)")
@@ -91,7 +99,7 @@ def evaluate_bundle(
         cfg = config_from_manifest(b.manifest)
         log("eager fp32 on whole images (bottom-up grouping)")
         results, seconds = bottomup_results(eager, coco, cfg, flip_test)
-        ref_stats = coco.score(results)
+        ref_stats, ref_outcomes = coco.evaluate(results)
         predictions["eager"] = results
         rows.append(_row("eager", "eager", "fp32", None, 1, ref_stats, seconds, len(coco.image_ids()), flip_test))
     for art in chosen:
@@ -108,15 +116,17 @@ def evaluate_bundle(
             if topdown:
                 n, fixed = _batch(art, batch)
                 res = check_pose(ref, lambda x, r=runner: r.run(x)[b.output_names[0]], tol[art.precision], n,
-                                 fixed_batch=fixed)
+                                 fixed_batch=fixed, bootstrap=bootstrap, seed=seed)
                 row = _row(art.key, backend, art.precision, art.file, n, res["stats"], res["seconds"], len(crops),
                            flip_test)
                 row.update(gated=res["gated"], tolerance=res["tolerance"], failures=res["failures"],
                            passed=res["passed"], agreement=res["agreement"])
+                if "interval" in res:
+                    row["interval"] = res["interval"]
                 predictions[art.key] = results_from_keypoints(crops.boxes, res["keypoints"], coco.category_id)
             else:
                 results, seconds = bottomup_results(runner, coco, cfg, flip_test)
-                stats = coco.score(results)
+                stats, outcomes = coco.evaluate(results)
                 predictions[art.key] = results
                 row = _row(art.key, backend, art.precision, art.file, 1, stats, seconds, len(coco.image_ids()),
                            flip_test)
@@ -124,6 +134,9 @@ def evaluate_bundle(
                 failures = judge(gated, tol[art.precision])
                 row.update(gated=gated, tolerance=bounds_for(tol[art.precision], gated), failures=failures,
                            passed=not failures)
+                if bootstrap and ref_outcomes is not None and outcomes is not None:
+                    row["interval"] = paired_interval(ref_outcomes, outcomes, bootstrap, seed,
+                                                      tol[art.precision].max_ap_drop)
         rows.append(row)
     eager_ap = rows[0]["AP"]
     for row in rows:
@@ -133,7 +146,7 @@ def evaluate_bundle(
         "annotations": str(coco.ann), "images": str(coco.images),
         "boxes": f"detections {dets}" if dets else ("ground truth" if topdown else "none (bottom-up)"),
         "people": rows[0]["people"], "flip_test": flip_test, "post_process": "dark" if dark else "default",
-        "scorer": "pycocotools COCOeval (keypoints)",
+        "scorer": "pycocotools COCOeval (keypoints)", "bootstrap": {"resamples": bootstrap, "seed": seed},
         "rows": rows, "skipped": skipped, "passed": all(r.get("passed", True) for r in rows),
         "predictions": predictions,
     }

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from hrdeploy.parity.tolerances import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+
 
 @click.command("eval")
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -24,20 +26,24 @@ import click
               help="Crops per run (clamped to each artifact's batch range).")
 @click.option("--tolerance", "tolerances", multiple=True, metavar="[PRECISION.]METRIC=VALUE",
               help="Override a bound, e.g. int8.max_ap_drop=3 (repeatable).")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=BOOTSTRAP_RESAMPLES, show_default=True,
+              help="Resamples of the people for each AP drop's paired 95% interval (0: off).")
+@click.option("--seed", type=int, default=BOOTSTRAP_SEED, show_default=True, help="Seed of the bootstrap.")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Also write the report to this file.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for onnxruntime and eager.")
 @click.pass_context
 def eval_cmd(
     ctx: click.Context, bundle: Path, ann: Path, images: Path, artifacts: tuple[str, ...], all_artifacts: bool,
     dets: Path | None, min_det_score: float, flip_test: bool, dark: bool, batch: int, tolerances: tuple[str, ...],
-    json_file: Path | None, threads: int | None,
+    bootstrap: int, seed: int, json_file: Path | None, threads: int | None,
 ) -> None:
     """Score the eager fp32 model and the artifacts of BUNDLE by COCO keypoint AP (pycocotools).
 
     Top-down models run on crops of the annotated people's boxes (x1.25, the model's aspect ratio);
     bottom-up models on whole images. Each artifact's AP drop is judged against eager fp32 with the
-    tolerance table every stage uses (default bars: fp16 0.5, int8 2 AP points). Writes eval.json, eval.md
-    and each model's COCO results (eval.<artifact>.results.json) into the bundle.
+    tolerance table every stage uses (default bars: fp16 0.5, int8 2 AP points), with a paired bootstrap
+    95% interval over the people; a drop whose interval straddles the bar is called inconclusive. Writes
+    eval.json, eval.md and each model's COCO results (eval.<artifact>.results.json) into the bundle.
 
     Exit status 0 when every artifact is within its bar, 1 when one is not, 2 on bad input.
     """
@@ -52,7 +58,7 @@ def eval_cmd(
         report = evaluate_bundle(
             bundle, ann, images, artifacts=artifacts, all_artifacts=all_artifacts, dets=dets,
             min_det_score=min_det_score, flip_test=flip_test, dark=dark, batch=batch, tolerances=tolerances,
-            threads=threads, log=lambda msg: status.update(msg),
+            threads=threads, bootstrap=bootstrap, seed=seed, log=lambda msg: status.update(msg),
         )
     json_path, md_path = write_reports(report, json_file)
     h, w = report["input_size"]

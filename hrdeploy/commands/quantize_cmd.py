@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+from hrdeploy.parity.tolerances import BOOTSTRAP_RESAMPLES
+from hrdeploy.precision.targets import DEFAULT_MAX_AP_DROP, DEFAULT_MIN_OKS, DEFAULT_SEED, DEFAULT_TUNE_SHARE
+
 
 @click.command("quantize")
 @click.argument("bundle", type=click.Path())
@@ -15,8 +18,7 @@ import click
               "Never the images you evaluate on.")
 @click.option("--calib-ann", type=click.Path(), help="Person boxes of the --calib-dir photos: a COCO keypoint "
               "json (bbox) or an MPII json (list of {image, center, scale}; box height = scale x 200 px).")
-@click.option("--calib-samples", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Use the first N photos by name.")
+@click.option("--calib-samples", type=click.IntRange(min=1), help="Use the first N photos by name [default: all].")
 @click.option("--method", help="INT8 calibration: entropy|max|percentile "
                                "[default: percentile (ort), entropy (modelopt)].")
 @click.option("--backend", default="auto", show_default=True,
@@ -38,13 +40,30 @@ import click
 @click.option("--tolerance", "tolerances", multiple=True, metavar="[PRECISION.]METRIC=VALUE",
               help="Override a bound of the tolerance table, e.g. int8.max_ap_drop=3 or min_oks=0.97 (repeatable).")
 @click.option("--sensitivity/--no-sensitivity", default=True, help="INT8: rank blocks by the error they add.")
+@click.option("--search/--no-search", default=None,
+              help="INT8 of a top-down pose model: keep the fewest conv blocks in float for the accuracy target, "
+                   "judged on tuning people held out from the calibration photos [default: on with --calib-ann "
+                   "or a trained checkpoint].")
+@click.option("--max-ap-drop", type=click.FloatRange(min=0), default=DEFAULT_MAX_AP_DROP, show_default=True,
+              help="Search target with a COCO keypoint --calib-ann: AP points lost on the tuning people.")
+@click.option("--min-oks", type=click.FloatRange(min=0, max=1, min_open=True), default=DEFAULT_MIN_OKS,
+              show_default=True, help="Search target without keypoint annotations: mean OKS of the INT8 "
+              "keypoints against fp32's on the tuning crops.")
+@click.option("--tune-share", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+              default=DEFAULT_TUNE_SHARE, show_default=True,
+              help="Share of the calibration photos whose people tune instead of calibrate (>= 20 people).")
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
+              help="Seed of the calibration/tuning split and of the bootstrap.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=BOOTSTRAP_RESAMPLES, show_default=True,
+              help="With --ann: resamples of the people for the AP drop's paired 95% interval (0: off).")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @click.pass_context
 def quantize_cmd(
     ctx: click.Context, bundle: str, precision: str | None, calib_dir: str | None, calib_ann: str | None,
     calib_samples: int, method: str | None, backend: str, exclude: tuple[str, ...], auto_exclude: bool,
     ann: str | None, images: str | None, val_dir: str | None, val_samples: int, tolerances: tuple[str, ...],
-    sensitivity: bool, threads: int | None,
+    sensitivity: bool, search: bool | None, max_ap_drop: float, min_oks: float, tune_share: float, seed: int,
+    bootstrap: int, threads: int | None,
 ) -> None:
     """Write model.fp16.onnx or model.int8.onnx into BUNDLE and check it against the eager fp32 model.
 
@@ -69,7 +88,7 @@ def quantize_cmd(
     preset = Bundle.open(bundle).section("stages", {}).get("quantize") or {}
     given = {name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE for name in ctx.params}
     precision = precision if given["precision"] else preset.get("precision", precision)
-    calib_samples = calib_samples if given["calib_samples"] else int(preset.get("calib_samples", calib_samples))
+    calib_samples = calib_samples if given["calib_samples"] else preset.get("calib_samples", calib_samples)
     method = method if given["method"] else preset.get("method", method)
     backend = backend if given["backend"] else preset.get("backend", backend)
     preset_exclude = preset.get("exclude", ())
@@ -84,7 +103,8 @@ def quantize_cmd(
         path = quantize_bundle(
             bundle, precision, calib_dir=calib_dir, calib_samples=calib_samples, method=method, backend=backend,
             exclude=exclude, calib_ann=calib_ann, auto_exclude=auto_exclude, val_dir=val_dir,
-            val_samples=val_samples, ann=ann, images=images, tolerance=tol, sensitivity=sensitivity,
+            val_samples=val_samples, ann=ann, images=images, tolerance=tol, sensitivity=sensitivity, search=search,
+            max_ap_drop=max_ap_drop, min_oks=min_oks, tune_share=tune_share, seed=seed, bootstrap=bootstrap,
             threads=threads, log=console.log,
         )
     passed = _print_summary(console, bundle, precision, path)
@@ -112,6 +132,8 @@ def _print_summary(console, bundle: str, precision: str, path) -> bool:  # noqa:
             f"fp16 compute nodes {entry['fp16_compute_nodes']}; kept fp32 {entry['kept_fp32_count']} "
             f"(overflow {entry['overflow_count']}, excluded {len(entry['excluded_nodes'])})"
         )
+    if entry.get("search"):
+        _print_search(console, entry["search"])
     val = entry.get("validation")
     if val is None:
         return True
@@ -126,8 +148,31 @@ def _print_summary(console, bundle: str, precision: str, path) -> bool:  # noqa:
         table.add_column(col, justify="right")
     table.add_row(*(f"{v:.4g}" for v in cells.values()), "[green]yes[/]" if val["passed"] else "[red]NO[/]")
     console.print(table)
+    ci = val.get("interval")
+    if ci:
+        console.print(f"AP drop {-ci['dap']:.2f}, paired 95% interval of dAP [{ci['low']:+.2f}, {ci['high']:+.2f}] "
+                      f"over {ci['units']} {ci['unit']}s ({ci['resamples']} resamples): {ci['call']} against the "
+                      f"bar {ci['bar']:g}")
     bounds = ", ".join(f"{k} {v:g}" for k, v in val["tolerance"].items())
     for failure in val["failures"]:
         console.print(f"[red]FAIL[/] {failure} (bounds {bounds}; override with --tolerance)")
     console.print(f"report: {bundle}/{entry['report']}")
     return bool(val["passed"])
+
+
+def _print_search(console, search: dict) -> None:  # noqa: ANN001 - rich Console
+    """The path the INT8 search walked, one row per point, the chosen one marked."""
+    from rich.table import Table
+
+    annotated = search["annotated"]
+    table = Table(title=f"INT8 search on {search['tuning_people']} tuning people (target: {search['target']})")
+    for col in ("step", "change", "convs int8", "MACs int8", *(["tuning dAP"] if annotated else []),
+                "OKS vs fp32", "latency / fp32", ""):
+        table.add_column(col, justify="left" if col in ("step", "change") else "right")
+    for i, p in enumerate(search["points"]):
+        dap = [f"{-p['ap_drop']:+.2f}"] if annotated else []
+        ratio = "-" if p["latency_ratio"] is None else f"{p['latency_ratio']:.2f}"
+        mark = "[bold green]chosen[/]" if i == search["chosen"] else ("met" if p["within"] else "")
+        table.add_row(p["step"], p["change"] or "(every conv int8)", str(p["convs_int8"]),
+                      f"{100 * p['mac_share_int8']:.1f} %", *dap, f"{p['oks']:.4f}", ratio, mark)
+    console.print(table)

@@ -13,7 +13,7 @@ import contextlib
 import io
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from hrdeploy.errors import UserError, missing_dependency
+from hrdeploy.parity.bootstrap import Outcomes
 
 # COCOeval.stats order for iouType="keypoints"
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -80,9 +81,18 @@ class CocoKeypoints:
                             f"{missing[0]}); pass the folder that holds them with --images")
 
     def image_ids(self) -> list[int]:
-        """Images with at least one annotated person (what COCOeval scores)."""
+        """Images with at least one annotated person (what COCOeval scores), within `subset` if one was made."""
         ids = {a["image_id"] for a in self.coco.loadAnns(self.coco.getAnnIds(catIds=[self.category_id]))}
-        return sorted(ids)
+        only = getattr(self, "_only", None)
+        return sorted(ids if only is None else ids & only)
+
+    def subset(self, image_ids: Iterable[int]) -> CocoKeypoints:
+        """The same annotations scored on `image_ids` only (e.g. the tuning photos of a calibration set)."""
+        import copy
+
+        out = copy.copy(self)
+        out._only = {int(i) for i in image_ids}
+        return out
 
     def file(self, image_id: int) -> Path:
         return self.images / self.coco.loadImgs([image_id])[0]["file_name"]
@@ -112,9 +122,18 @@ class CocoKeypoints:
 
     def score(self, results: list[dict[str, Any]]) -> dict[str, Any]:
         """COCOeval keypoint stats of `results` (COCO results format) and the mean OKS per annotated person."""
+        return self.evaluate(results)[0]
+
+    def evaluate(
+        self, results: list[dict[str, Any]], owners: Sequence[int | None] | None = None
+    ) -> tuple[dict[str, Any], Outcomes | None]:
+        """`score`, and the per-person (or per-image) matching outcomes for a paired bootstrap.
+
+        owners[i]: the annotation id of the person whose box gave results[i] (None: a detection's box).
+        """
         _, COCOeval = _pycocotools()
         if not results:
-            return {**{k: 0.0 for k in STAT_NAMES}, "mean_oks": 0.0, "people": 0}
+            return {**{k: 0.0 for k in STAT_NAMES}, "mean_oks": 0.0, "people": 0}, None
         with contextlib.redirect_stdout(io.StringIO()):
             dt = self.coco.loadRes(list(results))
             ev = COCOeval(self.coco, dt, "keypoints")
@@ -131,7 +150,8 @@ class CocoKeypoints:
             for j, gt in enumerate(gts):
                 if gt.get("num_keypoints", 0) > 0 and not gt.get("iscrowd", 0):
                     best.append(float(np.max(ious[:, j])) if len(ious) else 0.0)
-        return {**stats, "mean_oks": float(np.mean(best)) if best else 0.0, "people": len(best)}
+        stats = {**stats, "mean_oks": float(np.mean(best)) if best else 0.0, "people": len(best)}
+        return stats, Outcomes.from_cocoeval(ev, owners)
 
 
 class ImageCache:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from hrdeploy.parity.bootstrap import DEFAULT_SEED, Outcomes, paired_interval
 from hrdeploy.parity.coco import CocoKeypoints, CropSet, RunFn, results_from_keypoints
 from hrdeploy.parity.compare import argmax_agreement, bounds_for, judge, keypoint_agreement, tensor_stats
 from hrdeploy.parity.tolerances import Tolerance
@@ -29,6 +30,7 @@ class Reference:
     seconds: float
     coco: CocoKeypoints | None = None
     stats: dict[str, Any] | None = None  # COCO AP etc. when annotated
+    outcomes: Outcomes | None = None  # per-person COCO matching, for paired bootstrap intervals
     flip_index: Sequence[int] | None = None  # flip test (every artifact is decoded the same way)
     post_process: str = "default"
 
@@ -36,16 +38,28 @@ class Reference:
     def compute(cls, run: RunFn, crops: CropSet, coco: CocoKeypoints | None = None, batch: int = 8, *,
                 flip_index: Sequence[int] | None = None, post_process: str = "default") -> Reference:
         kp, hm, seconds = crops.keypoints(run, batch, flip_index=flip_index, post_process=post_process)
-        stats = coco.score(results_from_keypoints(crops.boxes, kp, coco.category_id)) if coco else None
-        return cls(crops, kp, hm, seconds, coco, stats, flip_index, post_process)
+        stats, outcomes = coco.evaluate(_results(crops, kp, coco), _owners(crops)) if coco else (None, None)
+        return cls(crops, kp, hm, seconds, coco, stats, outcomes, flip_index, post_process)
+
+
+def _results(crops: CropSet, keypoints: np.ndarray, coco: CocoKeypoints) -> list[dict[str, Any]]:
+    return results_from_keypoints(crops.boxes, keypoints, coco.category_id)
+
+
+def _owners(crops: CropSet) -> list[int | None]:
+    """The annotated person each crop's result belongs to (None for a detection's box)."""
+    return [p.ann_id for p in crops.boxes]
 
 
 def check_pose(
     ref: Reference, run: RunFn, tol: Tolerance, batch: int = 8, *, fixed_batch: bool = False, trained: bool = True,
+    bootstrap: int = 0, seed: int = DEFAULT_SEED,
 ) -> dict[str, Any]:
     """Run `run` on the reference's crops and judge it; returns metrics, the gated subset and the verdict.
 
     trained=False (seeded weights): keypoints are noise, so without annotations the heatmaps' cosine is gated.
+    bootstrap > 0 (annotated people): also the AP drop's paired 95 % interval from that many resamples of the
+    people (`interval`); the verdict stays on the point estimate.
     """
     kp, hm, seconds = ref.crops.keypoints(run, batch, fixed_batch=fixed_batch, flip_index=ref.flip_index,
                                           post_process=ref.post_process)
@@ -57,9 +71,11 @@ def check_pose(
                            "seconds": round(seconds, 3), "keypoints": kp}
     gated: dict[str, Any] = {"non_finite": tensor["non_finite"]}
     if ref.coco is not None and ref.stats is not None:
-        stats = ref.coco.score(results_from_keypoints(ref.crops.boxes, kp, ref.coco.category_id))
+        stats, outcomes = ref.coco.evaluate(_results(ref.crops, kp, ref.coco), _owners(ref.crops))
         out.update(mode="coco-ap", reference_stats=ref.stats, stats=stats)
         gated["ap_drop"] = 100.0 * (ref.stats["AP"] - stats["AP"])
+        if bootstrap and ref.outcomes is not None and outcomes is not None:
+            out["interval"] = paired_interval(ref.outcomes, outcomes, bootstrap, seed, tol.max_ap_drop)
     elif agreement["keypoints"] and trained:
         out["mode"] = "crop-agreement"
         gated.update(oks=agreement["oks"], **{k: v for k, v in agreement.items() if k.startswith("pck@")})

@@ -71,6 +71,10 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+# Paired bootstrap of AP drops (hrdeploy.parity.bootstrap): resamples of the people and the seed.
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
 # Not a verdict: the per-tensor bounds (max rel, cosine) at which divergence localisation calls an
 # intermediate of a failing artifact "diverged" (hrdeploy.validate.localize), per precision.
 LOCALIZE: dict[str, tuple[float, float]] = {"fp32": (1e-3, 0.99999), "fp16": (3e-2, 0.999), "int8": (0.35, 0.98)}

@@ -65,6 +65,22 @@ def _module_of_weight(name: str) -> str | None:
     return None
 
 
+def _torchscript_scope(node_name: str) -> str:
+    """'/backbone/stage1/stage1.2/layers.0/layers.0.0/conv/Conv' -> 'backbone.stage1.2.layers.0.0.conv'.
+
+    The TorchScript exporter names a node by its module scopes, each segment the module's attribute name
+    prefixed by its container's ("stage1.2" is item 2 of "stage1"), so a segment that extends the previous
+    one replaces it.
+    """
+    path: list[str] = []
+    for segment in node_name.strip("/").split("/")[:-1]:
+        if path and segment.startswith(path[-1] + "."):
+            path[-1] = segment
+        else:
+            path.append(segment)
+    return ".".join(path)
+
+
 def node_scopes(model: onnx.ModelProto) -> dict[str, str]:
     """Node name -> the PyTorch module path it came from ("" when unknown).
 
@@ -86,7 +102,7 @@ def node_scopes(model: onnx.ModelProto) -> dict[str, str]:
             except (ValueError, SyntaxError):
                 scope = ""
         if not scope and node.name.startswith("/") and node.name.count("/") > 1:
-            scope = node.name.strip("/").rsplit("/", 1)[0].split("/")[-1]
+            scope = _torchscript_scope(node.name)
         if not scope:
             for name in node.input[1:]:
                 if name in inits and (mod := _module_of_weight(name)):
@@ -182,6 +198,14 @@ def conv_quant_status(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
         w_q, _ = _through_qdq(node.input[1], prod)
         (quantized if act_q and w_q else plain).append(node.name)
     return quantized, plain
+
+
+def qdq_consumers(model: onnx.ModelProto) -> list[str]:
+    """Names of the compute nodes (not Q/DQ) that read at least one input through a DequantizeLinear."""
+    prod = producers(model)
+    return [node.name for node in model.graph.node
+            if node.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and any(_through_qdq(name, prod)[0] for name in node.input if name)]
 
 
 def non_constant_weight_convs(model: onnx.ModelProto) -> list[str]:
