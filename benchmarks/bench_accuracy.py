@@ -50,7 +50,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "int8 no search, max": ("int8", {"annotated": True, "search": False, "method": "max"}),
     "int8 broken: depthwise int8": ("int8", {"annotated": True, "search": False, "auto_exclude": False}),
     "int8 broken: gray calibration": ("int8", {"search": False, "calib": "gray"}),
+    # run in .venv-modelopt (`make test-modelopt` sets it up) with --variants ... --append
+    "int8 ModelOpt search": ("int8", {"annotated": True, "backend": "modelopt", "method": "entropy"}),
+    "int8 ModelOpt no search": ("int8", {"annotated": True, "search": False, "backend": "modelopt",
+                                         "method": "entropy"}),
 }
+DEFAULT_VARIANTS = [v for v in VARIANTS if "ModelOpt" not in v]
 
 
 def gray_folder(work: Path) -> Path:
@@ -86,8 +91,9 @@ def quantize_variant(base: Path, work: Path, size_text: str, name: str, args: ar
     calib = gray_folder(work) if kw.pop("calib", None) == "gray" else train
     ann = train / "person_keypoints.json" if kw.pop("annotated", False) else None
     t0 = time.perf_counter()
+    kw.setdefault("backend", "ort")
     quantize_bundle(bundle, precision, calib_dir=calib if precision == "int8" else None, calib_ann=ann,
-                    backend="ort", sensitivity=False, threads=args.threads, val_dir=train, val_samples=args.val_photos,
+                    sensitivity=False, threads=args.threads, val_dir=train, val_samples=args.val_photos,
                     log=lambda m: print(f"  {m}", flush=True), **kw)
     report = json.loads((bundle / f"quantize.{precision}.json").read_text())
     val = report["validation"]
@@ -241,7 +247,9 @@ def render(result: dict, args: argparse.Namespace) -> None:
         "interval (1000 resamples of the people). Crop OKS / PCK / cosine: the quantize gate without annotations, "
         f"on the person crops the fp32 model finds in the first {result['val_photos']} coco-train photos; "
         "`crop gate` is its verdict with the current tolerance table, `eval gate` the AP-drop verdict. Latency: "
-        f"onnxruntime CPU, {result['threads']} thread(s), p50 at batch 1 and 8.")
+        f"onnxruntime CPU, {result['threads']} thread(s), p50 at batch 1 and 8."
+        + (" Rows added in `.venv-modelopt` (NVIDIA ModelOpt's Q/DQ, entropy calibration) by "
+           + "; ".join(f"`{a}`" for a in result["appended"]) + "." if result.get("appended") else ""))
     md = [BEGIN, f"## Accuracy of the trained network per precision ({result['date']})", "", intro, "", *table(result),
           "", f"### The crop gate, derived from these pairs ({len(int8)} INT8 variants)", "",
           f"For each crop metric, the INT8 variants that lose more than {bar:g} AP on coco-val against those that do "
@@ -277,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "accuracy.json"))
     parser.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     parser.add_argument("--readme", default=str(ROOT / "README.md"), help="README whose table block is replaced")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    parser.add_argument("--append", action="store_true",
+                        help="merge the measured rows into --json (replacing rows of the same input and model)")
     parser.add_argument("--render", action="store_true", help="re-render --json with the current table")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
@@ -291,6 +301,16 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         work = Path(args.workdir)
         rows = [row for size in args.sizes for row in measure_size(size, work, args)]
+        if args.append:
+            result = json.loads(Path(args.json).read_text())
+            new = {(r["size"], r["variant"]): r for r in rows}
+            kept = [new.pop((r["size"], r["variant"]), r) for r in result["rows"]]
+            result["rows"] = sorted(kept + list(new.values()), key=lambda r: r["size"] != "128x96")
+            result.setdefault("appended", []).append(
+                "python benchmarks/bench_accuracy.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
+            render(result, args)
+            write_json(args.json, result)
+            return 0
         result = {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/bench_accuracy.py " + shlex.join(argv if argv is not None else sys.argv[1:]),

@@ -164,6 +164,9 @@ def quantize_ort(
         "QuantizeBias": False,
         "MatMulConstBOnly": True,
         "CalibPercentile": PERCENTILE,
+        # one Q/DQ pair per quantized consumer: without it the pair on a tensor is shared by every consumer, so
+        # residual Adds, ReLUs and Slices that read a conv's input would read it rounded to INT8 too
+        "DedicatedQDQPair": True,
     }
     with _cwd(workdir):  # calibration writes augmented models; keep anything stray out of the user's folder
         quantize_static(
