@@ -11,6 +11,8 @@ from hrdeploy.errors import UserError
 from hrdeploy.serve.spec import ServeSpec
 
 DEFAULT_MAX_BATCH = 8  # for artifacts whose batch axis has no upper bound (dynamic-batch ONNX)
+DEFAULT_MAX_BOXES = 32  # keypoint pipeline: people per request; each request's crops reach the network as one batch
+DEFAULT_PIPELINE_INSTANCES = 4  # `serve --pipeline`: requests decoded, cropped and in flight to the network at once
 
 
 @dataclass(frozen=True)
@@ -50,3 +52,23 @@ def plan_batching(spec: ServeSpec, max_batch: int | None, max_queue_delay_us: in
         raise UserError(f"--max-batch {max_batch} is over the {spec.key} profile's max batch {hi}; "
                         f"use --max-batch {hi} or rebuild the engine with --max-batch {max_batch}")
     return Batching(max_batch, preferred_batch_sizes(max_batch), max_queue_delay_us)
+
+
+def plan_pipeline_batching(spec: ServeSpec, max_batch: int | None, max_boxes: int, max_queue_delay_us: int) -> Batching:
+    """The network's batching behind the keypoint pipeline: each request's crops reach it as one batch.
+
+    So the network batches dynamically and its max batch holds a request's `max_boxes` crops: the default is
+    the artifact's max (an engine profile's), else max(`max_boxes`, 8); a smaller max is a UserError.
+    """
+    if spec.batch_range is None:
+        raise UserError(f"{spec.key} of {spec.bundle} has a static batch of {spec.static_batch}, but the keypoint "
+                        "pipeline sends each photo's crops as one batch; re-export with --dynamic-batch")
+    hi = spec.batch_range[1]
+    if max_batch is None:
+        max_batch = hi if hi is not None else max(max_boxes, DEFAULT_MAX_BATCH)
+    batching = plan_batching(spec, max_batch, max_queue_delay_us)
+    if max_boxes > batching.max_batch_size:
+        raise UserError(f"--max-boxes {max_boxes} is over the network's max batch {batching.max_batch_size}; "
+                        f"a photo's crops go to the network as one batch, so use --max-boxes "
+                        f"{batching.max_batch_size} or a larger --max-batch (engines: rebuild with --max-batch)")
+    return batching
