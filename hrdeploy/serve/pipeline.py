@@ -126,6 +126,8 @@ def decode_request_image(image: object) -> np.ndarray:
         raise RequestError(f"{IMAGE} holds {type(data).__name__}; send the file's bytes as one BYTES element")
     if len(data) > MAX_IMAGE_BYTES:
         raise RequestError(f"{IMAGE} is {len(data)} bytes; this server takes photos up to {MAX_IMAGE_BYTES} bytes")
+    if not data:
+        raise RequestError(f"{IMAGE} is empty (0 bytes); send the bytes of a JPEG/PNG/BMP/WebP file")
     try:
         return decode_image(bytes(data), f"{IMAGE} ({len(data)} bytes)")
     except UserError as err:
