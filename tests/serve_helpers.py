@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -28,6 +29,16 @@ def need_serve_extra() -> None:
             __import__(module)
         except ImportError:
             pytest.skip(f"{module} is not installed (the serve extra; `make test-serve` sets up .venv-serve)")
+
+
+@contextlib.contextmanager
+def running(server):  # noqa: ANN001, ANN201 - a Server or BundledTriton
+    """`server` once ready; stopped when the block ends, however it ends."""
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_helpers import Server, free_port, need_serve_extra, one_line_error
+from serve_helpers import Server, free_port, need_serve_extra, one_line_error, running
 from tiny_bundles import tiny_bundle
 
 from hrdeploy.cli import cli
@@ -200,12 +200,9 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(small_bundle: Path):
-    s = Server(small_bundle, "--max-batch", str(MAX_BATCH), "--max-queue-delay-us", "2000", "--instances", "2")
-    try:
-        s.wait_ready()
+    with running(Server(small_bundle, "--max-batch", str(MAX_BATCH), "--max-queue-delay-us", "2000",
+                        "--instances", "2")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.mark.serve

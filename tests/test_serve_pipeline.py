@@ -17,12 +17,13 @@ import re
 import shutil
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from serve_helpers import BundledTriton, Server, need_serve_extra, one_line_error
+from serve_helpers import BundledTriton, Server, need_serve_extra, one_line_error, running
 from tiny_bundles import tiny_bundle
 
 from hrdeploy.cli import cli
@@ -107,7 +108,8 @@ def test_bad_images_are_refused_with_the_reason(image: np.ndarray, needle: str) 
     assert needle in str(err.value)
 
 
-def test_pipeline_steps_are_hrdeploy_infer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("post_process", ["default", "dark"])
+def test_pipeline_steps_are_hrdeploy_infer(tmp_path: Path, post_process: str) -> None:
     """preprocess -> runner -> postprocess gives `predict` (hrdeploy infer's path) keypoints, bit for bit."""
     from hrdeploy.bundle import Bundle
     from hrdeploy.images import decode_image
@@ -119,9 +121,10 @@ def test_pipeline_steps_are_hrdeploy_infer(tmp_path: Path) -> None:
     with b.artifact("onnx").open_runner(1) as runner:
         crops, transforms = preprocess_request(_bytes(data), boxes, CFG)
         assert crops.shape == (2, 3, 64, 48) and crops.dtype == np.float32 and transforms.shape == (2, 2, 3)
-        got = postprocess_request(runner.run(crops)["heatmaps"], transforms, CFG)
+        got = postprocess_request(runner.run(crops)["heatmaps"], transforms, replace(CFG, post_process=post_process))
         xywh = [(float(x1), float(y1), float(x2 - x1), float(y2 - y1)) for x1, y1, x2, y2 in boxes]
-        want = np.stack([p.keypoints for p in predict(runner, decode_image(data), config_from_bundle(b), xywh)])
+        want = np.stack([p.keypoints for p in predict(runner, decode_image(data), config_from_bundle(b), xywh,
+                                                      post_process=post_process)])
     assert got.shape == (2, 17, 3) and got.dtype == np.float32
     np.testing.assert_array_equal(got, want.astype(np.float32))
 
@@ -411,14 +414,17 @@ def _bad_request_then_good(http_port: int, name: str, photos, infer_keypoints, n
 
 
 @pytest.fixture(scope="module")
-def pipeline_server(trained_128_bundle: Path, infer_keypoints):  # noqa: ANN001, ANN201
-    s = Server(trained_128_bundle, "--pipeline", "--max-boxes", str(MAX_BOXES), "--pipeline-instances", "3",
-               "--max-queue-delay-us", "2000", model=PIPELINE)
+def pipeline_server(trained_128_bundle: Path, request: pytest.FixtureRequest):  # noqa: ANN201
+    """`serve --pipeline` of the trained network; it starts while `hrdeploy infer` computes the reference."""
+    server = Server(trained_128_bundle, "--pipeline", "--max-boxes", str(MAX_BOXES), "--pipeline-instances", "3",
+                    "--max-queue-delay-us", "2000", model=PIPELINE)
     try:
-        s.wait_ready()
+        request.getfixturevalue("infer_keypoints")
+    except BaseException:
+        server.stop()
+        raise
+    with running(server) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.mark.serve
@@ -477,12 +483,8 @@ def ensemble_server(trained_128_bundle: Path, infer_keypoints, tmp_path_factory:
     text = network.read_text().replace('backend: "onnxruntime"', 'backend: "python"')
     network.write_text(re.sub(r'default_model_filename: ".*"\n', "", text))
     shutil.copy(Path(__file__).with_name("triton_ort_network.py"), repo / NAME / "1" / "model.py")
-    server = BundledTriton(repo, work)
-    try:
-        server.wait_ready()
+    with running(BundledTriton(repo, work)) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.serve
