@@ -101,6 +101,7 @@ def test_bad_boxes_are_refused_with_the_reason(boxes: np.ndarray, needle: str) -
     (np.array([b"a", b"b"], dtype=object), "IMAGE has 2 elements"),
     (np.zeros(1, np.float32), "IMAGE has dtype float32"),
     (np.array([123], dtype=object), "IMAGE holds int"),
+    (_bytes(bytes(32 * 1024 * 1024 + 1)), "IMAGE is 33554433 bytes; this server takes photos up to 33554432 bytes"),
 ])
 def test_bad_images_are_refused_with_the_reason(image: np.ndarray, needle: str) -> None:
     with pytest.raises(RequestError) as err:
@@ -121,7 +122,10 @@ def test_pipeline_steps_are_hrdeploy_infer(tmp_path: Path, post_process: str) ->
     with b.artifact("onnx").open_runner(1) as runner:
         crops, transforms = preprocess_request(_bytes(data), boxes, CFG)
         assert crops.shape == (2, 3, 64, 48) and crops.dtype == np.float32 and transforms.shape == (2, 2, 3)
-        got = postprocess_request(runner.run(crops)["heatmaps"], transforms, replace(CFG, post_process=post_process))
+        heatmaps = runner.run(crops)["heatmaps"]
+        got = postprocess_request(heatmaps, transforms, replace(CFG, post_process=post_process))
+        if post_process == "dark":  # the setting reaches the decoder
+            assert np.abs(got - postprocess_request(heatmaps, transforms, CFG))[..., :2].max() > 1.0
         xywh = [(float(x1), float(y1), float(x2 - x1), float(y2 - y1)) for x1, y1, x2, y2 in boxes]
         want = np.stack([p.keypoints for p in predict(runner, decode_image(data), config_from_bundle(b), xywh,
                                                       post_process=post_process)])
@@ -134,7 +138,8 @@ def test_pipeline_options_are_refused_where_they_do_not_apply(cli_runner, tmp_pa
     cases = [
         (["serve", dyn, "--dark"], "configure the keypoint pipeline; add --pipeline"),
         (["serve", static, "--pipeline"], "static batch of 1, but the keypoint pipeline sends each photo's crops"),
-        (["serve", dyn, "--pipeline", "--max-batch", "8"], "--max-boxes 32 is over the network's max batch 8"),
+        (["serve", dyn, "--pipeline", "--max-batch", "8", "--max-boxes", "9"],
+         "--max-boxes 9 is over the network's max batch 8"),
         (["serve", dyn, "--pipeline", "--max-boxes", "0"], "--max-boxes 0: give 1 or more"),
         (["triton-repo", dyn, "-o", tmp_path / "r", "--max-boxes", "4"], "configure the keypoint pipeline"),
         (["triton-repo", static, "-o", tmp_path / "r", "--pipeline"], "re-export with --dynamic-batch"),

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from hrdeploy.serve.batching import DEFAULT_MAX_BOXES
+
 
 @click.command("loadtest")
 @click.argument("url")
@@ -23,8 +25,9 @@ import click
                    "AP) [default: one whole-photo box per photo, no AP].")
 @click.option("--network-model", help="Pipeline: the network model, for its average batch [default: --model without "
                                       "its _pipeline suffix].")
-@click.option("--max-boxes", type=click.IntRange(min=1), help="Pipeline: most boxes per request; photos with more "
-                                                              "people are split [default: the server's default].")
+@click.option("--max-boxes", type=click.IntRange(min=1),
+              help=f"Pipeline: most boxes per request (the server's --max-boxes); photos with more people are split "
+                   f"[default: {DEFAULT_MAX_BOXES}].")
 @click.option("--metrics-url", help="Triton's Prometheus endpoint, for the average batch per execution "
                                     "[default: `hrdeploy serve`'s, HTTP port + 2 or gRPC port + 1, if it answers].")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("loadtest.json"),
@@ -64,7 +67,6 @@ def loadtest_cmd(ctx: click.Context, url: str, model: str, concurrency: str, req
         raise UserError(f"--json {json_file}: give a .json path (the .md is written beside it)")
     watched = model
     if pipeline:
-        from hrdeploy.serve.batching import DEFAULT_MAX_BOXES
         from hrdeploy.serve.loadtest import PipelineLoad, check_pipeline_model, photo_requests
 
         if batch != 1:

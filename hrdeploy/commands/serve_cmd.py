@@ -18,7 +18,8 @@ from hrdeploy.serve.batching import DEFAULT_MAX_BOXES, DEFAULT_PIPELINE_INSTANCE
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="HTTP port.")
 @click.option("--grpc-port", type=click.IntRange(1, 65535), help="gRPC port [default: --port + 1].")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="Prometheus metrics port [default: --port + 2].")
-@click.option("--max-batch", type=int, help="Dynamic batcher's max batch [default: the artifact's max, else 8].")
+@click.option("--max-batch", type=int, help="Dynamic batcher's max batch [default: the artifact's max, else 8; with "
+                                            "--pipeline: else the larger of 8 and --max-boxes].")
 @click.option("--max-queue-delay-us", type=int, default=100, show_default=True,
               help="Dynamic batcher: longest wait for more requests, in microseconds.")
 @click.option("--instances", type=int, default=1, show_default=True, help="Model instances, one runner each.")
@@ -27,7 +28,7 @@ from hrdeploy.serve.batching import DEFAULT_MAX_BOXES, DEFAULT_PIPELINE_INSTANCE
               help="Also serve the keypoint pipeline as NAME_pipeline: IMAGE (encoded bytes) and BOXES (FP32 [N, 4] "
                    "x1,y1,x2,y2) in, KEYPOINTS (FP32 [N, K, 3] x, y, score in image pixels) out.")
 @click.option("--max-boxes", type=int, help="Pipeline: most person boxes per request, within the network's max batch "
-                                            f"[default: {DEFAULT_MAX_BOXES}].")
+                                            f"[default: {DEFAULT_MAX_BOXES}, or the max batch if smaller].")
 @click.option("--pipeline-instances", type=int, help="Pipeline: requests decoded, cropped and sent to the network at "
                                                      f"once [default: {DEFAULT_PIPELINE_INSTANCES}].")
 @click.option("--dark", is_flag=True, help="Pipeline: DARK sub-pixel decoding instead of the quarter-pixel shift.")
@@ -61,10 +62,9 @@ def serve_cmd(ctx: click.Context, bundle: Path, artifact: str, name: str | None,
         from hrdeploy.bundle import Bundle
         from hrdeploy.serve.pipeline import pipeline_config
 
-        max_boxes = DEFAULT_MAX_BOXES if max_boxes is None else max_boxes
         pipeline_instances = pipeline_instances or DEFAULT_PIPELINE_INSTANCES
+        batching, max_boxes = plan_pipeline_batching(spec, max_batch, max_boxes, max_queue_delay_us)
         cfg = pipeline_config(Bundle.open(bundle), max_boxes, dark)
-        batching = plan_pipeline_batching(spec, max_batch, max_boxes, max_queue_delay_us)
     else:
         batching = plan_batching(spec, max_batch, max_queue_delay_us)
     model = check_model_name(name or default_model_name(spec))

@@ -16,7 +16,8 @@ from hrdeploy.serve.batching import DEFAULT_MAX_BOXES, DEFAULT_PIPELINE_INSTANCE
 @click.option("--artifact", default="onnx", show_default=True,
               help="Bundle artifact to serve: onnx, fp16, int8, engine_fp16, ...")
 @click.option("--name", help="Triton model name [default: the bundle's model, suffixed with the artifact key].")
-@click.option("--max-batch", type=int, help="max_batch_size [default: the artifact's max batch, else 8].")
+@click.option("--max-batch", type=int, help="max_batch_size [default: the artifact's max batch, else 8; with "
+                                            "--pipeline: else the larger of 8 and --max-boxes].")
 @click.option("--instances", type=int, default=1, show_default=True, help="Model instances (instance_group count).")
 @click.option("--max-queue-delay-us", type=int, default=100, show_default=True,
               help="Dynamic batcher: longest wait for more requests, in microseconds.")
@@ -25,7 +26,9 @@ from hrdeploy.serve.batching import DEFAULT_MAX_BOXES, DEFAULT_PIPELINE_INSTANCE
 @click.option("--pipeline", is_flag=True,
               help="Also write the keypoint pipeline ensemble NAME_pipeline: IMAGE (encoded bytes) + BOXES (FP32 "
                    "[N, 4] x1,y1,x2,y2) in, KEYPOINTS (FP32 [N, K, 3]) out, with Python-backend pre/post steps.")
-@click.option("--max-boxes", type=int, help=f"Pipeline: most person boxes per request [default: {DEFAULT_MAX_BOXES}].")
+@click.option("--max-boxes", type=int,
+              help=f"Pipeline: most person boxes per request [default: {DEFAULT_MAX_BOXES}, or the max batch if "
+                   "smaller].")
 @click.option("--pipeline-instances", type=int,
               help=f"Pipeline: instances of each Python step [default: {DEFAULT_PIPELINE_INSTANCES}].")
 @click.option("--dark", is_flag=True, help="Pipeline: DARK sub-pixel decoding instead of the quarter-pixel shift.")
@@ -64,9 +67,8 @@ def triton_repo_cmd(bundle: Path, repo: Path, artifact: str, name: str | None, m
     from hrdeploy.bundle import Bundle
     from hrdeploy.serve.pipeline import pipeline_config
 
-    max_boxes = DEFAULT_MAX_BOXES if max_boxes is None else max_boxes
+    batching, max_boxes = plan_pipeline_batching(spec, max_batch, max_boxes, max_queue_delay_us)
     cfg = pipeline_config(Bundle.open(bundle), max_boxes, dark)
-    batching = plan_pipeline_batching(spec, max_batch, max_boxes, max_queue_delay_us)
     source = hrdeploy_source or _checkout()
     if source is not None and not (Path(source) / "pyproject.toml").is_file() and not Path(source).is_file():
         raise UserError(f"--hrdeploy-source {source}: give an hrdeploy checkout (with pyproject.toml) or an sdist file")

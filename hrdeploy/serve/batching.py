@@ -54,21 +54,28 @@ def plan_batching(spec: ServeSpec, max_batch: int | None, max_queue_delay_us: in
     return Batching(max_batch, preferred_batch_sizes(max_batch), max_queue_delay_us)
 
 
-def plan_pipeline_batching(spec: ServeSpec, max_batch: int | None, max_boxes: int, max_queue_delay_us: int) -> Batching:
-    """The network's batching behind the keypoint pipeline: each request's crops reach it as one batch.
+def plan_pipeline_batching(spec: ServeSpec, max_batch: int | None, max_boxes: int | None,
+                           max_queue_delay_us: int) -> tuple[Batching, int]:
+    """The network's batching behind the keypoint pipeline, and the most boxes a request may carry.
 
-    So the network batches dynamically and its max batch holds a request's `max_boxes` crops: the default is
-    the artifact's max (an engine profile's), else max(`max_boxes`, 8); a smaller max is a UserError.
+    Each request's crops reach the network as one batch, so the network batches dynamically and its max batch
+    holds `max_boxes` crops. Defaults: the max batch is the artifact's max (an engine profile's), else
+    `--max-batch`, else max(`max_boxes`, 8); `max_boxes` is DEFAULT_MAX_BOXES, or the max batch when smaller.
+    A `max_boxes` over the max batch is a UserError.
     """
     if spec.batch_range is None:
         raise UserError(f"{spec.key} of {spec.bundle} has a static batch of {spec.static_batch}, but the keypoint "
                         "pipeline sends each photo's crops as one batch; re-export with --dynamic-batch")
+    if max_boxes is not None and max_boxes < 1:
+        raise UserError(f"--max-boxes {max_boxes}: give 1 or more")
     hi = spec.batch_range[1]
     if max_batch is None:
-        max_batch = hi if hi is not None else max(max_boxes, DEFAULT_MAX_BATCH)
+        max_batch = hi if hi is not None else max(max_boxes or DEFAULT_MAX_BOXES, DEFAULT_MAX_BATCH)
     batching = plan_batching(spec, max_batch, max_queue_delay_us)
+    if max_boxes is None:
+        max_boxes = min(DEFAULT_MAX_BOXES, batching.max_batch_size)
     if max_boxes > batching.max_batch_size:
         raise UserError(f"--max-boxes {max_boxes} is over the network's max batch {batching.max_batch_size}; "
                         f"a photo's crops go to the network as one batch, so use --max-boxes "
                         f"{batching.max_batch_size} or a larger --max-batch (engines: rebuild with --max-batch)")
-    return batching
+    return batching, max_boxes

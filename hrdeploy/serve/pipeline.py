@@ -74,8 +74,6 @@ def pipeline_config(bundle: object, max_boxes: int = DEFAULT_MAX_BOXES, dark: bo
     if len(cfg.output_names) != 1:
         raise UserError(f"{cfg.model} has {len(cfg.output_names)} outputs; the keypoint pipeline decodes one heatmap "
                         "output")
-    if max_boxes < 1:
-        raise UserError(f"--max-boxes {max_boxes}: give 1 or more")
     return PipelineConfig(cfg.input_hw, cfg.mean, cfg.std, cfg.num_keypoints, max_boxes, "dark" if dark else "default")
 
 
