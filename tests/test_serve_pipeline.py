@@ -155,6 +155,30 @@ def test_pipeline_options_are_refused_where_they_do_not_apply(cli_runner, tmp_pa
     assert not (tmp_path / "r").exists()
 
 
+def test_photo_requests_without_annotations_send_the_whole_photo(tmp_path: Path) -> None:
+    from hrdeploy.serve.loadtest import photo_requests
+
+    (tmp_path / "a.png").write_bytes(_png(40, 30))
+    (tmp_path / "b.png").write_bytes(_png(20, 50, seed=1))
+    reqs, coco = photo_requests(tmp_path)
+    assert coco is None and [r.file.name for r in reqs] == ["a.png", "b.png"]
+    assert [r.boxes.tolist() for r in reqs] == [[[0, 0, 40, 30]], [[0, 0, 20, 50]]]
+    assert reqs[1].data == (tmp_path / "b.png").read_bytes() and reqs[0].people == ()
+
+
+def test_photo_requests_split_crowded_photos(shared_data: Path) -> None:
+    from hrdeploy.serve.loadtest import photo_requests
+
+    folder = shared_data / "coco-val"
+    reqs, coco = photo_requests(folder, folder / "person_keypoints.json", max_boxes=5)
+    people = [p for r in reqs for p in r.people]
+    assert len(people) == len(coco.gt_boxes()) == 149 and max(len(r.boxes) for r in reqs) == 5
+    assert len(reqs) > len({p.image_id for p in people}) == 33  # photos with more than 5 people are split
+    for r in reqs:
+        xywh = np.array([p.box for p in r.people])
+        np.testing.assert_allclose(r.boxes, np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1), rtol=1e-6)
+
+
 def _triton_repo(bundle: Path, repo: Path, *extra: str) -> None:
     result = CliRunner().invoke(cli, ["triton-repo", os.fspath(bundle), "-o", os.fspath(repo), "--pipeline",
                                       "--device", "cpu", *extra])
