@@ -280,7 +280,7 @@ def measure_pipeline(args: argparse.Namespace) -> dict:
         scrape_metrics,
         summarize,
     )
-    from hrdeploy.serve.pipeline import pipeline_config, postprocess_request, preprocess_request
+    from hrdeploy.serve.pipeline import pipeline_config, pipeline_model_name, postprocess_request, preprocess_request
 
     load_start, out, size = begin(args)
     bundle = bundle_for(out, args.model, size, args.checkpoint)
@@ -321,7 +321,7 @@ def measure_pipeline(args: argparse.Namespace) -> dict:
     d = collect(direct_call, 1, duration=args.duration)
     direct = as_dict(summarize(d)) | {"people_per_s": round((done[0] - len(photos[0].boxes)) / d.seconds, 2)}
     runner.close()
-    pipeline = f"{args.model}_pipeline"
+    pipeline = pipeline_model_name(args.model)
     proc, ports = start_server(bundle, args, out / "tritonserver.log", "--pipeline", "--max-boxes",
                                str(args.max_boxes), "--pipeline-instances", str(args.pipeline_instances),
                                ready_model=pipeline)

@@ -500,6 +500,10 @@ def test_pipeline_load_test_scores_what_the_server_answered(pipeline_server: Ser
     for r in (one, six):
         assert r["ap"] == round(infer_ap, 4) and r["people_per_s"] > r["throughput_rps"] > 0
     assert re.search(r"\| 6 \| 40 \| 0 \|", out.with_suffix(".md").read_text())
+    network = CliRunner().invoke(cli, ["loadtest", f"http://127.0.0.1:{pipeline_server.http}", "--model", NAME,
+                                       "--pipeline", "--images", os.fspath(shared_data / "coco-val"), "--requests",
+                                       "1", "--json", os.fspath(out)])
+    one_line_error(network, f"model '{NAME}' takes ['input'] and answers ['heatmaps'], not a keypoint pipeline")
 
 
 @pytest.fixture(scope="module")

@@ -68,13 +68,14 @@ def loadtest_cmd(ctx: click.Context, url: str, model: str, concurrency: str, req
     watched = model
     if pipeline:
         from hrdeploy.serve.loadtest import PipelineLoad, check_pipeline_model, photo_requests
+        from hrdeploy.serve.pipeline import network_model_name
 
         if batch != 1:
             raise UserError("--batch is for network models; a pipeline request carries one photo and its boxes")
         if images_dir is None:
             raise UserError("--pipeline needs --images DIR (photos to send), and --ann COCO.json to score the answers")
         check_pipeline_model(target, model)
-        watched = network_model or model.removesuffix("_pipeline")
+        watched = network_model or network_model_name(model)
         photos, coco = photo_requests(images_dir, ann, max_boxes or DEFAULT_MAX_BOXES)
         load = PipelineLoad(target, model, photos)
         inp = None

@@ -48,7 +48,8 @@ def serve_cmd(ctx: click.Context, bundle: Path, artifact: str, name: str | None,
     (hrdeploy infer's cropping and decoding on the server; crops of several requests share network batches).
     """
     from hrdeploy.serve.batching import plan_batching, plan_pipeline_batching
-    from hrdeploy.serve.server import Endpoints, pipeline_model_name, serve
+    from hrdeploy.serve.pipeline import pipeline_model_name
+    from hrdeploy.serve.server import Endpoints, serve
     from hrdeploy.serve.spec import serve_spec
     from hrdeploy.serve.triton_repo import check_model_name, default_model_name
 

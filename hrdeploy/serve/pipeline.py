@@ -29,6 +29,19 @@ CROPS, TRANSFORMS = "CROPS", "TRANSFORMS"  # between the ensemble's steps
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
 
+PIPELINE_SUFFIX = "_pipeline"  # the pipeline model (PyTriton) or ensemble (triton-repo) of network NAME: NAME_pipeline
+
+
+def pipeline_model_name(network: str) -> str:
+    """The keypoint pipeline's model name for network model `network`."""
+    return f"{network}{PIPELINE_SUFFIX}"
+
+
+def network_model_name(pipeline: str) -> str:
+    """The network model behind pipeline model `pipeline` (its name without the suffix)."""
+    return pipeline.removesuffix(PIPELINE_SUFFIX)
+
+
 class RequestError(ValueError):
     """A request the pipeline refuses: the message says which tensor is wrong and how to fix it."""
 

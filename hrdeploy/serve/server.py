@@ -95,11 +95,6 @@ def make_infer_func(spec: ServeSpec, batching: Batching, runner: Runner) -> Call
     return infer_static
 
 
-def pipeline_model_name(name: str) -> str:
-    """The keypoint pipeline's model name (the ensemble's in `triton-repo --pipeline`) for network `name`."""
-    return f"{name}_pipeline"
-
-
 def _loopback(host: str) -> str:
     """An address of this server to connect to: a wildcard listen address becomes loopback."""
     return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
@@ -210,7 +205,7 @@ def serve(
                                 inputs=[tensor(spec.input)], outputs=[tensor(t) for t in spec.outputs],
                                 config=config, strict=True)
                     if pipeline is not None:
-                        from hrdeploy.serve.pipeline import BOXES, IMAGE, KEYPOINTS
+                        from hrdeploy.serve.pipeline import BOXES, IMAGE, KEYPOINTS, pipeline_model_name
 
                         triton.bind(
                             model_name=pipeline_model_name(name),

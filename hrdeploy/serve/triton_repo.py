@@ -31,7 +31,7 @@ from pathlib import Path
 
 from hrdeploy.errors import UserError
 from hrdeploy.serve.batching import Batching
-from hrdeploy.serve.pipeline import BOXES, CROPS, IMAGE, KEYPOINTS, TRANSFORMS, PipelineConfig
+from hrdeploy.serve.pipeline import BOXES, CROPS, IMAGE, KEYPOINTS, TRANSFORMS, PipelineConfig, pipeline_model_name
 from hrdeploy.serve.spec import ServeSpec, TensorSpec
 
 BACKENDS = {"onnx": ("onnxruntime", "model.onnx"), "engine": ("tensorrt", "model.plan")}
@@ -166,7 +166,8 @@ PIPELINE_STEPS = {"preprocess": "PreprocessModel", "postprocess": "PostprocessMo
 
 def pipeline_names(name: str) -> dict[str, str]:
     """Model names of the pipeline around network `name`: preprocess, postprocess and the ensemble."""
-    return {"preprocess": f"{name}_preprocess", "postprocess": f"{name}_postprocess", "pipeline": f"{name}_pipeline"}
+    return {"preprocess": f"{name}_preprocess", "postprocess": f"{name}_postprocess",
+            "pipeline": pipeline_model_name(name)}
 
 
 def _parameters(params: dict[str, str]) -> list[str]:
