@@ -155,6 +155,29 @@ def test_pipeline_options_are_refused_where_they_do_not_apply(cli_runner, tmp_pa
     assert not (tmp_path / "r").exists()
 
 
+def test_pipeline_batching_fits_a_request_into_one_network_run() -> None:
+    from hrdeploy.errors import UserError
+    from hrdeploy.serve.batching import plan_pipeline_batching
+    from hrdeploy.serve.spec import ServeSpec, TensorSpec
+
+    def spec(batch_range):  # noqa: ANN001, ANN202
+        return ServeSpec(bundle=Path("b"), model="m", key="engine_fp16", path=Path("b/m.engine"), kind="engine",
+                         precision="fp16", input=TensorSpec("input", "float32", (3, 64, 48)),
+                         outputs=(TensorSpec("heatmaps", "float32", (17, 16, 12)),), batch_range=batch_range,
+                         static_batch=None)
+
+    def plan(batch_range, max_batch, max_boxes):  # noqa: ANN001, ANN202
+        batching, boxes = plan_pipeline_batching(spec(batch_range), max_batch, max_boxes, 100)
+        return batching.max_batch_size, boxes
+
+    assert plan((1, None), None, None) == (32, 32)  # dynamic-batch ONNX: 32 boxes, a max batch that holds them
+    assert plan((1, None), None, 4) == (8, 4)
+    assert plan((1, None), 12, None) == (12, 12)
+    assert plan((1, 8), None, None) == (8, 8)  # an engine's profile bounds both
+    with pytest.raises(UserError, match="--max-boxes 16 is over the network's max batch 8"):
+        plan((1, 8), None, 16)
+
+
 def test_photo_requests_without_annotations_send_the_whole_photo(tmp_path: Path) -> None:
     from hrdeploy.serve.loadtest import photo_requests
 
