@@ -67,7 +67,7 @@ $(SERVE_STAMP): pyproject.toml
 	touch $(SERVE_STAMP)
 
 test-serve: setup-serve
-	$(SERVE_VENV)/bin/python -m pytest -q -rs -p no:cacheprovider -m serve tests/test_serve.py $(PYTEST_ARGS)
+	$(SERVE_VENV)/bin/python -m pytest -q -rs -p no:cacheprovider -m serve tests/test_serve.py tests/test_serve_pipeline.py $(PYTEST_ARGS)
 
 # Serve lite_hrnet_18 (256x192) on PyTriton, load it at concurrency 1,4,16 and compare with in-process calls.
 serve-demo: setup-serve

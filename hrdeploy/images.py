@@ -43,23 +43,35 @@ def _to_rgb(img):  # noqa: ANN001, ANN202 - PIL.Image.Image
 def read_image(path: str | os.PathLike, min_side: int = MIN_SIDE) -> np.ndarray:
     """`path` as a uint8 H x W x 3 RGB array (conversions in the module docstring); UserError if unreadable
     or smaller than `min_side` pixels on a side."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image {path} does not exist; pass the path of a JPEG/PNG/BMP/WebP file")
+    return _decode(path, f"image {path}", min_side)
+
+
+def decode_image(data: bytes, what: str = "the image", min_side: int = MIN_SIDE) -> np.ndarray:
+    """Encoded image bytes (JPEG/PNG/BMP/WebP, as a file holds them) as `read_image` returns a file; UserError
+    naming `what` if they are empty, undecodable or smaller than `min_side` pixels on a side."""
+    import io
+
+    if not data:
+        raise UserError(f"{what} is empty (0 bytes); send the bytes of a JPEG/PNG/BMP/WebP file")
+    return _decode(io.BytesIO(data), what, min_side)
+
+
+def _decode(source, what: str, min_side: int) -> np.ndarray:  # noqa: ANN001 - a path or a binary file object
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             rgb = _to_rgb(ImageOps.exif_transpose(img))
             arr = np.asarray(rgb, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise UserError(
-            f"cannot read image {path} ({type(err).__name__}); pass a valid JPEG/PNG/BMP/WebP file"
-        ) from err
+        raise UserError(f"cannot read {what} ({type(err).__name__}); pass a valid JPEG/PNG/BMP/WebP file") from err
     h, w = arr.shape[:2]
     if min(h, w) < min_side:
-        raise UserError(f"image {path} is {w}x{h} pixels; images must be at least {min_side}x{min_side}")
+        raise UserError(f"{what} is {w}x{h} pixels; images must be at least {min_side}x{min_side}")
     return np.ascontiguousarray(arr)
 
 

@@ -11,14 +11,13 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from serve_helpers import Server, free_port, need_serve_extra, one_line_error, running
 from tiny_bundles import tiny_bundle
 
 from hrdeploy.cli import cli
@@ -30,14 +29,6 @@ from hrdeploy.serve.triton_repo import config_pbtxt
 
 SIZE = (64, 64)  # lite_hrnet_18's smallest input (a multiple of its stride 32): heatmaps 16x16
 MAX_BATCH = 4
-
-
-def _one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    for needle in needles:
-        assert needle in err, err
 
 
 def _spec(batch_range=(1, None), static_batch=None) -> ServeSpec:  # noqa: ANN001
@@ -120,10 +111,10 @@ def test_triton_repo_for_an_engine_uses_its_profile(cli_runner, tmp_path: Path) 
     assert (repo / "tiny_engine_fp16" / "1" / "model.plan").read_bytes() == b"plan bytes"
     over = cli_runner.invoke(cli, ["triton-repo", os.fspath(bundle), "-o", os.fspath(tmp_path / "r2"), "--artifact",
                                    "engine_fp16", "--max-batch", "16"])
-    _one_line_error(over, "over the engine_fp16 profile's max batch 8")
+    one_line_error(over, "over the engine_fp16 profile's max batch 8")
     cpu = cli_runner.invoke(cli, ["triton-repo", os.fspath(bundle), "-o", os.fspath(tmp_path / "r3"), "--artifact",
                                   "engine_fp16", "--device", "cpu"])
-    _one_line_error(cpu, "runs on a GPU only")
+    one_line_error(cpu, "runs on a GPU only")
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -142,7 +133,7 @@ def test_repo_and_serve_refuse_bad_input(cli_runner, tmp_path: Path, args: list[
     paths = {"static": tiny_bundle(tmp_path / "static", dynamic_batch=False), "dyn": tiny_bundle(tmp_path / "dyn"),
              "tmp": tmp_path}
     result = cli_runner.invoke(cli, [a.format(**paths) for a in args])
-    _one_line_error(result)
+    one_line_error(result)
     assert re.search(message, result.stderr), result.stderr
     assert not (tmp_path / "r").exists()
 
@@ -150,7 +141,7 @@ def test_repo_and_serve_refuse_bad_input(cli_runner, tmp_path: Path, args: list[
 @pytest.mark.parametrize("url", ["http://10.1.2.3:8000", "grpc://example.com:8001", "http://0.0.0.0:8000"])
 def test_loadtest_refuses_hosts_that_are_not_loopback(cli_runner, url: str) -> None:
     result = cli_runner.invoke(cli, ["loadtest", url, "--model", "m", "--requests", "1"])
-    _one_line_error(result, "is not loopback")
+    one_line_error(result, "is not loopback")
 
 
 def test_serve_without_the_extra_says_how_to_get_it(cli_runner, tmp_path: Path) -> None:
@@ -159,12 +150,12 @@ def test_serve_without_the_extra_says_how_to_get_it(cli_runner, tmp_path: Path) 
     if importlib.util.find_spec("pytriton") is not None:
         pytest.skip("nvidia-pytriton is installed here; this checks the message without it")
     result = cli_runner.invoke(cli, ["serve", os.fspath(tiny_bundle(tmp_path / "b"))])
-    _one_line_error(result, "nvidia-pytriton is not installed", "hrdeploy[serve]", "/usr/bin/python3.11")
+    one_line_error(result, "nvidia-pytriton is not installed", "hrdeploy[serve]", "/usr/bin/python3.11")
 
 
 def test_loadtest_needs_exactly_one_budget(cli_runner) -> None:
     result = cli_runner.invoke(cli, ["loadtest", "http://127.0.0.1:9", "--model", "m"])
-    _one_line_error(result, "exactly one of --requests N or --duration SECONDS")
+    one_line_error(result, "exactly one of --requests N or --duration SECONDS")
     assert parse_target("[::1]:8001").address == "[::1]:8001"
 
 
@@ -196,24 +187,10 @@ def test_average_batch_is_requests_per_execution() -> None:
 # ------------------------------------------------------------------------------------------ serve extra
 
 
-def _need_serve_extra() -> None:
-    for module in ("pytriton", "tritonclient.grpc", "tritonclient.http"):
-        try:
-            __import__(module)
-        except ImportError:
-            pytest.skip(f"{module} is not installed (the serve extra; `make test-serve` sets up .venv-serve)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """lite_hrnet_18 at 64x64 with a dynamic batch (torchscript exporter: the quickest export)."""
-    _need_serve_extra()
+    need_serve_extra()
     from hrdeploy.export import export_bundle
 
     out = tmp_path_factory.mktemp("serve") / "lite_hrnet_18"
@@ -221,67 +198,28 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-class Server:
-    def __init__(self, bundle: Path, *extra: str) -> None:
-        self.http, self.grpc, self.metrics = _free_port(), _free_port(), _free_port()
-        self.log = bundle.parent / f"tritonserver-{self.http}.log"
-        cmd = [sys.executable, "-m", "hrdeploy.cli", "serve", os.fspath(bundle), "--host", "127.0.0.1",
-               "--port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics),
-               "--threads", "1", "--log-file", os.fspath(self.log), *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        ready = f"http://127.0.0.1:{self.http}/v2/models/lite_hrnet_18/ready"  # the model, not only the server
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                log = self.log.read_text()[-3000:] if self.log.is_file() else ""
-                raise AssertionError(f"hrdeploy serve exited {self.proc.returncode}: {self.proc.stdout.read()}\n{log}")
-            try:
-                with urllib.request.urlopen(ready, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError("hrdeploy serve was not ready in time")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> tuple[int, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            out, _ = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        return self.proc.returncode, out
-
-
 @pytest.fixture(scope="module")
 def server(small_bundle: Path):
-    s = Server(small_bundle, "--max-batch", str(MAX_BATCH), "--max-queue-delay-us", "2000", "--instances", "2")
-    try:
-        s.wait_ready()
+    with running(Server(small_bundle, "--max-batch", str(MAX_BATCH), "--max-queue-delay-us", "2000",
+                        "--instances", "2")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.mark.serve
 def test_serve_refuses_a_port_in_use(small_bundle: Path, cli_runner) -> None:
-    _need_serve_extra()
+    need_serve_extra()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = cli_runner.invoke(cli, ["serve", os.fspath(small_bundle), "--port", str(_free_port()),
-                                         "--grpc-port", str(port), "--metrics-port", str(_free_port())])
-    _one_line_error(result, f"cannot listen on 127.0.0.1:{port} for gRPC", "--grpc-port")
+        result = cli_runner.invoke(cli, ["serve", os.fspath(small_bundle), "--port", str(free_port()),
+                                         "--grpc-port", str(port), "--metrics-port", str(free_port())])
+    one_line_error(result, f"cannot listen on 127.0.0.1:{port} for gRPC", "--grpc-port")
 
 
 @pytest.mark.serve
 def test_repo_config_parses_and_matches_the_bundle(small_bundle: Path, cli_runner, tmp_path: Path) -> None:
-    _need_serve_extra()
+    need_serve_extra()
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -304,7 +242,7 @@ def test_repo_config_parses_and_matches_the_bundle(small_bundle: Path, cli_runne
     model_file = repo / "lite_hrnet_18" / "1" / "model.onnx"
     assert model_file.read_bytes() == b.artifact("onnx").path.read_bytes()
     again = cli_runner.invoke(cli, ["triton-repo", os.fspath(small_bundle), "-o", os.fspath(repo)])
-    _one_line_error(again, "exists; pass --force")
+    one_line_error(again, "exists; pass --force")
 
 
 def _infer(client_mod, port: int, x: np.ndarray, datatype: str = "FP32"):  # noqa: ANN001, ANN202
@@ -376,10 +314,10 @@ def test_short_load_test_has_no_failed_requests(server: Server, cli_runner, tmp_
     assert "| 4 | 24 | 0 |" in out.with_suffix(".md").read_text()
     over = cli_runner.invoke(cli, ["loadtest", f"http://127.0.0.1:{server.http}", "--model", "lite_hrnet_18",
                                    "--batch", str(MAX_BATCH + 1), "--requests", "1", "--json", os.fspath(out)])
-    _one_line_error(over, f"--batch {MAX_BATCH + 1} is over the model's max_batch_size {MAX_BATCH}")
-    closed = cli_runner.invoke(cli, ["loadtest", f"grpc://127.0.0.1:{_free_port()}", "--model", "lite_hrnet_18",
+    one_line_error(over, f"--batch {MAX_BATCH + 1} is over the model's max_batch_size {MAX_BATCH}")
+    closed = cli_runner.invoke(cli, ["loadtest", f"grpc://127.0.0.1:{free_port()}", "--model", "lite_hrnet_18",
                                      "--requests", "1", "--json", os.fspath(out)])
-    _one_line_error(closed, "cannot reach grpc://127.0.0.1:")
+    one_line_error(closed, "cannot reach grpc://127.0.0.1:")
 
 
 @pytest.mark.serve
@@ -393,7 +331,7 @@ def test_sigterm_stops_the_server_cleanly(server: Server) -> None:
 
 @pytest.mark.serve
 def test_static_batch_bundle_is_served_whole_and_ctrl_c_exits_130(tmp_path: Path) -> None:
-    _need_serve_extra()
+    need_serve_extra()
     import tritonclient.http as httpclient
 
     from hrdeploy.runtime.onnxruntime import OrtRunner

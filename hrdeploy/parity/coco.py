@@ -210,16 +210,9 @@ def decode_people(
     heatmaps: np.ndarray, matrices: np.ndarray, input_hw: tuple[int, int], post_process: str = "default",
 ) -> np.ndarray:
     """Keypoints [N, K, 3] (x, y in image pixels, score) from top-down heatmaps and the crops' matrices."""
-    from hrdeploy.pose.decode import decode_heatmaps, heatmap_to_input
-    from hrdeploy.pose.preprocess import apply_transform, invert_transform
+    from hrdeploy.pose.decode import keypoints_in_image
 
-    coords, scores = decode_heatmaps(heatmaps, post_process)
-    out = np.zeros((*coords.shape[:2], 3), dtype=np.float64)
-    for i in range(len(coords)):
-        xy = heatmap_to_input(coords[i], heatmaps.shape[-2:], input_hw)
-        out[i, :, :2] = apply_transform(xy, invert_transform(matrices[i]))
-        out[i, :, 2] = scores[i]
-    return out
+    return keypoints_in_image(heatmaps, matrices, input_hw, post_process)
 
 
 def results_from_keypoints(

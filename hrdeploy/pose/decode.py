@@ -157,6 +157,27 @@ def heatmap_to_input(coords: np.ndarray, heatmap_hw: tuple[int, int], input_hw: 
     return np.asarray(coords, dtype=np.float64) * scale
 
 
+def keypoints_in_image(
+    heatmaps: np.ndarray, matrices: np.ndarray, input_hw: tuple[int, int], post_process: str = "default",
+    kernel: int | None = 11,
+) -> np.ndarray:
+    """Keypoints [N, K, 3] (x, y in image pixels, score) of top-down heatmaps [N, K, h, w].
+
+    `matrices` [N, 2, 3] are the crops' image->input transforms (hrdeploy.pose.preprocess.crop_transform):
+    decode in heatmap pixels, scale to input pixels, then map back through each crop's inverse transform.
+    The one decoding of `hrdeploy infer`, `hrdeploy eval` and the served keypoint pipeline.
+    """
+    from hrdeploy.pose.preprocess import apply_transform, invert_transform
+
+    coords, scores = decode_heatmaps(heatmaps, post_process, kernel)
+    out = np.zeros((*coords.shape[:2], 3), dtype=np.float64)
+    for i in range(len(coords)):
+        xy = heatmap_to_input(coords[i], heatmaps.shape[-2:], input_hw)
+        out[i, :, :2] = apply_transform(xy, invert_transform(matrices[i]))
+        out[i, :, 2] = scores[i]
+    return out
+
+
 def flip_back(heatmaps: np.ndarray, flip_index: Sequence[int], shift: bool = True) -> np.ndarray:
     """Heatmaps of a horizontally flipped input, mapped back to the original frame.
 

@@ -17,7 +17,7 @@ import numpy as np
 from hrdeploy.datasets import KEYPOINT_SETS
 from hrdeploy.errors import UserError
 from hrdeploy.pose.bottomup import GroupParams, aggregate_outputs, group_people
-from hrdeploy.pose.decode import decode_heatmaps, flip_test_average, heatmap_to_input
+from hrdeploy.pose.decode import flip_test_average, keypoints_in_image
 from hrdeploy.pose.preprocess import apply_transform, invert_transform, preprocess
 from hrdeploy.runtime.base import Runner
 
@@ -170,11 +170,8 @@ def predict_topdown(
         if flip_test:
             flipped = _run(runner, np.ascontiguousarray(x[:, :, ::-1]))[0]
             heatmaps = flip_test_average(heatmaps, flipped, cfg.flip_index, shift=shift_heatmap)
-        coords, scores = decode_heatmaps(heatmaps, post_process, dark_kernel)
-        in_xy = heatmap_to_input(coords[0], heatmaps.shape[-2:], cfg.input_hw)
-        img_xy = apply_transform(in_xy, invert_transform(matrix))
-        kpts = np.concatenate([img_xy, scores[0][:, None]], axis=1)
-        people.append(Person(kpts, float(scores[0].mean()), None if box is None else tuple(map(float, box))))
+        kpts = keypoints_in_image(heatmaps, matrix[None], cfg.input_hw, post_process, dark_kernel)[0]
+        people.append(Person(kpts, float(kpts[:, 2].mean()), None if box is None else tuple(map(float, box))))
     return people
 
 

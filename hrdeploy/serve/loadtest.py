@@ -9,17 +9,21 @@ process are measured the same way.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from hrdeploy.errors import UserError, missing_dependency
+from hrdeploy.serve.batching import DEFAULT_MAX_BOXES
 
 MAX_CONCURRENCY = 256
 MAX_REQUESTS = 1_000_000
@@ -54,6 +58,14 @@ class LoadResult:
     max_ms: float | None
     errors: list[str] = field(default_factory=list)  # the first few distinct failure messages
     avg_batch: float | None = None  # requests per model execution, from Triton's metrics
+    # --pipeline: people (boxes) answered per second; the network's crops and requests per execution (Triton's
+    # metrics of the network model); COCO AP and mean OKS of the answers (with annotations)
+    people_per_s: float | None = None
+    network_batch: float | None = None
+    network_requests_per_batch: float | None = None
+    ap: float | None = None
+    mean_oks: float | None = None
+    answered_under_load: int | None = None  # distinct photo requests answered in the timed window
 
 
 def check_loopback(host: str, what: str) -> str:
@@ -245,8 +257,8 @@ def _client_module(protocol: str):  # noqa: ANN202 - tritonclient.http or triton
     return client
 
 
-def describe_model(target: Target, model: str, batch: int) -> ModelInput:
-    """The model's single input, from the server's metadata and config; UserError if unreachable or unknown."""
+def model_metadata(target: Target, model: str) -> tuple[dict, dict]:
+    """The model's metadata and config from the server, as dicts; UserError if unreachable or unknown."""
     client_mod = _client_module(target.protocol)
     from tritonclient.utils import InferenceServerException
 
@@ -276,7 +288,12 @@ def describe_model(target: Target, model: str, batch: int) -> ModelInput:
 
         meta = MessageToDict(meta, preserving_proto_field_name=True)
         config = MessageToDict(config, preserving_proto_field_name=True)
-    config = config.get("config", config)
+    return meta, config.get("config", config)
+
+
+def describe_model(target: Target, model: str, batch: int) -> ModelInput:
+    """The model's single input, from the server's metadata and config; UserError if unreachable or unknown."""
+    meta, config = model_metadata(target, model)
     inputs = meta["inputs"]
     if len(inputs) != 1:
         raise UserError(f"model {model!r} has {len(inputs)} inputs; the load test drives single-input models")
@@ -317,6 +334,168 @@ def triton_call_factory(
     return make_call
 
 
+# ------------------------------------------------------------------------------------------ keypoint pipeline
+
+
+@dataclass(frozen=True)
+class PhotoRequest:
+    """One request to the keypoint pipeline: a photo file's bytes and person boxes (x1, y1, x2, y2)."""
+
+    file: Path
+    data: bytes
+    boxes: np.ndarray  # float32 [N, 4]
+    people: tuple  # the hrdeploy.parity.coco.PersonBox of each box (COCO scoring), () without annotations
+
+
+def photo_requests(images: str | os.PathLike, ann: str | os.PathLike | None = None,
+                   max_boxes: int = DEFAULT_MAX_BOXES) -> tuple[list[PhotoRequest], Any]:
+    """The requests for a folder of photos and the CocoKeypoints of `ann` (None without).
+
+    With annotations: each photo's ground-truth person boxes, as `hrdeploy eval` takes them (people with
+    keypoints, not crowd), at most `max_boxes` per request. Without: every photo in the folder with one box,
+    the whole photo.
+    """
+    from hrdeploy.images import image_files, read_image
+
+    if max_boxes < 1:
+        raise UserError(f"--max-boxes {max_boxes}: give 1 or more")
+    if ann is None:
+        out = []
+        for f in image_files(images):
+            h, w = read_image(f).shape[:2]
+            out.append(PhotoRequest(f, f.read_bytes(), np.array([[0, 0, w, h]], np.float32), ()))
+        return out, None
+    from hrdeploy.parity.coco import CocoKeypoints
+
+    coco = CocoKeypoints(ann, images)
+    by_image: dict[int, list] = {}
+    for b in coco.gt_boxes():
+        by_image.setdefault(b.image_id, []).append(b)
+    if not by_image:
+        raise UserError(f"{ann} has no person with keypoints on the images of {images}; nothing to send")
+    out = []
+    for image_id in sorted(by_image):
+        people = by_image[image_id]
+        data = coco.file(image_id).read_bytes()
+        for i in range(0, len(people), max_boxes):
+            part = people[i:i + max_boxes]
+            xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (p.box for p in part)], np.float32)
+            out.append(PhotoRequest(coco.file(image_id), data, xyxy, tuple(part)))
+    return out, coco
+
+
+def check_pipeline_model(target: Target, model: str) -> None:
+    """UserError unless `model` on the server takes IMAGE and BOXES and answers KEYPOINTS (a keypoint pipeline)."""
+    from hrdeploy.serve.pipeline import BOXES, IMAGE, KEYPOINTS
+
+    meta, _ = model_metadata(target, model)
+    inputs = sorted(t["name"] for t in meta.get("inputs", []))
+    outputs = [t["name"] for t in meta.get("outputs", [])]
+    if inputs != sorted([IMAGE, BOXES]) or KEYPOINTS not in outputs:
+        raise UserError(f"model {model!r} takes {inputs} and answers {outputs}, not a keypoint pipeline ({IMAGE}, "
+                        f"{BOXES} -> {KEYPOINTS}); pass the NAME_pipeline model `hrdeploy serve --pipeline` prints")
+
+
+def pipeline_client(target: Target, model: str) -> Callable[[PhotoRequest], np.ndarray]:
+    """One request's KEYPOINTS [N, K, 3] from the pipeline `model` (a new client; `.close` closes it)."""
+    client_mod = _client_module(target.protocol)
+    from hrdeploy.serve.pipeline import BOXES, IMAGE, KEYPOINTS
+
+    client = client_mod.InferenceServerClient(target.address)
+
+    def send(req: PhotoRequest) -> np.ndarray:
+        image = client_mod.InferInput(IMAGE, [1], "BYTES")
+        image.set_data_from_numpy(np.array([req.data], dtype=object))
+        boxes = client_mod.InferInput(BOXES, list(req.boxes.shape), "FP32")
+        boxes.set_data_from_numpy(req.boxes)
+        return client.infer(model, [image, boxes]).as_numpy(KEYPOINTS)
+
+    send.close = client.close  # type: ignore[attr-defined]
+    return send
+
+
+class PipelineLoad:
+    """Closed-loop callables for `collect` that send photo requests in turn and keep what the server answered.
+
+    Worker i starts at request i * len / C (the clients spread over the photos); the first answer to each
+    request is kept, so the answers under load can be scored (`complete` asks for the ones never reached).
+    Each worker's first WARMUP calls (collect's warm-up) are neither counted nor kept.
+    """
+
+    WARMUP = 1
+
+    def __init__(self, target: Target, model: str, requests: Sequence[PhotoRequest]) -> None:
+        if not requests:
+            raise UserError("no photo requests to send")
+        self.target, self.model, self.requests = target, model, list(requests)
+        self._lock = threading.Lock()
+        self.reset(1)
+
+    def reset(self, concurrency: int) -> None:
+        """Forget the answers and counts; the next `concurrency` make_call()s spread over the requests."""
+        self.concurrency = concurrency
+        self.answers: dict[int, np.ndarray] = {}
+        self.people = 0
+        self._workers = 0
+
+    def make_call(self) -> Callable[[], object]:
+        with self._lock:
+            worker = self._workers
+            self._workers += 1
+        send = pipeline_client(self.target, self.model)
+        position = [worker * len(self.requests) // max(self.concurrency, 1)]
+        calls = [0]
+
+        def call() -> None:
+            i = position[0] % len(self.requests)
+            position[0] += 1
+            calls[0] += 1
+            keypoints = send(self.requests[i])
+            if calls[0] > self.WARMUP:
+                with self._lock:
+                    self.people += len(keypoints)
+                    self.answers.setdefault(i, keypoints)
+
+        call.close = send.close  # type: ignore[attr-defined]
+        return call
+
+    def complete(self) -> int:
+        """Ask (untimed) for the requests no worker reached; returns how many were answered under load."""
+        under_load = len(self.answers)
+        missing = [i for i in range(len(self.requests)) if i not in self.answers]
+        if missing:
+            send = pipeline_client(self.target, self.model)
+            try:
+                for i in missing:
+                    self.answers[i] = send(self.requests[i])
+            finally:
+                send.close()
+        return under_load
+
+    def keypoints(self) -> tuple[list, np.ndarray]:
+        """(PersonBox per answered person, keypoints [P, K, 3]) in request order, after `complete`."""
+        people = [p for r in self.requests for p in r.people]
+        kps = [self.answers[i][j] for i, r in enumerate(self.requests) for j in range(len(r.people))]
+        return people, np.stack(kps) if kps else np.zeros((0, 0, 3), np.float32)
+
+
+def load_pipeline(load: PipelineLoad, concurrency: int, coco: Any = None, *, requests: int | None = None,
+                  duration: float | None = None) -> LoadResult:
+    """One concurrency level against the pipeline: throughput, people/s and, with `coco`, the answers' COCO AP."""
+    from hrdeploy.parity.coco import results_from_keypoints
+
+    load.reset(concurrency)
+    samples = collect(load.make_call, concurrency, requests=requests, duration=duration, warmup=load.WARMUP)
+    result = summarize(samples)
+    result.people_per_s = round(load.people / samples.seconds, 2) if samples.seconds > 0 else 0.0
+    if coco is not None:
+        result.answered_under_load = load.complete()
+        people, kps = load.keypoints()
+        stats = coco.score(results_from_keypoints(people, kps.astype(np.float64), coco.category_id))
+        result.ap, result.mean_oks = round(stats["AP"], 4), round(stats["mean_oks"], 4)
+    return result
+
+
 # ------------------------------------------------------------------------------------------ metrics
 
 
@@ -337,10 +516,14 @@ def scrape_metrics(url: str, model: str) -> dict[str, float]:
     return counters
 
 
-def average_batch(before: dict[str, float], after: dict[str, float]) -> float | None:
-    """Requests per model execution between two scrapes (nv_inference_request_success / nv_inference_exec_count)."""
+def average_batch(before: dict[str, float], after: dict[str, float],
+                  count: str = "nv_inference_request_success") -> float | None:
+    """Requests per model execution between two scrapes (nv_inference_request_success / nv_inference_exec_count).
+
+    count="nv_inference_count" gives batch items (e.g. crops) per execution instead of requests.
+    """
     execs = after.get("nv_inference_exec_count", 0.0) - before.get("nv_inference_exec_count", 0.0)
-    done = after.get("nv_inference_request_success", 0.0) - before.get("nv_inference_request_success", 0.0)
+    done = after.get(count, 0.0) - before.get(count, 0.0)
     return round(done / execs, 3) if execs > 0 else None
 
 
@@ -348,19 +531,38 @@ def markdown(report: dict) -> str:
     """The load-test report as a Markdown table (one row per concurrency)."""
     t = report["target"]
     budget = f"{t['requests']} requests" if t.get("requests") else f"{t['duration_s']:g} s"
-    lines = [
-        f"# Load test: {t['model']} at {t['url']}",
-        "",
-        f"{budget} per concurrency, batch {t['batch']} per request, input {t['datatype']} {t['shape']}, "
-        f"closed loop (each worker waits for its answer). Latency is client-side; {report['machine']}.",
-        "",
-        "| concurrency | requests | failed | req/s | images/s | p50 ms | p90 ms | p99 ms | mean ms | avg batch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    if t.get("pipeline"):
+        boxes = "their annotated person boxes" if t.get("ann") else "one whole-photo box each"
+        scored = f" (scored against {t['ann']})" if t.get("ann") else " (none without --ann)"
+        lines = [
+            f"# Load test: keypoint pipeline {t['model']} at {t['url']}",
+            "",
+            f"{budget} per concurrency; {t['photo_requests']} requests cycled: the photos of {t['images']} with "
+            f"{boxes} ({t['people']} people), closed loop (each worker waits for its answer). Latency is "
+            f"client-side; network batch = crops (requests) per execution of {t['network_model']} from Triton's "
+            f"metrics; AP = COCO keypoint AP of the answers{scored}; "
+            f"{report['machine']}.",
+            "",
+            "| concurrency | requests | failed | req/s | people/s | p50 ms | p90 ms | p99 ms | network batch (crops) "
+            "| requests per network batch | AP | mean OKS |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        keys = ("concurrency", "requests", "failures", "throughput_rps", "people_per_s", "p50_ms", "p90_ms", "p99_ms",
+                "network_batch", "network_requests_per_batch", "ap", "mean_oks")
+    else:
+        lines = [
+            f"# Load test: {t['model']} at {t['url']}",
+            "",
+            f"{budget} per concurrency, batch {t['batch']} per request, input {t['datatype']} {t['shape']}, "
+            f"closed loop (each worker waits for its answer). Latency is client-side; {report['machine']}.",
+            "",
+            "| concurrency | requests | failed | req/s | images/s | p50 ms | p90 ms | p99 ms | mean ms | avg batch |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        keys = ("concurrency", "requests", "failures", "throughput_rps", "images_per_s", "p50_ms", "p90_ms", "p99_ms",
+                "mean_ms", "avg_batch")
     for r in report["results"]:
-        cells = [r["concurrency"], r["requests"], r["failures"], r["throughput_rps"], r["images_per_s"],
-                 r["p50_ms"], r["p90_ms"], r["p99_ms"], r["mean_ms"], r["avg_batch"]]
-        lines.append("| " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+        lines.append("| " + " | ".join("-" if r[k] is None else str(r[k]) for k in keys) + " |")
     for r in report["results"]:
         for e in r["errors"]:
             lines.append(f"\n- concurrency {r['concurrency']}: {e}")

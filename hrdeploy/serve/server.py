@@ -3,6 +3,11 @@
 PyTriton starts `tritonserver` (HTTP, gRPC, Prometheus metrics, health endpoints, Triton's dynamic batcher)
 with a Python-backend model that hands each batch to hrdeploy's runner in this process: onnxruntime for ONNX
 artifacts, TensorRT for engines. One runner per model instance.
+
+With a keypoint pipeline (hrdeploy.serve.pipeline) a second model, NAME_pipeline, takes a photo and its person
+boxes: each of its instances decodes and crops one request in this process, sends the crops to the network
+model through Triton over gRPC (so Triton's dynamic batcher puts crops of several requests into one network
+run, as in the ensemble of `triton-repo --pipeline`) and decodes the heatmaps into keypoints.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from hrdeploy.errors import UserError, missing_dependency
 from hrdeploy.runtime.base import Runner
 from hrdeploy.serve.batching import Batching
+from hrdeploy.serve.pipeline import PipelineConfig
 from hrdeploy.serve.spec import ServeSpec
 
 EXIT_TIMEOUT_S = 5  # how long tritonserver waits for in-flight requests and open connections when stopping
@@ -89,6 +95,43 @@ def make_infer_func(spec: ServeSpec, batching: Batching, runner: Runner) -> Call
     return infer_static
 
 
+def _loopback(host: str) -> str:
+    """An address of this server to connect to: a wildcard listen address becomes loopback."""
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def make_pipeline_func(spec: ServeSpec, cfg: PipelineConfig, network: str, endpoints: Endpoints) -> Callable:
+    """A PyTriton inference callable for the keypoint pipeline (one per instance, one request per call).
+
+    Decode and crop (hrdeploy.pose), then the crops go to model `network` on this server over gRPC, so that
+    Triton's dynamic batcher batches them with other requests' crops, then decode the heatmaps.
+    """
+    import tritonclient.grpc as grpcclient
+
+    from hrdeploy.serve.loadtest import Target
+    from hrdeploy.serve.pipeline import BOXES, IMAGE, KEYPOINTS, postprocess_request, preprocess_request
+
+    address = Target("grpc", _loopback(endpoints.host), endpoints.grpc_port).address
+    in_name, out_name = spec.input.name, spec.outputs[0].name
+    local = threading.local()  # a gRPC client per calling thread
+
+    def heatmaps(crops) -> object:  # noqa: ANN001 - float32 [N, 3, H, W]
+        if getattr(local, "client", None) is None:
+            local.client = grpcclient.InferenceServerClient(address)
+        x = grpcclient.InferInput(in_name, list(crops.shape), "FP32")
+        x.set_data_from_numpy(crops)
+        return local.client.infer(network, [x], outputs=[grpcclient.InferRequestedOutput(out_name)]).as_numpy(out_name)
+
+    def infer(requests):  # noqa: ANN001, ANN202 - list of pytriton Request (no batching: one per call)
+        answers = []
+        for r in requests:
+            crops, transforms = preprocess_request(r[IMAGE], r[BOXES], cfg)
+            answers.append({KEYPOINTS: postprocess_request(heatmaps(crops), transforms, cfg)})
+        return answers
+
+    return infer
+
+
 def serve(
     spec: ServeSpec,
     name: str,
@@ -99,10 +142,14 @@ def serve(
     threads: int | None = None,
     log_file: Path | None = None,
     on_ready: Callable[[Endpoints], None] = lambda e: None,
+    pipeline: PipelineConfig | None = None,
+    pipeline_instances: int = 4,
 ) -> int:
     """Serve until SIGINT (returns 130) or SIGTERM (returns 0); tritonserver is always stopped.
 
-    A UserError when PyTriton is missing or tritonserver dies while serving.
+    With `pipeline`, also serve the keypoint pipeline as NAME_pipeline with `pipeline_instances` instances
+    (requests in flight to the network at once). A UserError when PyTriton is missing or tritonserver dies
+    while serving.
     """
     try:
         import numpy as np
@@ -113,6 +160,8 @@ def serve(
     from hrdeploy.runtime.factory import open_runner
     if instances < 1:
         raise UserError(f"--instances {instances}: give 1 or more")
+    if pipeline_instances < 1:
+        raise UserError(f"--pipeline-instances {pipeline_instances}: give 1 or more")
     logging.getLogger("pytriton").setLevel(logging.WARNING)
 
     received: list[int] = []
@@ -155,6 +204,17 @@ def serve(
                     triton.bind(model_name=name, infer_func=[make_infer_func(spec, batching, r) for r in runners],
                                 inputs=[tensor(spec.input)], outputs=[tensor(t) for t in spec.outputs],
                                 config=config, strict=True)
+                    if pipeline is not None:
+                        from hrdeploy.serve.pipeline import BOXES, IMAGE, KEYPOINTS, pipeline_model_name
+
+                        triton.bind(
+                            model_name=pipeline_model_name(name),
+                            infer_func=[make_pipeline_func(spec, pipeline, name, endpoints)
+                                        for _ in range(pipeline_instances)],
+                            inputs=[Tensor(name=IMAGE, dtype=np.bytes_, shape=(1,)),
+                                    Tensor(name=BOXES, dtype=np.float32, shape=(-1, 4))],
+                            outputs=[Tensor(name=KEYPOINTS, dtype=np.float32, shape=(-1, pipeline.num_keypoints, 3))],
+                            config=ModelConfig(batching=False), strict=True)
                     if not stop.is_set():
                         triton.run()
                 except BaseException:
