@@ -9,7 +9,8 @@ higher precision), judged on held-out tuning people:
 1. sensitivity: each unit (a module block's depthwise convs, or its other convs) quantized alone (the rest
    float), scored by keypoint agreement (mean OKS with the fp32 model's keypoints) on the first tuning people:
    the cost of that unit's quantization;
-2. walk: units leave INT8 in order of cost, one at a time, until the tuning people meet the target
+2. walk: units leave INT8 in order of cost per share of the conv MACs, one at a time, until the tuning people
+   meet the target
    (`Target`: keypoint agreement with fp32, and with annotations the COCO AP drop against fp32 too);
 3. refine: the float units heavy in MACs are split into their sub-blocks, which go back to INT8 (largest
    MAC share first, a bounded number of trials) whenever the target still holds.
@@ -41,8 +42,11 @@ MAX_BLOCKS = 32
 REFINE_MIN_MACS = 0.01
 REFINE_PARTS = 4
 REFINE_TRIALS = 8
-# The sensitivity pass ranks units by keypoint agreement (a smooth measure) on this many tuning people.
+# The sensitivity pass ranks units by keypoint agreement (a smooth measure) on this many tuning people, per
+# share of the conv MACs they hold (plus MAC_FLOOR, so that a tiny unit needs a real cost to go first): the walk
+# then keeps the most INT8 MACs for the accuracy it buys back.
 SENSITIVITY_PEOPLE = 48
+MAC_FLOOR = 0.005
 
 
 def conv_macs(model: onnx.ModelProto, input_hw: tuple[int, int]) -> dict[str, int]:
@@ -199,8 +203,8 @@ def search_mixed_precision(
         alone = ranking.score(G.bypass_qdq(qdq, set(members), float_weights))
         rows.append({"block": name, "convs": len(members), "members": members, "mac_share": round(share(members), 5),
                      "oks": round(alone.oks, 5)})
-    rows.sort(key=lambda r: r["oks"])
-    log(f"int8 search: {len(rows)} units ranked on {len(ranking.crops)} tuning people; most costly: "
+    rows.sort(key=lambda r: -(1.0 - r["oks"]) / (r["mac_share"] + MAC_FLOOR))
+    log(f"int8 search: {len(rows)} units ranked on {len(ranking.crops)} tuning people; first to leave INT8: "
         + ", ".join(f"{r['block']} (OKS {r['oks']:.3f})" for r in rows[:3]))
 
     result = SearchResult(target.describe(), [{k: v for k, v in r.items() if k != "members"} for r in rows])
