@@ -164,9 +164,6 @@ def quantize_ort(
         "QuantizeBias": False,
         "MatMulConstBOnly": True,
         "CalibPercentile": PERCENTILE,
-        # one Q/DQ pair per quantized consumer: without it the pair on a tensor is shared by every consumer, so
-        # residual Adds, ReLUs and Slices that read a conv's input would read it rounded to INT8 too
-        "DedicatedQDQPair": True,
     }
     with _cwd(workdir):  # calibration writes augmented models; keep anything stray out of the user's folder
         quantize_static(
@@ -182,6 +179,10 @@ def quantize_ort(
             calibrate_method=calib_method,
             extra_options=extra,
         )
+    # quantize_static puts one Q/DQ pair on a tensor for all its consumers, so a residual Add, ReLU or Slice that
+    # reads a conv's input would read it rounded to INT8 too: only the quantized ops keep reading through Q/DQ
+    qdq = onnx.load(os.fspath(dst))
+    onnx.save(G.bypass_qdq(qdq, {n.name for n in qdq.graph.node if n.op_type in ORT_OP_TYPES}), os.fspath(dst))
     return {
         "converter": "onnxruntime.quantization.quantize_static",
         "excluded_nodes": excluded,
