@@ -547,10 +547,15 @@ class Bundle:
 
 @contextlib.contextmanager
 def hold_lock(path: Path, what: str, timeout: float) -> Iterator[None]:
-    """Hold file lock `path` (waiting up to `timeout` s, 0 = fail at once); UserError when it stays taken."""
-    from filelock import FileLock, Timeout
+    """Hold file lock `path` (waiting up to `timeout` s, 0 = fail at once); UserError when it stays taken.
 
-    lock = FileLock(os.fspath(path), timeout=timeout)
+    filelock's soft lock: the file exists only while it is held (released, it is removed, so no command
+    leaves a lock file in the user's folder), and it records its holder's PID, so the lock of a killed
+    process is taken over instead of blocking the next writer.
+    """
+    from filelock import SoftFileLock, Timeout
+
+    lock = SoftFileLock(os.fspath(path), timeout=timeout)
     try:
         lock.acquire()
     except Timeout as err:

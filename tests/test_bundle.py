@@ -120,6 +120,32 @@ def test_lock_refuses_a_second_writer(tmp_path: Path) -> None:
             pass
 
 
+def test_lock_file_is_gone_after_a_write_and_a_killed_writers_lock_is_taken_over(tmp_path: Path) -> None:
+    """Every writer (quantize, eval, validate, build) records through the bundle: no `.hrdeploy.lock` stays
+    behind, and a writer killed while holding it does not block the next one."""
+    import subprocess
+    import sys
+
+    b = Bundle.open(tiny_bundle(tmp_path / "b"))
+    b.record_section("eval", {"passed": True})
+    assert not (b.root / LOCK).exists()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hrdeploy.bundle import hold_lock; from pathlib import Path\n"
+         "with hold_lock(Path(sys.argv[1]), 'bundle', 0):\n    print('held', flush=True); time.sleep(60)",
+         str(b.root / LOCK)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match="being written by another hrdeploy process"), \
+                hold_lock(b.root / LOCK, "bundle", timeout=0):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (b.root / LOCK).exists()  # what a killed writer leaves
+    b.record_section("eval", {"passed": False})
+    assert b.section("eval") == {"passed": False} and not (b.root / LOCK).exists()
+
+
 def test_is_bundle(tmp_path: Path) -> None:
     assert is_bundle(tiny_bundle(tmp_path / "b"))
     (tmp_path / "notes").mkdir()

@@ -104,13 +104,10 @@ def _writing(out: Path) -> Iterator[None]:
     ok = False
     try:
         with hold_lock(lock, f"bundle {out}", timeout=0):
-            try:
-                for stale in _stale_work_dirs(out):
-                    shutil.rmtree(stale, ignore_errors=True)
-                yield
-                ok = True
-            finally:
-                lock.unlink(missing_ok=True)
+            for stale in _stale_work_dirs(out):
+                shutil.rmtree(stale, ignore_errors=True)
+            yield
+            ok = True
     finally:
         if not ok:
             for folder in created:  # deepest first
