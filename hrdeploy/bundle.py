@@ -467,10 +467,9 @@ class Bundle:
         """`rel` inside the bundle; UserError if it is absolute, uses `..`, or is a symlink that leaves it."""
         return confine(self.root, rel)
 
-    def artifact(self, key: str, *, verify: bool = True) -> Artifact:
-        """Artifact `key`, its file checked against the recorded sha256 (unless `verify=False`: validate
-        diagnoses a changed artifact instead); UserError naming the command that makes it when it is absent,
-        missing or damaged (truncated, overwritten)."""
+    def artifact(self, key: str) -> Artifact:
+        """Artifact `key`, its file checked against the recorded sha256; UserError naming the command that
+        makes it when it is absent, missing or damaged (truncated, overwritten)."""
         art = self.artifacts.get(key)
         make = MADE_BY.get(key, "hrdeploy build {root}" if key.startswith("engine") else "").format(root=self.root)
         how = f"; make it again with `{make}`" if make else ""
@@ -478,7 +477,7 @@ class Bundle:
             state = "is not in" if art is None else f"is recorded but its file {art.file} is missing from"
             raise UserError(f"artifact {key!r} {state} bundle {self.root}{how}")
         recorded = art.info.get("sha256")
-        if verify and recorded and "sha256_ok" not in art._cache:
+        if recorded and "sha256_ok" not in art._cache:
             if sha256(art.path) != recorded:
                 raise UserError(
                     f"{art.path} is damaged or was replaced: its sha256 differs from the one recorded when it was "

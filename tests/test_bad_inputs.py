@@ -205,8 +205,8 @@ CASES: list[tuple[str, str]] = [
     ("doctor {w}/no_manifest", "no manifest.json"),
     ("doctor {w}/missing_file", "has no ONNX artifact"),
     # validate
-    ("validate {w}/trunc", "not a readable ONNX model"),
-    ("validate {w}/random", "not a readable ONNX model"),
+    ("validate {w}/trunc", "damaged or was replaced"),
+    ("validate {w}/random", "damaged or was replaced"),
     ("validate {w}/abs_path", "outside the bundle"),
     ("validate {w}/list_manifest", "must hold a JSON object"),
     ("validate {w}/no_input", "input section is missing"),

@@ -94,7 +94,5 @@ def print_report(console, report: dict) -> None:  # noqa: ANN001 - rich Console
             console.print(f"[red]FAIL[/] {r['target']} ({r['backend']} {r['precision']}): {'; '.join(r['failures'])}")
             if "divergence" in r:
                 console.print(f"  {r['divergence']['summary']}")
-        if r.get("warning"):
-            console.print(f"[yellow]warning:[/] {r['warning']}")
     verdict = "[green]PASS[/]" if report["passed"] else "[red]FAIL[/]"
     console.print(f"{verdict} in {report['seconds']:.1f} s")
