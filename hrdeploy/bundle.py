@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hrdeploy.datasets import flip_index
 from hrdeploy.errors import UserError
 from hrdeploy.io import sha256, write_json
 
@@ -191,6 +192,10 @@ class KeypointSpec:
     names: tuple[str, ...]
     flip_pairs: tuple[tuple[int, int], ...]
     skeleton: tuple[tuple[int, int], ...]
+
+    @property
+    def flip_index(self) -> list[int]:
+        return flip_index(len(self.names), self.flip_pairs)
 
 
 def _model(data: Any, manifest: Path) -> ModelInfo:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hrdeploy.datasets import KEYPOINT_SETS
+from hrdeploy.datasets import KEYPOINT_SETS, flip_index
 from hrdeploy.errors import UserError
 from hrdeploy.pose.bottomup import GroupParams, aggregate_outputs, group_people
 from hrdeploy.pose.decode import decode_heatmaps, flip_test_average, heatmap_to_input
@@ -46,10 +46,7 @@ class PoseConfig:
 
     @property
     def flip_index(self) -> list[int]:
-        index = list(range(self.num_keypoints))
-        for a, b in self.flip_pairs:
-            index[a], index[b] = b, a
-        return index
+        return flip_index(self.num_keypoints, self.flip_pairs)
 
 
 def _check_pose_task(model: str, task: str) -> None:
