@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_bundles import tiny_bundle, tiny_onnx
+from tiny_bundles import tiny_bundle, tiny_coco, tiny_onnx
 
 from hrdeploy.cli import COMMANDS, cli
 
@@ -103,6 +103,26 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (w / "tiny_imgs").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(w / "tiny_imgs" / "small.png")
     (w / "text.jpg").write_text("not an image")
+
+    ann = tiny_coco(w / "coco", size=(96, 64))
+    good = json.loads(ann.read_text())
+    broken_anns = {
+        "list": [],
+        "no_images": {**good, "images": None},
+        "bbox3": {**good, "annotations": [{**good["annotations"][0], "bbox": [1, 2, 3]}]},
+        "kps_short": {**good, "annotations": [{**good["annotations"][0], "keypoints": [1, 2, 2]}]},
+        "image_no_name": {**good, "images": [{"id": 1}]},
+    }
+    for name, data in broken_anns.items():
+        (w / "coco" / f"ann_{name}.json").write_text(json.dumps(data))
+    broken_dets = {
+        "bbox3": [{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3], "score": 0.9}],
+        "dict": {"image_id": 1},
+        "score_str": [{"image_id": 1, "bbox": [1, 2, 3, 4], "score": "high"}],
+        "huge": [{"image_id": 1, "bbox": [0, 0, 1e308, 1e308], "score": 0.9}],
+    }
+    for name, data in broken_dets.items():
+        (w / "coco" / f"dets_{name}.json").write_text(json.dumps(data))
     return w
 
 
@@ -241,12 +261,31 @@ CASES: list[tuple[str, str]] = [
     ("infer {w}/img/good.png --model nosuch_model --out {w}/pred", "unknown model"),
     ("infer {w}/img/good.png {w}/good --model lite_hrnet_18 --out {w}/pred", "--model is for"),
     ("infer {w}/empty_dir {w}/good --out {w}/pred", "neither a bundle"),
+    # infer: boxes that are not finite or reach far past the image (they would overflow the crop into NaN)
+    ("infer {w}/img/good.png {w}/good --bbox 0,0,1e308,1e308 --out {w}/pred", "reaches more than the image's size"),
+    ("infer {w}/img/good.png {w}/good --bbox 0,0,nan,10 --out {w}/pred", "is not 4 finite numbers"),
+    ("infer {w}/img/good.png {w}/good --bbox -inf,0,10,10 --out {w}/pred", "is not 4 finite numbers"),
 ]
 if "eval" in COMMANDS:
     CASES += [
         ("eval {w}/abs_path --ann {w}/notes.txt --images {w}/img", "outside the bundle|notes.txt"),
         ("eval {w}/nope --ann {w}/notes.txt --images {w}/img", "does not exist|notes.txt"),
         ("eval {w}/good --ann {w}/missing.json --images {w}/img", "missing.json"),
+        # eval: annotation and detection files that are JSON but not COCO
+        ("eval {w}/good --ann {w}/notes.txt --images {w}/coco", "cannot read annotation file .*notes.txt"),
+        ("eval {w}/good --ann {w}/coco/ann_list.json --images {w}/coco", "not a COCO keypoint file: it holds list"),
+        ("eval {w}/good --ann {w}/coco/ann_no_images.json --images {w}/coco", "'images' must be a list"),
+        ("eval {w}/good --ann {w}/coco/ann_bbox3.json --images {w}/coco", r"annotations\[0\] bbox must be 4 finite"),
+        ("eval {w}/good --ann {w}/coco/ann_kps_short.json --images {w}/coco", r"keypoints must be 51 numbers"),
+        ("eval {w}/good --ann {w}/coco/ann_image_no_name.json --images {w}/coco", "images.0. has no 'file_name'"),
+        ("eval {w}/good --ann {w}/coco/person_keypoints.json --images {w}/coco --dets {w}/coco/dets_bbox3.json",
+         r"detection \[0\] bbox must be 4 finite numbers"),
+        ("eval {w}/good --ann {w}/coco/person_keypoints.json --images {w}/coco --dets {w}/coco/dets_dict.json",
+         "holds dict, not a list"),
+        ("eval {w}/good --ann {w}/coco/person_keypoints.json --images {w}/coco --dets {w}/coco/dets_score_str.json",
+         "detection .0. score is 'high'"),
+        ("eval {w}/good --ann {w}/coco/person_keypoints.json --images {w}/coco --dets {w}/coco/dets_huge.json",
+         "reaches more than the image's size"),
     ]
 
 

@@ -68,6 +68,7 @@ def evaluate_bundle(
                         f"{len(kps.names)} ({kps.dataset}); use annotations of the model's keypoint set")
     flip_index = kps.flip_index
     topdown = b.model.task == "pose_topdown"
+    boxes = (coco.det_boxes(dets, min_det_score) if dets else coco.gt_boxes()) if topdown else []
     from hrdeploy.runtime.eager import EagerRunner
 
     eager = EagerRunner(b.eager_model(), b.output_names, threads=threads)
@@ -75,7 +76,6 @@ def evaluate_bundle(
     skipped: list[dict[str, str]] = []
     predictions: dict[str, list[dict[str, Any]]] = {}  # COCO results per model, what pycocotools scored
     if topdown:
-        boxes = coco.det_boxes(dets, min_det_score) if dets else coco.gt_boxes()
         crops = CropSet.build(boxes, b.input.size, b.input.mean, b.input.std)
         log(f"eager fp32 on {len(crops)} person crops")
         ref = Reference.compute(lambda x: eager.run(x)[b.output_names[0]], crops, coco, batch,

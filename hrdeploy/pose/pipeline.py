@@ -124,8 +124,8 @@ class Person:
 
     def to_json(self, names: Sequence[str]) -> dict[str, Any]:
         return {
-            "score": round(float(self.score), 6),
-            "box": None if self.box is None else [round(float(v), 3) for v in self.box],
+            "score": _num(self.score, 6),
+            "box": None if self.box is None else [_num(v, 3) for v in self.box],
             "keypoints": [
                 {"name": n, "x": _num(x, 3), "y": _num(y, 3), "score": _num(s, 6)}
                 for n, (x, y, s) in zip(names, self.keypoints, strict=True)
@@ -134,7 +134,7 @@ class Person:
 
 
 def _num(v: float, digits: int) -> float | None:
-    """JSON number, or null for a joint that was not found (NaN)."""
+    """JSON number, or null for what is not a finite number (NaN: a joint that was not found)."""
     return round(float(v), digits) if np.isfinite(v) else None
 
 
