@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from typing import Any
 from hrdeploy.datasets import flip_index
 from hrdeploy.errors import UserError
 from hrdeploy.io import sha256, write_json
+from hrdeploy.limits import MAX_BATCH, MAX_CHANNELS, MAX_INPUT_SIDE, MAX_SEED
+from hrdeploy.presets import STAGE_KEYS, sections_problem
 
 FORMAT = "hrdeploy-bundle/1"
 MANIFEST = "manifest.json"
@@ -45,7 +48,6 @@ LOCK = ".hrdeploy.lock"
 LOCK_TIMEOUT_S = 120.0
 PRECISIONS = ("fp32", "fp16", "int8")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-MAX_BATCH = 1024  # upper batch of a dynamic-batch artifact without a recorded profile
 # Sections the bundle owns; record_section cannot replace them.
 CORE_SECTIONS = ("format", "model", "input", "outputs", "keypoints", "artifacts")
 # The command that makes each artifact, for "missing artifact" messages.
@@ -89,20 +91,22 @@ class _Fields:
             self.fail(f"{self.where}.{key}", f"must be a non-empty string, not {v!r}")
         return v
 
-    def int(self, key: str, default: int | None = None, *, required: bool = True, minimum: int = 1) -> Any:
+    def int(self, key: str, default: int | None = None, *, required: bool = True, minimum: int = 1,
+            maximum: int) -> Any:
         if key not in self.data and not required:
             return default
         v = self._get(key, required)
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            self.fail(f"{self.where}.{key}", f"must be an integer >= {minimum}, not {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
+            self.fail(f"{self.where}.{key}", f"must be an integer in {minimum}..{maximum}, not {v!r}")
         return v
 
-    def num(self, key: str, default: float | None = None, *, required: bool = True, positive: bool = True) -> Any:
+    def num(self, key: str, default: float | None = None, *, required: bool = True) -> Any:
+        """A positive finite number."""
         if key not in self.data and not required:
             return default
         v = self._get(key, required)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (positive and not v > 0):
-            self.fail(f"{self.where}.{key}", f"must be a {'positive ' if positive else ''}number, not {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            self.fail(f"{self.where}.{key}", f"must be a positive number, not {v!r}")
         return float(v)
 
     def bool(self, key: str, default: bool | None = None, *, required: bool = True) -> Any:
@@ -116,9 +120,10 @@ class _Fields:
     def nums(self, key: str, length: int, *, positive: bool = False) -> tuple[float, ...]:
         v = self._get(key, True)
         if (not isinstance(v, list) or len(v) != length
-                or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v)
+                or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in v)
                 or (positive and any(x <= 0 for x in v))):
-            self.fail(f"{self.where}.{key}", f"must be a list of {length} {'positive ' if positive else ''}numbers")
+            self.fail(f"{self.where}.{key}",
+                      f"must be a list of {length} finite {'positive ' if positive else ''}numbers")
         return tuple(float(x) for x in v)
 
     def strs(self, key: str, default: list | None = None, *, required: bool = True) -> tuple[str, ...]:
@@ -203,20 +208,23 @@ def _model(data: Any, manifest: Path) -> ModelInfo:
     return ModelInfo(
         name=f.str("name"), family=f.str("family", "", required=False) or "", task=f.str("task"),
         dataset=f.str("dataset"), upstream=f.str("upstream", None, required=False),
-        checkpoint=f.str("checkpoint", None, required=False, none=True), seed=f.int("seed", 0, required=False,
-                                                                                    minimum=0),
+        checkpoint=f.str("checkpoint", None, required=False, none=True),
+        seed=f.int("seed", 0, required=False, minimum=0, maximum=MAX_SEED),
     )
 
 
 def _input(data: Any, manifest: Path) -> InputSpec:
     f = _Fields(data, "input", manifest)
-    h, w = f.int("height"), f.int("width")
+    h, w = f.int("height", maximum=MAX_INPUT_SIDE), f.int("width", maximum=MAX_INPUT_SIDE)
     dynamic_batch = f.bool("dynamic_batch", False, required=False)
     dynamic_shape = f.bool("dynamic_shape", False, required=False)
     shape = f.data.get("shape", ["batch" if dynamic_batch else 1, 3, h, w])
+    limits = (MAX_BATCH, 3, MAX_INPUT_SIDE, MAX_INPUT_SIDE)
     if (not isinstance(shape, list) or len(shape) != 4
-            or any(isinstance(d, bool) or not (isinstance(d, str) or (isinstance(d, int) and d > 0)) for d in shape)):
-        f.fail("input.shape", f"must be 4 dims, each a positive integer or a name, not {shape!r}")
+            or any(isinstance(d, bool) or not (isinstance(d, str) or (isinstance(d, int) and 0 < d <= most))
+                   for d, most in zip(shape, limits, strict=True))):
+        f.fail("input.shape", f"must be 4 dims [N, 3, H, W], each a name or an integer in 1..{MAX_BATCH} (N), "
+                              f"3 (C), 1..{MAX_INPUT_SIDE} (H, W), not {shape!r}")
     layout = f.str("layout", "NCHW", required=False)
     color = f.str("color", "RGB", required=False)
     if layout != "NCHW":
@@ -227,7 +235,8 @@ def _input(data: Any, manifest: Path) -> InputSpec:
         name=f.str("name", "input", required=False), height=h, width=w,
         mean=f.nums("mean", 3), std=f.nums("std", 3, positive=True),  # type: ignore[arg-type]
         scale=f.num("scale", 255.0, required=False), layout=layout, color=color,
-        dynamic_batch=dynamic_batch, dynamic_shape=dynamic_shape, stride=f.int("stride", 32, required=False),
+        dynamic_batch=dynamic_batch, dynamic_shape=dynamic_shape,
+        stride=f.int("stride", 32, required=False, maximum=MAX_INPUT_SIDE),
         shape=tuple(shape),
     )
 
@@ -238,7 +247,8 @@ def _outputs(data: Any, manifest: Path) -> tuple[OutputSpec, ...]:
     out = []
     for i, item in enumerate(data):
         f = _Fields(item, f"outputs[{i}]", manifest)
-        out.append(OutputSpec(f.str("name"), f.int("stride", 1, required=False), f.int("channels", 1, required=False)))
+        out.append(OutputSpec(f.str("name"), f.int("stride", 1, required=False, maximum=MAX_INPUT_SIDE),
+                              f.int("channels", 1, required=False, maximum=MAX_CHANNELS)))
     return tuple(out)
 
 
@@ -447,6 +457,8 @@ class Bundle:
         if not isinstance(arts, dict):
             _Fields({}, "artifacts", where).fail("artifacts", "must be an object of artifact entries")
         self.artifacts: dict[str, Artifact] = {k: _artifact(self.root, where, k, e) for k, e in arts.items()}
+        if problem := sections_problem(manifest.get("stages", {}), STAGE_KEYS):
+            _Fields({}, "stages", where).fail("stages", f"(the preset for later stages): {problem}")
         self._manifest = manifest
 
     # -- reading

@@ -54,6 +54,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "dotdot": lambda m: m["artifacts"]["onnx"].update(file="../outside.onnx"),
         "symlink": lambda m: m["artifacts"]["onnx"].update(file="link.onnx"),
         "int4": lambda m: m["artifacts"]["onnx"].update(precision="int4"),
+        "huge_height": lambda m: m["input"].update(height=10**30),
+        "big_height": lambda m: m["input"].update(height=10**5),
+        "stage_str": lambda m: m.update(stages={"quantize": {"calib_samples": "abc"}}),
     }
     for name, change in edits.items():
         _edit(tiny_bundle(w / name, **kw), change)
@@ -90,6 +93,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "quantize_bool": "quantize:\n  calib_samples: true\n",
         "batch_huge": "export:\n  batch: 1000000000000\n",
         "size_strs": 'export:\n  input_size: [256, "192"]\n',
+        "calib_str": 'quantize:\n  calib_samples: "abc"\n',
+        "calib_huge": "quantize:\n  calib_samples: 1000000000000000000000000000000\n",
+        "max_batch_huge": "build:\n  max_batch: 1000000000000000000000000000000\n",
+        "workspace_inf": "build:\n  workspace: .inf\n",
+        "seed_huge": "export:\n  seed: 1000000000000000000000000000000\n",
     }
     (w / "presets").mkdir()
     for name, text in presets.items():
@@ -171,6 +179,11 @@ CASES: list[tuple[str, str]] = [
     ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/batch_huge.yaml", r"batch must be 1\.\.1024"),
     ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/size_strs.yaml", "is not HxW"),
     ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/missing.yaml", "does not exist"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/calib_str.yaml", "calib_samples must be an integer"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/calib_huge.yaml", r"calib_samples must be 1\.\.100000"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/max_batch_huge.yaml", r"max_batch must be 1\.\.1024"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/workspace_inf.yaml", "workspace must be above 0"),
+    ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/seed_huge.yaml", r"seed must be 0\.\.4294967295"),
     # export: output paths
     ("export lite_hrnet_18 -o {w}/afile", "is a file; pass a directory"),
     ("export lite_hrnet_18 -o {w}/afile/sub", "is a file, not a folder"),
@@ -197,6 +210,11 @@ CASES: list[tuple[str, str]] = [
     ("quantize {w}/good --precision int8 --calib-dir {w}/img --calib-samples 0", "calib-samples.: 0 is not in"),
     ("quantize {w}/good --precision int8 --calib-dir {w}/tiny_imgs", "at least 16x16"),
     ("quantize {w}/good --precision int8 --calib-dir {w}/img --method bogus", "bogus"),
+    ("quantize {w}/stage_str --calib-dir {w}/img", "stages .*quantize.calib_samples must be an integer"),
+    ("quantize {w}/huge_height --precision fp16", r"input.height must be an integer in 1\.\.4096"),
+    ("validate {w}/big_height", r"input.height must be an integer in 1\.\.4096"),
+    ("infer {w}/img/good.png {w}/huge_height --out {w}/pred", r"input.height must be an integer in 1\.\.4096"),
+    ("bench {w}/big_height", r"input.height must be an integer in 1\.\.4096"),
     # build
     ("build {w}/nope --print-trtexec", "does not exist"),
     ("build {w}/notes --print-trtexec", "no manifest.json"),

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hrdeploy.bundle import MAX_BATCH, Bundle, profile_batch_range
+from hrdeploy.bundle import Bundle, profile_batch_range
 from hrdeploy.errors import UserError
+from hrdeploy.limits import MAX_BATCH
 
 BACKENDS = ("eager", "ort", "trt")
 

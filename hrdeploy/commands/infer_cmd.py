@@ -104,7 +104,7 @@ def _override_size(cfg: Any, bundle: Any, input_size: tuple[int, int] | None) ->
     stride = bundle.input.stride if bundle is not None else 32
     if input_size[0] % stride or input_size[1] % stride:
         raise UserError(f"--input-size {input_size[0]}x{input_size[1]} must divide by the stride {stride}")
-    from hrdeploy.zoo import MAX_INPUT_SIDE
+    from hrdeploy.limits import MAX_INPUT_SIDE
 
     if max(input_size) > MAX_INPUT_SIDE:
         raise UserError(f"--input-size {input_size[0]}x{input_size[1]} is above {MAX_INPUT_SIDE} pixels a side")
