@@ -38,7 +38,7 @@ from typing import Any
 
 from hrdeploy.datasets import flip_index
 from hrdeploy.errors import UserError
-from hrdeploy.io import sha256, write_json
+from hrdeploy.io import not_a_file, sha256, write_json
 from hrdeploy.limits import MAX_BATCH, MAX_CHANNELS, MAX_INPUT_SIDE, MAX_SEED
 from hrdeploy.presets import STAGE_KEYS, sections_problem
 
@@ -295,7 +295,7 @@ def load_onnx(path: str | os.PathLike, *, weights: bool = False) -> Any:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} does not exist; pass an existing .onnx file or a bundle directory")
+        raise UserError(f"{path} {not_a_file(path)}; pass an existing .onnx file or a bundle directory")
     try:
         model = onnx.load(os.fspath(path), load_external_data=weights)
     except Exception as err:  # protobuf DecodeError, truncated files, missing external data

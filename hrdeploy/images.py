@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hrdeploy.errors import UserError
+from hrdeploy.io import not_a_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MIN_SIDE = 16  # pixels
@@ -47,7 +48,7 @@ def read_image(path: str | os.PathLike, min_side: int = MIN_SIDE) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"image {path} does not exist; pass the path of a JPEG/PNG/BMP/WebP file")
+        raise UserError(f"image {path} {not_a_file(path)}; pass the path of a JPEG/PNG/BMP/WebP file")
     try:
         with Image.open(path) as img:
             img.load()

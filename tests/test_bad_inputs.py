@@ -160,7 +160,10 @@ CASES: list[tuple[str, str]] = [
     ("export lite_hrnet_18 -o {w}/o1 --checkpoint {w}/evil.pth", r"would run code .* refused it"),
     ("export lite_hrnet_18 -o {w}/o1 --checkpoint {w}/empty.pth", "is not a PyTorch checkpoint"),
     ("export lite_hrnet_18 -o {w}/o1 --checkpoint {w}/text.safetensors", "not a readable safetensors"),
-    ("export lite_hrnet_18 -o {w}/o1 --checkpoint {w}/empty_dir", "does not exist"),
+    # a folder where a file belongs is "a folder", not "does not exist"
+    ("export lite_hrnet_18 -o {w}/o1 --checkpoint {w}/empty_dir", "empty_dir is a folder, not a file"),
+    ("bench --onnx {w}/empty_dir", "empty_dir is a folder, not a file"),
+    ("eval {w}/good --ann {w}/empty_dir --images {w}/coco", "empty_dir is a folder, not a file"),
     # export: presets
     ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/batch_abc.yaml", "export.batch must be an integer"),
     ("export lite_hrnet_18 -o {w}/o1 --config {w}/presets/opset_str.yaml", "export.opset must be an integer"),
@@ -345,3 +348,65 @@ def test_bad_input(world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert re.search(message, lines[0]), lines[0]
     assert _snapshot(world, cwd) == before, "a bad input changed files"
     assert "pwned" not in capfd.readouterr().out
+
+
+def _deny(monkeypatch: pytest.MonkeyPatch, locked: Path) -> None:
+    """Make `locked` a folder this process may neither list nor look into (as `chmod 0` does for a user who is
+    not root; the tests may run as root, who passes any permission)."""
+    real_stat, real_listdir, real_scandir = os.stat, os.listdir, os.scandir
+
+    def refuse(path) -> PermissionError:  # noqa: ANN001
+        return PermissionError(13, "Permission denied", os.fspath(path))
+
+    def stat(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if isinstance(path, (str, os.PathLike)) and locked in Path(os.path.abspath(path)).parents:
+            raise refuse(path)
+        return real_stat(path, *args, **kwargs)
+
+    def listdir(path="."):  # noqa: ANN001, ANN202
+        if isinstance(path, (str, os.PathLike)) and Path(os.path.abspath(path)) == locked:
+            raise refuse(path)
+        return real_listdir(path)
+
+    def scandir(path="."):  # noqa: ANN001, ANN202
+        if isinstance(path, (str, os.PathLike)) and Path(os.path.abspath(path)) == locked:
+            raise refuse(path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "listdir", listdir)
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+@pytest.mark.parametrize("line", [
+    "export lite_hrnet_18 -o {locked}",
+    "export lite_hrnet_18 -o {locked}/sub",
+    "export lite_hrnet_18 -o {locked}/sub --force",
+    "infer {w}/img/good.png {w}/good --out {locked}/pred",
+    "bench {w}/good --json {locked}/bench.json",
+])
+def test_a_folder_the_user_cannot_read(world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli_runner,
+                                       line: str) -> None:
+    """An output in or under a folder the user may not read: one error line naming it, nothing written."""
+    import shlex
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "theirs.txt").write_text("not yours\n")
+    before = _snapshot(world, tmp_path)
+    args = shlex.split(line.format(w=world, locked=locked))
+    if os.geteuid() == 0:
+        _deny(monkeypatch, locked)
+        result = cli_runner.invoke(cli, args, prog_name="hrdeploy")
+        monkeypatch.undo()
+    else:
+        locked.chmod(0)
+        try:
+            result = cli_runner.invoke(cli, args, prog_name="hrdeploy")
+        finally:
+            locked.chmod(0o755)
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Permission denied" in lines[0], result.output
+    assert str(locked) in lines[0]
+    assert _snapshot(world, tmp_path) == before

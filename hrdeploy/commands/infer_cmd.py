@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from hrdeploy.errors import UserError
+from hrdeploy.io import not_a_file
 
 
 @dataclass
@@ -146,7 +147,7 @@ def _resolve(
     if onnx or engine:
         path = Path(onnx or engine)  # type: ignore[arg-type]
         if not path.is_file():
-            raise UserError(f"{path} does not exist; pass an existing {'ONNX file' if onnx else 'TensorRT engine'}")
+            raise UserError(f"{path} {not_a_file(path)}; pass an existing {'ONNX file' if onnx else 'TensorRT engine'}")
         sibling = _sibling_bundle(path)
         if model:
             cfg = config_from_spec(model, dataset, input_size)

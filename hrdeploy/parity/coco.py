@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from hrdeploy.errors import UserError, missing_dependency
+from hrdeploy.io import not_a_file
 from hrdeploy.pose.preprocess import check_box
 
 # COCOeval.stats order for iouType="keypoints"
@@ -132,7 +133,7 @@ class CocoKeypoints:
         COCO, _ = _pycocotools()
         self.ann, self.images = Path(ann), Path(images)
         if not self.ann.is_file():
-            raise UserError(f"annotation file {self.ann} does not exist; pass a COCO keypoint json with --ann")
+            raise UserError(f"annotation file {self.ann} {not_a_file(self.ann)}; pass a COCO keypoint json with --ann")
         if not self.images.is_dir():
             raise UserError(f"image folder {self.images} does not exist; pass the folder of the --ann images "
                             "with --images")
