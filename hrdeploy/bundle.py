@@ -425,6 +425,7 @@ class Bundle:
     @staticmethod
     def _read(root: Path) -> dict[str, Any]:
         hint = f"create it with `hrdeploy export MODEL -o {root}`"
+        again = f"re-create it with `hrdeploy export MODEL -o {root} --force`"
         if not root.is_dir():
             what = "does not exist" if not root.exists() else "is not a directory"
             raise UserError(f"bundle {root} {what}; {hint}")
@@ -434,12 +435,12 @@ class Bundle:
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise UserError(f"{path} is not valid JSON ({str(err).splitlines()[0]}); {hint} --force") from err
+            raise UserError(f"{path} is not valid JSON ({str(err).splitlines()[0]}); {again}") from err
         if not isinstance(manifest, dict):
-            raise UserError(f"{path} must hold a JSON object, not {type(manifest).__name__}; {hint} --force")
+            raise UserError(f"{path} must hold a JSON object, not {type(manifest).__name__}; {again}")
         if manifest.get("format") != FORMAT:
             raise UserError(f"{path} is not an hrdeploy manifest (format {manifest.get('format')!r}, "
-                            f"expected {FORMAT!r}); {hint} --force")
+                            f"expected {FORMAT!r}); {again}")
         return manifest
 
     def _load(self, manifest: dict[str, Any]) -> None:

@@ -346,6 +346,7 @@ def test_bad_input(world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert "Traceback" not in result.output and "error" not in result.stdout.lower()
     assert re.search(message, lines[0]), lines[0]
+    assert not re.search(r"`[^`]*`\s*--\w", lines[0]), f"an option outside the command it belongs to: {lines[0]}"
     assert _snapshot(world, cwd) == before, "a bad input changed files"
     assert "pwned" not in capfd.readouterr().out
 
