@@ -227,9 +227,9 @@ def keypoint_distance(a: Sequence[Person], b: Sequence[Person], in_order: bool =
     """Mean / max keypoint distance (image pixels) between two predictions of the same image.
 
     People are paired in order when `in_order` (top-down: one per box) and otherwise by minimum mean
-    distance (Hungarian; bottom-up); unpaired people are counted, not measured.
+    distance (scipy's linear_sum_assignment; bottom-up); unpaired people are counted, not measured.
     """
-    from hrdeploy.pose.bottomup import min_cost_assignment
+    from scipy.optimize import linear_sum_assignment
 
     if not a or not b:
         return {"mean_px": float("nan"), "max_px": float("nan"), "pairs": 0, "unpaired": len(a) + len(b)}
@@ -241,10 +241,8 @@ def keypoint_distance(a: Sequence[Person], b: Sequence[Person], in_order: bool =
         dist = np.where(found.any(-1), np.where(found, joint_d, 0).sum(-1) / found.sum(-1), 1e12)
     if in_order:
         pairs = [(i, i) for i in range(min(len(a), len(b)))]
-    elif len(a) <= len(b):
-        pairs = min_cost_assignment(dist)
     else:
-        pairs = [(i, j) for j, i in min_cost_assignment(dist.T)]
+        pairs = list(zip(*linear_sum_assignment(dist), strict=True))
     d = np.concatenate([joint_d[i, j][found[i, j]] for i, j in pairs])
     if not d.size:
         return {"mean_px": float("nan"), "max_px": float("nan"), "pairs": len(pairs), "unpaired": len(a) + len(b)}
