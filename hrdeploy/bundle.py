@@ -304,7 +304,38 @@ def load_onnx(path: str | os.PathLike, *, weights: bool = False) -> Any:
         ) from err
     if not model.graph.node or not model.graph.input or not model.graph.output:
         raise UserError(f"{path} is not a usable ONNX model (no graph inputs, outputs or nodes); re-export it")
+    _check_external_data(path, model)
     return model
+
+
+def _check_external_data(path: Path, model: Any) -> None:
+    """UserError unless every tensor stored outside the ONNX file is a file beside it, in its folder: a
+    location that is absolute, climbs out with `..` or is a symlink out would make any reader of the model
+    read a file the user did not hand over."""
+    import onnx
+
+    folder = path.parent.resolve()
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        tensors = list(graph.initializer)
+        for node in graph.node:
+            for a in node.attribute:
+                tensors += [a.t, *a.tensors] if a.HasField("t") else list(a.tensors)
+                graphs += [a.g, *a.graphs] if a.HasField("g") else list(a.graphs)
+        for t in tensors:
+            if t.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            location = next((e.value for e in t.external_data if e.key == "location"), "")
+            target = (folder / location).resolve()
+            if not location or Path(location).is_absolute() or folder not in target.parents:
+                raise UserError(
+                    f"{path} keeps tensor {t.name!r} in external file {location!r}, outside the model's folder; "
+                    "hrdeploy reads external weights only from files beside the model (re-export it)"
+                )
+            if not target.is_file():
+                raise UserError(f"{path} keeps tensor {t.name!r} in external file {location!r}, which is missing "
+                                f"from {path.parent}; copy it there or re-export the model")
 
 
 def onnx_static_batch(model: Any) -> int | None:
@@ -486,8 +517,9 @@ class Bundle:
         return confine(self.root, rel)
 
     def artifact(self, key: str) -> Artifact:
-        """Artifact `key`, its file checked against the recorded sha256; UserError naming the command that
-        makes it when it is absent, missing or damaged (truncated, overwritten)."""
+        """Artifact `key`, its file checked against the recorded sha256 (and an ONNX read, see `load_onnx`);
+        UserError naming the command that makes it when it is absent, missing or damaged (truncated,
+        overwritten)."""
         art = self.artifacts.get(key)
         make = MADE_BY.get(key, "hrdeploy build {root}" if key.startswith("engine") else "").format(root=self.root)
         how = f"; make it again with `{make}`" if make else ""
@@ -502,6 +534,8 @@ class Bundle:
                     f"made (truncated or overwritten){how}"
                 )
             art._cache["sha256_ok"] = True
+        if art.kind == "onnx":
+            art.onnx_model()  # unreadable, or external weights outside the bundle: a UserError before any work
         return art
 
     def onnx_artifacts(self) -> dict[str, Artifact]:

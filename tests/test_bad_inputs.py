@@ -12,10 +12,12 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from PIL import Image
 from tiny_bundles import tiny_bundle, tiny_coco, tiny_onnx
 
+from hrdeploy.bundle import Bundle
 from hrdeploy.cli import COMMANDS, cli
 
 
@@ -62,6 +64,21 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         _edit(tiny_bundle(w / name, **kw), change)
     tiny_onnx(w / "outside.onnx", height=64, width=64)
     os.symlink(w / "outside.onnx", w / "symlink" / "link.onnx")
+    # ONNX files whose external weights lie outside their folder (or are missing)
+    for name, location in (("ext_dotdot", "../outside.bin"), ("ext_abs", str(w / "outside.bin")),
+                           ("ext_link", "link.bin"), ("ext_missing", "gone.bin")):
+        root = tiny_bundle(w / name, **kw)
+        model = onnx.load(root / "model.onnx")
+        onnx.save_model(model, root / "model.onnx", save_as_external_data=True, location="w.bin", size_threshold=0)
+        model = onnx.load(root / "model.onnx", load_external_data=False)
+        for t in model.graph.initializer:
+            for entry in t.external_data:
+                if entry.key == "location":
+                    entry.value = location
+        onnx.save(model, root / "model.onnx")
+        Bundle.open(root).record_artifact("onnx", "model.onnx", precision="fp32")
+    (w / "outside.bin").write_bytes((w / "ext_abs" / "w.bin").read_bytes())
+    os.symlink(w / "outside.bin", w / "ext_link" / "link.bin")
     (w / "missing_file").mkdir()
     tiny_bundle(w / "missing_file", **kw)
     (w / "missing_file" / "model.onnx").unlink()
@@ -245,6 +262,16 @@ CASES: list[tuple[str, str]] = [
     ("doctor {w}/no_artifacts", "has no ONNX artifact"),
     ("doctor {w}/no_manifest", "no manifest.json"),
     ("doctor {w}/missing_file", "has no ONNX artifact"),
+    # external weights: only from files beside the model, for every reader (doctor reads no weights, yet refuses)
+    ("doctor {w}/ext_dotdot/model.onnx", r"external file '\.\./outside.bin', outside the model's folder"),
+    ("doctor {w}/ext_abs/model.onnx", "outside the model's folder"),
+    ("doctor {w}/ext_link/model.onnx", "external file 'link.bin', outside the model's folder"),
+    ("doctor {w}/ext_missing/model.onnx", "external file 'gone.bin', which is missing"),
+    ("doctor {w}/ext_dotdot", "outside the model's folder"),
+    ("validate {w}/ext_abs", "outside the model's folder"),
+    ("bench --onnx {w}/ext_dotdot/model.onnx", "outside the model's folder"),
+    ("infer {w}/img/good.png {w}/ext_link --out {w}/pred", "outside the model's folder"),
+    ("quantize {w}/ext_dotdot --precision fp16", "outside the model's folder"),
     # validate
     ("validate {w}/trunc", "damaged or was replaced"),
     ("validate {w}/random", "damaged or was replaced"),
