@@ -153,6 +153,73 @@ def test_loadtest_refuses_hosts_that_are_not_loopback(cli_runner, url: str) -> N
     _one_line_error(result, "is not loopback")
 
 
+@pytest.fixture
+def metrics_server():  # noqa: ANN201
+    """A loopback HTTP server with Triton-like /metrics and redirects; yields (base URL, paths it was asked)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            asked.append(self.path)
+            moves = {"/out": "http://10.255.255.1:8002/metrics", "/in": "/metrics",
+                     "/file": "file:///etc/passwd"}
+            if self.path in moves:
+                self.send_response(302)
+                self.send_header("Location", moves[self.path])
+                self.end_headers()
+                return
+            body = b'nv_inference_exec_count{model="m",version="1"} 3\nnv_inference_count{model="m",version="1"} 6\n'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_metrics_follow_only_loopback_redirects_and_no_proxy(metrics_server, monkeypatch) -> None:
+    """The loopback rule holds for every connection: a redirect off loopback is refused before it is
+    followed, and an HTTP proxy from the environment is not used."""
+    from hrdeploy.serve.loadtest import scrape_metrics
+
+    base, asked = metrics_server
+    want = {"nv_inference_exec_count": 3.0, "nv_inference_count": 6.0}
+    assert scrape_metrics(f"{base}/metrics", "m") == want
+    assert scrape_metrics(f"{base}/in", "m") == want  # a redirect that stays on loopback is followed
+    for path, message in (("/out", "host '10.255.255.1' is not loopback"), ("/file", "is not (http|allowed)")):
+        t0 = time.perf_counter()
+        with pytest.raises(UserError, match=message):
+            scrape_metrics(f"{base}{path}", "m")
+        assert time.perf_counter() - t0 < 2  # refused, not tried
+    with pytest.raises(UserError, match="is not http"):
+        scrape_metrics("file:///etc/passwd", "m")
+    monkeypatch.setenv("http_proxy", base + "/proxy")
+    monkeypatch.setenv("no_proxy", "")
+    asked.clear()
+    assert scrape_metrics(f"{base}/metrics", "m") == want and asked == ["/metrics"]  # straight, not via a proxy
+
+
+@pytest.mark.serve
+def test_loadtest_of_a_plain_http_server_says_it_is_not_triton(metrics_server, cli_runner, tmp_path: Path) -> None:
+    base, _ = metrics_server
+    result = cli_runner.invoke(cli, ["loadtest", base, "--model", "m", "--requests", "1",
+                                     "--json", str(tmp_path / "load.json")])
+    _one_line_error(result, "answers, but not as a Triton server")
+    assert "not ready yet" not in result.stderr and not (tmp_path / "load.json").exists()
+
+
 def test_serve_without_the_extra_says_how_to_get_it(cli_runner, tmp_path: Path) -> None:
     import importlib.util
 

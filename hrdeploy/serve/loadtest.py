@@ -262,6 +262,12 @@ def describe_model(target: Target, model: str, batch: int) -> ModelInput:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise UserError(f"cannot reach {url}: {first}; is the server running?") from err
         if not ready:
+            try:  # a Triton server answers GET /v2 even before it is ready; any other HTTP server does not
+                client.get_server_metadata()
+            except Exception as err:
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                raise UserError(f"{url} answers, but not as a Triton server (its server metadata: {first}); "
+                                "check the URL and port (`hrdeploy serve` prints them)") from err
             raise UserError(f"the server at {url} is not ready yet; wait for `hrdeploy serve` to print 'ready'")
         try:
             meta = client.get_model_metadata(model)
@@ -320,14 +326,34 @@ def triton_call_factory(
 # ------------------------------------------------------------------------------------------ metrics
 
 
-def scrape_metrics(url: str, model: str) -> dict[str, float]:
-    """Triton's Prometheus counters for `model` (summed over versions), e.g. nv_inference_exec_count."""
+def _check_metrics_url(url: str, what: str = "metrics") -> None:
     parts = urlsplit(url)
-    check_loopback(parts.hostname or "", "metrics")
+    if parts.scheme not in ("http", "https"):
+        raise UserError(f"{what} URL {url!r} is not http(s)://HOST:PORT/metrics; the load test reads Triton's "
+                        "metrics over HTTP on this machine")
+    check_loopback(parts.hostname or "", what)
+
+
+class _LoopbackRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a loopback http(s) URL: the loopback rule holds for every connection."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's signature
+        _check_metrics_url(newurl, f"metrics redirect from {req.full_url} to")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def scrape_metrics(url: str, model: str) -> dict[str, float]:
+    """Triton's Prometheus counters for `model` (summed over versions), e.g. nv_inference_exec_count.
+
+    Read straight from the loopback address (no HTTP proxy from the environment), following only redirects
+    that stay on loopback.
+    """
+    _check_metrics_url(url)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _LoopbackRedirects())
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback http only, checked above
+        with opener.open(url, timeout=5) as resp:
             text = resp.read().decode()
-    except OSError as err:
+    except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read metrics from {url}: {err}") from err
     counters: dict[str, float] = {}
     for line in text.splitlines():
