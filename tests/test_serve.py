@@ -212,10 +212,34 @@ def test_metrics_follow_only_loopback_redirects_and_no_proxy(metrics_server, mon
 
 
 @pytest.mark.serve
-def test_loadtest_of_a_plain_http_server_says_it_is_not_triton(metrics_server, cli_runner, tmp_path: Path) -> None:
-    base, _ = metrics_server
-    result = cli_runner.invoke(cli, ["loadtest", base, "--model", "m", "--requests", "1",
-                                     "--json", str(tmp_path / "load.json")])
+@pytest.mark.parametrize("kind", ["answers 200 to anything", "a file server (404)"])
+def test_loadtest_of_a_plain_http_server_says_it_is_not_triton(metrics_server, cli_runner, tmp_path: Path,
+                                                                 kind: str) -> None:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    _need_serve_extra()
+    files = None
+    if kind.startswith("a file server"):
+        (tmp_path / "www").mkdir()
+
+        class Quiet(SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # noqa: ANN002
+                pass
+
+        files = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path / "www")))
+        threading.Thread(target=files.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{files.server_address[1]}"
+    else:
+        base, _ = metrics_server
+    try:
+        result = cli_runner.invoke(cli, ["loadtest", base, "--model", "m", "--requests", "1",
+                                         "--json", str(tmp_path / "load.json")])
+    finally:
+        if files is not None:
+            files.shutdown()
+            files.server_close()
     _one_line_error(result, "answers, but not as a Triton server")
     assert "not ready yet" not in result.stderr and not (tmp_path / "load.json").exists()
 

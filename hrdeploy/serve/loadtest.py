@@ -265,9 +265,7 @@ def describe_model(target: Target, model: str, batch: int) -> ModelInput:
             try:  # a Triton server answers GET /v2 even before it is ready; any other HTTP server does not
                 client.get_server_metadata()
             except Exception as err:
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-                raise UserError(f"{url} answers, but not as a Triton server (its server metadata: {first}); "
-                                "check the URL and port (`hrdeploy serve` prints them)") from err
+                raise _not_triton(url, err) from err
             raise UserError(f"the server at {url} is not ready yet; wait for `hrdeploy serve` to print 'ready'")
         try:
             meta = client.get_model_metadata(model)
@@ -275,6 +273,8 @@ def describe_model(target: Target, model: str, batch: int) -> ModelInput:
         except InferenceServerException as err:
             raise UserError(f"{url} model {model!r}: {err.message()}; check the name (`hrdeploy serve` prints it)") \
                 from err
+        except Exception as err:  # not Triton's JSON: another kind of HTTP server answered
+            raise _not_triton(url, err) from err
     finally:
         client.close()
     if target.protocol == "grpc":
@@ -298,6 +298,12 @@ def describe_model(target: Target, model: str, batch: int) -> ModelInput:
         raise UserError(f"model {model!r} input {inputs[0]['name']} has dynamic dims {dims}; "
                         "the load test needs a fixed input shape")
     return ModelInput(inputs[0]["name"], inputs[0]["datatype"], tuple(dims), max_batch)
+
+
+def _not_triton(url: str, err: Exception) -> UserError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return UserError(f"{url} answers, but not as a Triton server ({first}); check the URL and port "
+                     "(`hrdeploy serve` prints them)")
 
 
 def triton_call_factory(
