@@ -359,6 +359,31 @@ def server(small_bundle: Path):
 
 
 @pytest.mark.serve
+def test_server_is_ready_only_once_the_model_is(small_bundle: Path) -> None:
+    """A readiness probe (GET /v2/health/ready) must not route traffic before the model can answer."""
+    s = Server(small_bundle)
+    base = f"http://127.0.0.1:{s.http}/v2"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert s.proc.poll() is None, s.proc.stdout.read()
+            try:
+                with urllib.request.urlopen(f"{base}/health/ready", timeout=2) as r:
+                    server_ready = r.status == 200
+            except OSError:  # not listening yet, or 400 while it loads
+                server_ready = False
+            if server_ready:
+                with urllib.request.urlopen(f"{base}/models/lite_hrnet_18/ready", timeout=2) as r:
+                    assert r.status == 200
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("hrdeploy serve was not ready in time")
+    finally:
+        s.stop()
+
+
+@pytest.mark.serve
 def test_serve_refuses_a_port_in_use(small_bundle: Path, cli_runner) -> None:
     _need_serve_extra()
     with socket.socket() as busy:
