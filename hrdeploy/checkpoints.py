@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from hrdeploy.errors import UserError
-from hrdeploy.io import not_a_file
+from hrdeploy.io import not_a_file, os_reason
 
 MAX_LISTED = 10
 # Containers that wrap the state_dict in mmcv / mmpose / plain training checkpoints, in lookup order.
@@ -59,6 +59,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
+        except OSError as err:  # the file itself could not be read (permissions, I/O)
+            raise UserError(f"cannot read checkpoint {path} ({os_reason(err, path)}); pass a file you can read") \
+                from err
         except pickle.UnpicklingError as err:
             found = _GLOBAL.search(str(err))
             if found:  # the pickle names a callable that would run while loading

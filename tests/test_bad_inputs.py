@@ -226,6 +226,7 @@ CASES: list[tuple[str, str]] = [
     ("quantize {w}/good --precision int4", "precision"),
     ("quantize {w}/good --precision int8 --calib-dir {w}/empty_dir", "holds no images"),
     ("quantize {w}/good --precision int8 --calib-dir {w}/nope", "does not exist"),
+    ("quantize {w}/good --precision int8 --calib-dir {w}/afile", "afile is a file, not a folder"),
     ("quantize {w}/good --precision int8 --calib-dir {w}/img --val-samples 0", "val-samples.: 0 is not in"),
     ("quantize {w}/good --precision int8 --calib-dir {w}/img --calib-samples 0", "calib-samples.: 0 is not in"),
     ("quantize {w}/good --precision int8 --calib-dir {w}/tiny_imgs", "at least 16x16"),
@@ -412,10 +413,13 @@ def _deny(monkeypatch: pytest.MonkeyPatch, locked: Path) -> None:
     "export lite_hrnet_18 -o {locked}/sub --force",
     "infer {w}/img/good.png {w}/good --out {locked}/pred",
     "bench {w}/good --json {locked}/bench.json",
+    "infer {locked} {w}/good --out {w}/pred",
+    "quantize {w}/good --precision int8 --calib-dir {locked}",
 ])
 def test_a_folder_the_user_cannot_read(world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli_runner,
                                        line: str) -> None:
-    """An output in or under a folder the user may not read: one error line naming it, nothing written."""
+    """A folder the user may not read, as an output (or a place under it) or as a folder of images: one error
+    line naming it, nothing written."""
     import shlex
 
     locked = tmp_path / "locked"

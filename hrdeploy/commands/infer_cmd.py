@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from hrdeploy.errors import UserError
-from hrdeploy.io import not_a_file
+from hrdeploy.io import not_a_file, os_reason
 
 
 @dataclass
@@ -46,16 +46,22 @@ def _split_paths(paths: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
     bundles: list[Path] = []
     for text in paths:
         p = Path(text)
-        if p.is_dir():
-            if (p / MANIFEST).is_file():
-                bundles.append(p)
-            elif any(c.suffix.lower() in IMAGE_SUFFIXES for c in p.iterdir() if c.is_file()):
-                images.extend(image_files(p))
-            else:
-                raise UserError(
-                    f"{p} is neither a bundle (no manifest.json) nor a folder of images; "
-                    "pass a bundle made by `hrdeploy export` or a folder of JPEG/PNG images"
-                )
+        try:
+            is_dir, is_bundle = p.is_dir(), (p / MANIFEST).is_file()
+            has_images = is_dir and not is_bundle and any(
+                c.suffix.lower() in IMAGE_SUFFIXES for c in p.iterdir() if c.is_file())
+        except OSError as err:
+            raise UserError(f"cannot read {p} ({os_reason(err, p)}); pass images and a bundle you can read") \
+                from err
+        if is_bundle:
+            bundles.append(p)
+        elif has_images:
+            images.extend(image_files(p))
+        elif is_dir:
+            raise UserError(
+                f"{p} is neither a bundle (no manifest.json) nor a folder of images; "
+                "pass a bundle made by `hrdeploy export` or a folder of JPEG/PNG images"
+            )
         elif p.is_file():
             images.append(p)
         else:
