@@ -295,6 +295,12 @@ CASES: list[tuple[str, str]] = [
     ("bench {w}/good --json {w}/afile/x.json", "is a file, not a folder"),
     ("bench {w}/good --input-size 128x128", "static input size"),
     ("bench --model nosuch_model", "unknown model"),
+    # command-line counts are bounded like manifest and preset numbers (torch overflows on a huge thread count)
+    ("bench {w}/good --threads 1000000000000", r"--threads.: 1000000000000 is not in the range 1<=x<=256"),
+    ("bench {w}/good --iterations 1000000000000000000000", r"--iterations.: .* is not in the range"),
+    ("validate {w}/good --threads 1000000000000", r"--threads.: .* is not in the range"),
+    ("validate {w}/good --seeded 1000000000000", r"--seeded.: .* is not in the range"),
+    ("infer {w}/img/good.png {w}/good --threads 1000000000000 --out {w}/pred", r"--threads.: .* is not in the range"),
     # infer
     ("infer {w}/one_px.png {w}/good --out {w}/pred", "is 1x1 pixels; images must be at least 16x16"),
     ("infer {w}/text.jpg {w}/good --out {w}/pred", "cannot read image"),

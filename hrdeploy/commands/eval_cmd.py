@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from hrdeploy.limits import MAX_THREADS
+
 
 @click.command("eval")
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -25,7 +27,7 @@ import click
 @click.option("--tolerance", "tolerances", multiple=True, metavar="[PRECISION.]METRIC=VALUE",
               help="Override a bound, e.g. int8.max_ap_drop=3 (repeatable).")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Also write the report to this file.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for onnxruntime and eager.")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="CPU threads for onnxruntime and eager.")
 @click.pass_context
 def eval_cmd(
     ctx: click.Context, bundle: Path, ann: Path, images: Path, artifacts: tuple[str, ...], all_artifacts: bool,

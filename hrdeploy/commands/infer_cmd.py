@@ -16,6 +16,7 @@ import click
 
 from hrdeploy.errors import UserError
 from hrdeploy.io import not_a_file, os_reason
+from hrdeploy.limits import MAX_THREADS
 
 
 @dataclass
@@ -222,7 +223,7 @@ def _finite(v: float) -> float | None:
 @click.option("--dark", is_flag=True, help="DARK sub-pixel refinement instead of the quarter-pixel shift (top-down).")
 @click.option("--compare", is_flag=True, help="Also run the eager model; draw both and print their keypoint distance.")
 @click.option("--kpt-thr", type=float, default=0.3, show_default=True, help="Draw keypoints scoring above this.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runners.")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="CPU threads for the runners.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="pred", show_default=True,
               help="Folder for the PNG and JSON files.")
 def infer_cmd(
