@@ -351,11 +351,14 @@ def onnx_static_batch(model: Any) -> int | None:
 
 
 def profile_batch_range(profiles: Any) -> tuple[int, int]:
-    """(min, max) batch of an engine's optimization profile 0 (engine.json / manifest), else 1..MAX_BATCH."""
+    """(min, max) batch of an engine's optimization profile 0 (engine.json / manifest), else 1..MAX_BATCH (no
+    profile, or one that is not 1 <= min <= max <= MAX_BATCH)."""
     try:
-        return int(profiles[0]["min"][0]), int(profiles[0]["max"][0])
-    except (IndexError, KeyError, TypeError, ValueError):
+        lo, hi = profiles[0]["min"][0], profiles[0]["max"][0]
+    except (IndexError, KeyError, TypeError):
         return 1, MAX_BATCH
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi))
+    return (lo, hi) if ints and 1 <= lo <= hi <= MAX_BATCH else (1, MAX_BATCH)
 
 
 def artifact_kind(file: str) -> str | None:

@@ -192,3 +192,15 @@ def test_minimal_manifest_opens_with_defaults(tmp_path: Path) -> None:
     m, i = b.model, b.input
     assert (m.family, m.seed, m.checkpoint, i.name, i.scale) == ("", 0, None, "input", 255.0)
     assert b.input.shape == (1, 3, 512, 1024) and not b.is_pose and b.keypoints is None and b.artifacts == {}
+
+
+def test_engine_profile_batch_range_is_bounded() -> None:
+    from hrdeploy.bundle import profile_batch_range
+
+    def profile(lo, hi) -> list:  # noqa: ANN001
+        return [{"input": "input", "min": [lo, 3, 64, 48], "opt": [lo, 3, 64, 48], "max": [hi, 3, 64, 48]}]
+
+    assert profile_batch_range(profile(1, 8)) == (1, 8)
+    for lo, hi in ((10**30, 10**30), (1, 10**30), (0, 4), (8, 2), ("1", 8), (True, 8)):
+        assert profile_batch_range(profile(lo, hi)) == (1, 1024)
+    assert profile_batch_range(None) == profile_batch_range([]) == (1, 1024)
