@@ -137,6 +137,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "bbox3": {**good, "annotations": [{**good["annotations"][0], "bbox": [1, 2, 3]}]},
         "kps_short": {**good, "annotations": [{**good["annotations"][0], "keypoints": [1, 2, 2]}]},
         "image_no_name": {**good, "images": [{"id": 1}]},
+        "no_people": {**good, "annotations": [{**a, "num_keypoints": 0} for a in good["annotations"]]},
     }
     for name, data in broken_anns.items():
         (w / "coco" / f"ann_{name}.json").write_text(json.dumps(data))
@@ -145,6 +146,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "dict": {"image_id": 1},
         "score_str": [{"image_id": 1, "bbox": [1, 2, 3, 4], "score": "high"}],
         "huge": [{"image_id": 1, "bbox": [0, 0, 1e308, 1e308], "score": 0.9}],
+        "empty": [],
+        "other_images": [{"image_id": 999, "bbox": [1, 2, 3, 4], "score": 0.9}],
     }
     for name, data in broken_dets.items():
         (w / "coco" / f"dets_{name}.json").write_text(json.dumps(data))
@@ -341,6 +344,13 @@ if "eval" in COMMANDS:
          "detection .0. score is 'high'"),
         ("eval {w}/good --ann {w}/coco/person_keypoints.json --images {w}/coco --dets {w}/coco/dets_huge.json",
          "reaches more than the image's size"),
+        ("eval {w}/good --ann {w}/coco/person_keypoints.json --images {w}/coco --dets {w}/coco/dets_empty.json",
+         "hold no person box on the images of person_keypoints.json"),
+        ("eval {w}/good --ann {w}/coco/person_keypoints.json --images {w}/coco --dets {w}/coco/dets_other_images.json",
+         "hold no person box"),
+        ("eval {w}/good --ann {w}/coco/person_keypoints.json --images {w}/coco --dets {w}/coco/dets_bbox3.json "
+         "--min-det-score 2", "bbox must be 4 finite numbers"),
+        ("eval {w}/good --ann {w}/coco/ann_no_people.json --images {w}/coco", "has no person with labelled keypoints"),
     ]
 
 

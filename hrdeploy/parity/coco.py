@@ -171,8 +171,12 @@ class CocoKeypoints:
         """Ground-truth person boxes with at least one labelled keypoint, not crowd (as mmpose's loader)."""
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=self.image_ids(), catIds=[self.category_id],
                                                       iscrowd=False))
-        return [PersonBox(a["image_id"], self.file(a["image_id"]), tuple(float(v) for v in a["bbox"]), 1.0, a["id"])
-                for a in anns if a.get("num_keypoints", 0) > 0 and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        boxes = [PersonBox(a["image_id"], self.file(a["image_id"]), tuple(float(v) for v in a["bbox"]), 1.0, a["id"])
+                 for a in anns if a.get("num_keypoints", 0) > 0 and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        if not boxes:
+            raise UserError(f"{self.ann} has no person with labelled keypoints and a non-empty box (not crowd); "
+                            "pass annotations with at least one such person")
+        return boxes
 
     def det_boxes(self, dets: str | os.PathLike, min_score: float = 0.0) -> list[PersonBox]:
         """Person boxes of a COCO results file (image_id, bbox, score) on this file's images."""
@@ -197,7 +201,11 @@ class CocoKeypoints:
                     check_box(r["bbox"], (img["height"], img["width"]))
                 out.append(PersonBox(r["image_id"], self.file(r["image_id"]), tuple(float(v) for v in r["bbox"]),
                                      score))
-        return [b for b in out if b.box[2] > 0 and b.box[3] > 0]
+        out = [b for b in out if b.box[2] > 0 and b.box[3] > 0]
+        if not out:
+            raise UserError(f"detections {dets} hold no person box on the images of {self.ann.name} with a score of "
+                            f"at least {min_score:g}; pass the detections of these images (or a lower --min-det-score)")
+        return out
 
     def score(self, results: list[dict[str, Any]]) -> dict[str, Any]:
         """COCOeval keypoint stats of `results` (COCO results format) and the mean OKS per annotated person."""
