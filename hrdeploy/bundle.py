@@ -31,6 +31,8 @@ import copy
 import json
 import math
 import os
+import stat
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -609,6 +611,7 @@ def hold_lock(path: Path, what: str, timeout: float) -> Iterator[None]:
     """
     from filelock import SoftFileLock, Timeout
 
+    _remove_flock_leftover(path)
     lock = SoftFileLock(os.fspath(path), timeout=timeout)
     try:
         lock.acquire()
@@ -623,3 +626,25 @@ def hold_lock(path: Path, what: str, timeout: float) -> Iterator[None]:
     finally:
         lock.release()
 
+
+FLOCK_LEFTOVER_AGE_S = 10.0  # a soft lock's marker holds its record within moments of its creation
+
+
+def _remove_flock_leftover(path: Path) -> None:
+    """Remove the empty lock file that an earlier hrdeploy's flock-based lock left behind after every write
+    (a soft lock never takes over an empty marker, so it would wait for it forever), unless a process still
+    holds a flock on it."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return
+    if st.st_size or not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < FLOCK_LEFTOVER_AGE_S:
+        return
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform, so no such leftover either
+        return
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError (skipped) while an earlier hrdeploy holds it
+        if os.fstat(f.fileno()).st_size == 0:
+            path.unlink()

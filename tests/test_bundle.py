@@ -204,3 +204,28 @@ def test_engine_profile_batch_range_is_bounded() -> None:
     for lo, hi in ((10**30, 10**30), (1, 10**30), (0, 4), (8, 2), ("1", 8), (True, 8)):
         assert profile_batch_range(profile(lo, hi)) == (1, 1024)
     assert profile_batch_range(None) == profile_batch_range([]) == (1, 1024)
+
+
+def test_an_earlier_hrdeploys_empty_lock_file_is_cleared_unless_it_is_held(tmp_path: Path) -> None:
+    """Bundles written by the earlier flock-based lock keep an empty `.hrdeploy.lock`: the next write removes
+    it (a soft lock would wait for an empty marker forever), but not while a process holds a flock on it."""
+    import fcntl
+    import time
+
+    b = Bundle.open(tiny_bundle(tmp_path / "b"))
+    leftover = b.root / LOCK
+    leftover.write_bytes(b"")
+    old = time.time() - 3600
+    os.utime(leftover, (old, old))
+    t0 = time.monotonic()
+    b.record_section("eval", {"passed": True})
+    assert time.monotonic() - t0 < 5 and not leftover.exists()
+
+    leftover.write_bytes(b"")
+    os.utime(leftover, (old, old))
+    with open(leftover, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="being written by another hrdeploy process"), \
+                hold_lock(leftover, "bundle", timeout=0):
+            pass
+    assert leftover.exists()
