@@ -539,9 +539,33 @@ class Bundle:
                     f"made (truncated or overwritten){how}"
                 )
             art._cache["sha256_ok"] = True
-        if art.kind == "onnx":
-            art.onnx_model()  # unreadable, or external weights outside the bundle: a UserError before any work
+        if art.kind == "onnx" and "matches" not in art._cache:
+            # unreadable, external weights outside the bundle, or not the model the manifest describes: a UserError
+            # before any work
+            problem = self._onnx_mismatch(art.onnx_model())
+            if problem:
+                raise UserError(f"{art.path} {problem}; the file or manifest.json was changed by hand, re-create "
+                                f"the bundle with `hrdeploy export MODEL -o {self.root} --force`")
+            art._cache["matches"] = True
         return art
+
+    def _onnx_mismatch(self, model: Any) -> str | None:
+        """How an ONNX graph's input and outputs differ from the manifest's (None when they agree)."""
+        initializers = {t.name for t in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in initializers]
+        if [i.name for i in inputs] != [self.input.name]:
+            return f"takes inputs {[i.name for i in inputs]}, but the manifest's input is {self.input.name!r}"
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+        if len(dims) != 4 or any(got is not None and got != want
+                                 for got, want in zip(dims[1:], (3, self.input.height, self.input.width),
+                                                      strict=True)):
+            shape = [d if d is not None else "?" for d in dims]
+            return (f"takes input {self.input.name} of shape {shape}, but the manifest's is "
+                    f"[N, 3, {self.input.height}, {self.input.width}]")
+        missing = [o for o in self.output_names if o not in {v.name for v in model.graph.output}]
+        if missing:
+            return f"has no output {missing[0]!r}, which the manifest lists"
+        return None
 
     def onnx_artifacts(self) -> dict[str, Artifact]:
         return {k: a for k, a in self.artifacts.items() if a.kind == "onnx"}

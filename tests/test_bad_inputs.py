@@ -59,6 +59,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "huge_height": lambda m: m["input"].update(height=10**30),
         "big_height": lambda m: m["input"].update(height=10**5),
         "stage_str": lambda m: m.update(stages={"quantize": {"calib_samples": "abc"}}),
+        # a manifest that no longer describes its ONNX (valid numbers, another model)
+        "other_size": lambda m: m["input"].update(height=128, shape=["batch", 3, 128, 64]),
+        "other_input": lambda m: m["input"].update(name="image"),
+        "other_output": lambda m: m.update(outputs=[{"name": "heatmaps_tags", "stride": 4, "channels": 34}]),
     }
     for name, change in edits.items():
         _edit(tiny_bundle(w / name, **kw), change)
@@ -239,6 +243,12 @@ CASES: list[tuple[str, str]] = [
     ("validate {w}/big_height", r"input.height must be an integer in 1\.\.4096"),
     ("infer {w}/img/good.png {w}/huge_height --out {w}/pred", r"input.height must be an integer in 1\.\.4096"),
     ("bench {w}/big_height", r"input.height must be an integer in 1\.\.4096"),
+    ("validate {w}/other_size", r"takes input input of shape \['\?', 3, 64, 64\], but the manifest's is "
+                                r"\[N, 3, 128, 64\]"),
+    ("infer {w}/img/good.png {w}/other_size --out {w}/pred", "but the manifest's is .N, 3, 128, 64."),
+    ("bench {w}/other_input --backend ort", "takes inputs .'input'., but the manifest's input is 'image'"),
+    ("quantize {w}/other_output --precision fp16", "has no output 'heatmaps_tags', which the manifest lists"),
+    ("doctor {w}/other_size", "but the manifest's is"),
     # build
     ("build {w}/nope --print-trtexec", "does not exist"),
     ("build {w}/notes --print-trtexec", "no manifest.json"),
