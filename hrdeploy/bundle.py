@@ -655,9 +655,9 @@ FLOCK_LEFTOVER_AGE_S = 10.0  # a soft lock's marker holds its record within mome
 
 
 def _remove_flock_leftover(path: Path) -> None:
-    """Remove the empty lock file that an earlier hrdeploy's flock-based lock left behind after every write
-    (a soft lock never takes over an empty marker, so it would wait for it forever), unless a process still
-    holds a flock on it."""
+    """Remove an empty lock file, which only a flock-based lock leaves (a soft lock's marker holds its record),
+    unless a process holds a flock on it: a soft lock never takes over an empty marker, so it would wait for it
+    forever."""
     try:
         st = path.lstat()
     except OSError:

@@ -206,9 +206,9 @@ def test_engine_profile_batch_range_is_bounded() -> None:
     assert profile_batch_range(None) == profile_batch_range([]) == (1, 1024)
 
 
-def test_an_earlier_hrdeploys_empty_lock_file_is_cleared_unless_it_is_held(tmp_path: Path) -> None:
-    """Bundles written by the earlier flock-based lock keep an empty `.hrdeploy.lock`: the next write removes
-    it (a soft lock would wait for an empty marker forever), but not while a process holds a flock on it."""
+def test_an_empty_flock_lock_file_is_cleared_unless_it_is_held(tmp_path: Path) -> None:
+    """A flock-based lock leaves an empty `.hrdeploy.lock` behind: the next write removes it (a soft lock would
+    wait for an empty marker forever), but not while a process holds a flock on it."""
     import fcntl
     import time
 
