@@ -29,14 +29,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
+import stat
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hrdeploy.datasets import flip_index
 from hrdeploy.errors import UserError
-from hrdeploy.io import sha256, write_json
+from hrdeploy.io import not_a_file, sha256, write_json
+from hrdeploy.limits import MAX_BATCH, MAX_CHANNELS, MAX_INPUT_SIDE, MAX_SEED
+from hrdeploy.presets import STAGE_KEYS, sections_problem
 
 FORMAT = "hrdeploy-bundle/1"
 MANIFEST = "manifest.json"
@@ -44,7 +50,6 @@ LOCK = ".hrdeploy.lock"
 LOCK_TIMEOUT_S = 120.0
 PRECISIONS = ("fp32", "fp16", "int8")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-MAX_BATCH = 1024  # upper batch of a dynamic-batch artifact without a recorded profile
 # Sections the bundle owns; record_section cannot replace them.
 CORE_SECTIONS = ("format", "model", "input", "outputs", "keypoints", "artifacts")
 # The command that makes each artifact, for "missing artifact" messages.
@@ -88,20 +93,22 @@ class _Fields:
             self.fail(f"{self.where}.{key}", f"must be a non-empty string, not {v!r}")
         return v
 
-    def int(self, key: str, default: int | None = None, *, required: bool = True, minimum: int = 1) -> Any:
+    def int(self, key: str, default: int | None = None, *, required: bool = True, minimum: int = 1,
+            maximum: int) -> Any:
         if key not in self.data and not required:
             return default
         v = self._get(key, required)
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            self.fail(f"{self.where}.{key}", f"must be an integer >= {minimum}, not {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
+            self.fail(f"{self.where}.{key}", f"must be an integer in {minimum}..{maximum}, not {v!r}")
         return v
 
-    def num(self, key: str, default: float | None = None, *, required: bool = True, positive: bool = True) -> Any:
+    def num(self, key: str, default: float | None = None, *, required: bool = True) -> Any:
+        """A positive finite number."""
         if key not in self.data and not required:
             return default
         v = self._get(key, required)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (positive and not v > 0):
-            self.fail(f"{self.where}.{key}", f"must be a {'positive ' if positive else ''}number, not {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            self.fail(f"{self.where}.{key}", f"must be a positive number, not {v!r}")
         return float(v)
 
     def bool(self, key: str, default: bool | None = None, *, required: bool = True) -> Any:
@@ -115,9 +122,10 @@ class _Fields:
     def nums(self, key: str, length: int, *, positive: bool = False) -> tuple[float, ...]:
         v = self._get(key, True)
         if (not isinstance(v, list) or len(v) != length
-                or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v)
+                or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in v)
                 or (positive and any(x <= 0 for x in v))):
-            self.fail(f"{self.where}.{key}", f"must be a list of {length} {'positive ' if positive else ''}numbers")
+            self.fail(f"{self.where}.{key}",
+                      f"must be a list of {length} finite {'positive ' if positive else ''}numbers")
         return tuple(float(x) for x in v)
 
     def strs(self, key: str, default: list | None = None, *, required: bool = True) -> tuple[str, ...]:
@@ -192,26 +200,33 @@ class KeypointSpec:
     flip_pairs: tuple[tuple[int, int], ...]
     skeleton: tuple[tuple[int, int], ...]
 
+    @property
+    def flip_index(self) -> list[int]:
+        return flip_index(len(self.names), self.flip_pairs)
+
 
 def _model(data: Any, manifest: Path) -> ModelInfo:
     f = _Fields(data, "model", manifest)
     return ModelInfo(
         name=f.str("name"), family=f.str("family", "", required=False) or "", task=f.str("task"),
         dataset=f.str("dataset"), upstream=f.str("upstream", None, required=False),
-        checkpoint=f.str("checkpoint", None, required=False, none=True), seed=f.int("seed", 0, required=False,
-                                                                                    minimum=0),
+        checkpoint=f.str("checkpoint", None, required=False, none=True),
+        seed=f.int("seed", 0, required=False, minimum=0, maximum=MAX_SEED),
     )
 
 
 def _input(data: Any, manifest: Path) -> InputSpec:
     f = _Fields(data, "input", manifest)
-    h, w = f.int("height"), f.int("width")
+    h, w = f.int("height", maximum=MAX_INPUT_SIDE), f.int("width", maximum=MAX_INPUT_SIDE)
     dynamic_batch = f.bool("dynamic_batch", False, required=False)
     dynamic_shape = f.bool("dynamic_shape", False, required=False)
     shape = f.data.get("shape", ["batch" if dynamic_batch else 1, 3, h, w])
+    limits = (MAX_BATCH, 3, MAX_INPUT_SIDE, MAX_INPUT_SIDE)
     if (not isinstance(shape, list) or len(shape) != 4
-            or any(isinstance(d, bool) or not (isinstance(d, str) or (isinstance(d, int) and d > 0)) for d in shape)):
-        f.fail("input.shape", f"must be 4 dims, each a positive integer or a name, not {shape!r}")
+            or any(isinstance(d, bool) or not (isinstance(d, str) or (isinstance(d, int) and 0 < d <= most))
+                   for d, most in zip(shape, limits, strict=True))):
+        f.fail("input.shape", f"must be 4 dims [N, 3, H, W], each a name or an integer in 1..{MAX_BATCH} (N), "
+                              f"3 (C), 1..{MAX_INPUT_SIDE} (H, W), not {shape!r}")
     layout = f.str("layout", "NCHW", required=False)
     color = f.str("color", "RGB", required=False)
     if layout != "NCHW":
@@ -222,7 +237,8 @@ def _input(data: Any, manifest: Path) -> InputSpec:
         name=f.str("name", "input", required=False), height=h, width=w,
         mean=f.nums("mean", 3), std=f.nums("std", 3, positive=True),  # type: ignore[arg-type]
         scale=f.num("scale", 255.0, required=False), layout=layout, color=color,
-        dynamic_batch=dynamic_batch, dynamic_shape=dynamic_shape, stride=f.int("stride", 32, required=False),
+        dynamic_batch=dynamic_batch, dynamic_shape=dynamic_shape,
+        stride=f.int("stride", 32, required=False, maximum=MAX_INPUT_SIDE),
         shape=tuple(shape),
     )
 
@@ -233,7 +249,8 @@ def _outputs(data: Any, manifest: Path) -> tuple[OutputSpec, ...]:
     out = []
     for i, item in enumerate(data):
         f = _Fields(item, f"outputs[{i}]", manifest)
-        out.append(OutputSpec(f.str("name"), f.int("stride", 1, required=False), f.int("channels", 1, required=False)))
+        out.append(OutputSpec(f.str("name"), f.int("stride", 1, required=False, maximum=MAX_INPUT_SIDE),
+                              f.int("channels", 1, required=False, maximum=MAX_CHANNELS)))
     return tuple(out)
 
 
@@ -280,7 +297,7 @@ def load_onnx(path: str | os.PathLike, *, weights: bool = False) -> Any:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} does not exist; pass an existing .onnx file or a bundle directory")
+        raise UserError(f"{path} {not_a_file(path)}; pass an existing .onnx file or a bundle directory")
     try:
         model = onnx.load(os.fspath(path), load_external_data=weights)
     except Exception as err:  # protobuf DecodeError, truncated files, missing external data
@@ -289,7 +306,38 @@ def load_onnx(path: str | os.PathLike, *, weights: bool = False) -> Any:
         ) from err
     if not model.graph.node or not model.graph.input or not model.graph.output:
         raise UserError(f"{path} is not a usable ONNX model (no graph inputs, outputs or nodes); re-export it")
+    _check_external_data(path, model)
     return model
+
+
+def _check_external_data(path: Path, model: Any) -> None:
+    """UserError unless every tensor stored outside the ONNX file is a file beside it, in its folder: a
+    location that is absolute, climbs out with `..` or is a symlink out would make any reader of the model
+    read a file the user did not hand over."""
+    import onnx
+
+    folder = path.parent.resolve()
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        tensors = list(graph.initializer)
+        for node in graph.node:
+            for a in node.attribute:
+                tensors += [a.t, *a.tensors] if a.HasField("t") else list(a.tensors)
+                graphs += [a.g, *a.graphs] if a.HasField("g") else list(a.graphs)
+        for t in tensors:
+            if t.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            location = next((e.value for e in t.external_data if e.key == "location"), "")
+            target = (folder / location).resolve()
+            if not location or Path(location).is_absolute() or folder not in target.parents:
+                raise UserError(
+                    f"{path} keeps tensor {t.name!r} in external file {location!r}, outside the model's folder; "
+                    "hrdeploy reads external weights only from files beside the model (re-export it)"
+                )
+            if not target.is_file():
+                raise UserError(f"{path} keeps tensor {t.name!r} in external file {location!r}, which is missing "
+                                f"from {path.parent}; copy it there or re-export the model")
 
 
 def onnx_static_batch(model: Any) -> int | None:
@@ -305,11 +353,14 @@ def onnx_static_batch(model: Any) -> int | None:
 
 
 def profile_batch_range(profiles: Any) -> tuple[int, int]:
-    """(min, max) batch of an engine's optimization profile 0 (engine.json / manifest), else 1..MAX_BATCH."""
+    """(min, max) batch of an engine's optimization profile 0 (engine.json / manifest), else 1..MAX_BATCH (no
+    profile, or one that is not 1 <= min <= max <= MAX_BATCH)."""
     try:
-        return int(profiles[0]["min"][0]), int(profiles[0]["max"][0])
-    except (IndexError, KeyError, TypeError, ValueError):
+        lo, hi = profiles[0]["min"][0], profiles[0]["max"][0]
+    except (IndexError, KeyError, TypeError):
         return 1, MAX_BATCH
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi))
+    return (lo, hi) if ints and 1 <= lo <= hi <= MAX_BATCH else (1, MAX_BATCH)
 
 
 def artifact_kind(file: str) -> str | None:
@@ -410,6 +461,7 @@ class Bundle:
     @staticmethod
     def _read(root: Path) -> dict[str, Any]:
         hint = f"create it with `hrdeploy export MODEL -o {root}`"
+        again = f"re-create it with `hrdeploy export MODEL -o {root} --force`"
         if not root.is_dir():
             what = "does not exist" if not root.exists() else "is not a directory"
             raise UserError(f"bundle {root} {what}; {hint}")
@@ -419,12 +471,12 @@ class Bundle:
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as err:
-            raise UserError(f"{path} is not valid JSON ({str(err).splitlines()[0]}); {hint} --force") from err
+            raise UserError(f"{path} is not valid JSON ({str(err).splitlines()[0]}); {again}") from err
         if not isinstance(manifest, dict):
-            raise UserError(f"{path} must hold a JSON object, not {type(manifest).__name__}; {hint} --force")
+            raise UserError(f"{path} must hold a JSON object, not {type(manifest).__name__}; {again}")
         if manifest.get("format") != FORMAT:
             raise UserError(f"{path} is not an hrdeploy manifest (format {manifest.get('format')!r}, "
-                            f"expected {FORMAT!r}); {hint} --force")
+                            f"expected {FORMAT!r}); {again}")
         return manifest
 
     def _load(self, manifest: dict[str, Any]) -> None:
@@ -442,6 +494,8 @@ class Bundle:
         if not isinstance(arts, dict):
             _Fields({}, "artifacts", where).fail("artifacts", "must be an object of artifact entries")
         self.artifacts: dict[str, Artifact] = {k: _artifact(self.root, where, k, e) for k, e in arts.items()}
+        if problem := sections_problem(manifest.get("stages", {}), STAGE_KEYS):
+            _Fields({}, "stages", where).fail("stages", f"(the preset for later stages): {problem}")
         self._manifest = manifest
 
     # -- reading
@@ -467,10 +521,10 @@ class Bundle:
         """`rel` inside the bundle; UserError if it is absolute, uses `..`, or is a symlink that leaves it."""
         return confine(self.root, rel)
 
-    def artifact(self, key: str, *, verify: bool = True) -> Artifact:
-        """Artifact `key`, its file checked against the recorded sha256 (unless `verify=False`: validate
-        diagnoses a changed artifact instead); UserError naming the command that makes it when it is absent,
-        missing or damaged (truncated, overwritten)."""
+    def artifact(self, key: str) -> Artifact:
+        """Artifact `key`, its file checked against the recorded sha256 (and an ONNX read, see `load_onnx`);
+        UserError naming the command that makes it when it is absent, missing or damaged (truncated,
+        overwritten)."""
         art = self.artifacts.get(key)
         make = MADE_BY.get(key, "hrdeploy build {root}" if key.startswith("engine") else "").format(root=self.root)
         how = f"; make it again with `{make}`" if make else ""
@@ -478,14 +532,40 @@ class Bundle:
             state = "is not in" if art is None else f"is recorded but its file {art.file} is missing from"
             raise UserError(f"artifact {key!r} {state} bundle {self.root}{how}")
         recorded = art.info.get("sha256")
-        if verify and recorded and "sha256_ok" not in art._cache:
+        if recorded and "sha256_ok" not in art._cache:
             if sha256(art.path) != recorded:
                 raise UserError(
                     f"{art.path} is damaged or was replaced: its sha256 differs from the one recorded when it was "
                     f"made (truncated or overwritten){how}"
                 )
             art._cache["sha256_ok"] = True
+        if art.kind == "onnx" and "matches" not in art._cache:
+            # unreadable, external weights outside the bundle, or not the model the manifest describes: a UserError
+            # before any work
+            problem = self._onnx_mismatch(art.onnx_model())
+            if problem:
+                raise UserError(f"{art.path} {problem}; the file or manifest.json was changed by hand, re-create "
+                                f"the bundle with `hrdeploy export MODEL -o {self.root} --force`")
+            art._cache["matches"] = True
         return art
+
+    def _onnx_mismatch(self, model: Any) -> str | None:
+        """How an ONNX graph's input and outputs differ from the manifest's (None when they agree)."""
+        initializers = {t.name for t in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in initializers]
+        if [i.name for i in inputs] != [self.input.name]:
+            return f"takes inputs {[i.name for i in inputs]}, but the manifest's input is {self.input.name!r}"
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+        if len(dims) != 4 or any(got is not None and got != want
+                                 for got, want in zip(dims[1:], (3, self.input.height, self.input.width),
+                                                      strict=True)):
+            shape = [d if d is not None else "?" for d in dims]
+            return (f"takes input {self.input.name} of shape {shape}, but the manifest's is "
+                    f"[N, 3, {self.input.height}, {self.input.width}]")
+        missing = [o for o in self.output_names if o not in {v.name for v in model.graph.output}]
+        if missing:
+            return f"has no output {missing[0]!r}, which the manifest lists"
+        return None
 
     def onnx_artifacts(self) -> dict[str, Artifact]:
         return {k: a for k, a in self.artifacts.items() if a.kind == "onnx"}
@@ -547,10 +627,16 @@ class Bundle:
 
 @contextlib.contextmanager
 def hold_lock(path: Path, what: str, timeout: float) -> Iterator[None]:
-    """Hold file lock `path` (waiting up to `timeout` s, 0 = fail at once); UserError when it stays taken."""
-    from filelock import FileLock, Timeout
+    """Hold file lock `path` (waiting up to `timeout` s, 0 = fail at once); UserError when it stays taken.
 
-    lock = FileLock(os.fspath(path), timeout=timeout)
+    filelock's soft lock: the file exists only while it is held (released, it is removed, so no command
+    leaves a lock file in the user's folder), and it records its holder's PID, so the lock of a killed
+    process is taken over instead of blocking the next writer.
+    """
+    from filelock import SoftFileLock, Timeout
+
+    _remove_flock_leftover(path)
+    lock = SoftFileLock(os.fspath(path), timeout=timeout)
     try:
         lock.acquire()
     except Timeout as err:
@@ -564,3 +650,25 @@ def hold_lock(path: Path, what: str, timeout: float) -> Iterator[None]:
     finally:
         lock.release()
 
+
+FLOCK_LEFTOVER_AGE_S = 10.0  # a soft lock's marker holds its record within moments of its creation
+
+
+def _remove_flock_leftover(path: Path) -> None:
+    """Remove an empty lock file, which only a flock-based lock leaves (a soft lock's marker holds its record),
+    unless a process holds a flock on it: a soft lock never takes over an empty marker, so it would wait for it
+    forever."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return
+    if st.st_size or not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < FLOCK_LEFTOVER_AGE_S:
+        return
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform, so no such leftover either
+        return
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError (skipped) while an earlier hrdeploy holds it
+        if os.fstat(f.fileno()).st_size == 0:
+            path.unlink()

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from hrdeploy.errors import UserError
+from hrdeploy.io import not_a_file, os_reason
 
 MAX_LISTED = 10
 # Containers that wrap the state_dict in mmcv / mmpose / plain training checkpoints, in lookup order.
@@ -46,7 +47,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into a flat {key: tensor} dict (wrappers and `module.` prefixes removed)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; pass the path of a .pth or .safetensors file")
+        raise UserError(f"checkpoint {path} {not_a_file(path)}; pass the path of a .pth or .safetensors file")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -58,6 +59,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
+        except OSError as err:  # the file itself could not be read (permissions, I/O)
+            raise UserError(f"cannot read checkpoint {path} ({os_reason(err, path)}); pass a file you can read") \
+                from err
         except pickle.UnpicklingError as err:
             found = _GLOBAL.search(str(err))
             if found:  # the pickle names a callable that would run while loading

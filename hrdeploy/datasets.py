@@ -5,6 +5,7 @@ Keypoint orders and flip pairs follow mmpose's dataset configs (coco.py, mpii.py
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -23,11 +24,15 @@ class KeypointSet:
         return len(self.keypoints)
 
     def flip_index(self) -> list[int]:
-        """Channel order of the horizontally flipped heatmaps."""
-        index = list(range(self.num_keypoints))
-        for a, b in self.flip_pairs:
-            index[a], index[b] = b, a
-        return index
+        return flip_index(self.num_keypoints, self.flip_pairs)
+
+
+def flip_index(num_keypoints: int, flip_pairs: Iterable[tuple[int, int]]) -> list[int]:
+    """Channel order of the horizontally flipped heatmaps: each left/right pair swapped."""
+    index = list(range(num_keypoints))
+    for a, b in flip_pairs:
+        index[a], index[b] = b, a
+    return index
 
 
 COCO = KeypointSet(

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hrdeploy.errors import UserError
+from hrdeploy.io import not_a_file, os_reason
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MIN_SIDE = 16  # pixels
@@ -45,7 +46,7 @@ def read_image(path: str | os.PathLike, min_side: int = MIN_SIDE) -> np.ndarray:
     or smaller than `min_side` pixels on a side."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"image {path} does not exist; pass the path of a JPEG/PNG/BMP/WebP file")
+        raise UserError(f"image {path} {not_a_file(path)}; pass the path of a JPEG/PNG/BMP/WebP file")
     return _decode(path, f"image {path}", min_side)
 
 
@@ -79,11 +80,16 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     """The image files (jpg/jpeg/png/bmp/webp, any case) directly inside `folder`, sorted by name."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"image folder {folder} does not exist; pass a folder of JPEG/PNG images")
-    files = sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: p.name,
-    )
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"image folder {folder} {what}; pass a folder of JPEG/PNG images")
+    try:
+        files = sorted(
+            (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+            key=lambda p: p.name,
+        )
+    except OSError as err:
+        raise UserError(f"cannot list image folder {folder} ({os_reason(err, folder)}); pass a folder you can "
+                        "read") from err
     if not files:
         raise UserError(
             f"image folder {folder} holds no images ({'/'.join(s[1:] for s in IMAGE_SUFFIXES)}); "

@@ -53,6 +53,25 @@ def sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def not_a_file(path: str | os.PathLike) -> str:
+    """Why `path` is not a readable file, for an error message: "does not exist", "is a folder, not a file"."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return "is a folder, not a file"
+        if path.exists():
+            return "is not a regular file"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    return "does not exist"
+
+
+def os_reason(err: OSError, path: str | os.PathLike) -> str:
+    """An OSError in a few words: "Permission denied", with the path it happened at when that is another one."""
+    where = err.filename if err.filename is not None and os.path.abspath(err.filename) != os.path.abspath(path) else ""
+    return f"{err.strerror or type(err).__name__}{f' at {where}' if where else ''}"
+
+
 def console():  # noqa: ANN201 - rich.console.Console, imported lazily
     """A rich Console for command output; 120 columns wide when output is not a terminal (logs, CI)."""
     import sys
@@ -69,10 +88,14 @@ def check_writable(path: str | os.PathLike, flag: str) -> Path:
 
     path = Path(os.path.abspath(path))
     parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"cannot create {flag} {path}: {parent} is a file, not a folder; choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    try:
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise UserError(f"cannot create {flag} {path}: {parent} is a file, not a folder; choose another path")
+        writable = os.access(parent, os.W_OK | os.X_OK) and (not path.exists() or os.access(path, os.W_OK))
+    except OSError as err:  # a folder on the way that this user may not enter
+        raise UserError(f"cannot write {flag} {path} ({os_reason(err, path)}); choose another path") from err
+    if not writable:
         raise UserError(f"cannot write {flag} {path}: {parent} is not writable; choose another path")
     return path

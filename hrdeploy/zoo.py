@@ -7,9 +7,8 @@ import os
 from torch import nn
 
 from hrdeploy.errors import UserError
+from hrdeploy.limits import MAX_INPUT_SIDE
 from hrdeploy.registry import ModelSpec, get_spec
-
-MAX_INPUT_SIDE = 4096  # pixels; a larger model input is a typo, not a deployment (and would exhaust memory)
 
 
 def check_dataset(spec: ModelSpec, dataset: str | None) -> str:

@@ -37,7 +37,24 @@ def test_typed_sections(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("change", "needle"), [
     (lambda m: m.pop("input"), "input section is missing"),
     (lambda m: m["input"].update(height="abc"), "input.height must be an integer"),
-    (lambda m: m["input"].update(std=[0, 1, 1]), "input.std must be a list of 3 positive numbers"),
+    (lambda m: m["input"].update(std=[0, 1, 1]), "input.std must be a list of 3 finite positive"),
+    # numbers are bounded: past the bound a value is a typo and would allocate or overflow before any error
+    (lambda m: m["input"].update(height=10**30), r"input.height must be an integer in 1..4096"),
+    (lambda m: m["input"].update(width=10**5), r"input.width must be an integer in 1..4096"),
+    (lambda m: m["input"].update(shape=["batch", 3, 10**5, 48]), "input.shape must be 4 dims"),
+    (lambda m: m["input"].update(shape=[10**9, 3, 64, 48]), "input.shape must be 4 dims"),
+    (lambda m: m["input"].update(mean=[float("nan"), 0.5, 0.5]), "input.mean must be a list of 3 finite"),
+    (lambda m: m["input"].update(scale=float("inf")), "input.scale must be a positive number"),
+    (lambda m: m["input"].update(stride=10**30), "input.stride must be an integer in 1..4096"),
+    (lambda m: m["outputs"][0].update(channels=10**12), r"outputs\[0\].channels must be an integer in 1..65536"),
+    (lambda m: m["model"].update(seed=10**30), "model.seed must be an integer in 0..4294967295"),
+    # the preset sections stored for later stages are typed and bounded like the preset itself
+    (lambda m: m.update(stages={"quantize": {"calib_samples": "abc"}}), "quantize.calib_samples must be an integer"),
+    (lambda m: m.update(stages={"quantize": {"calib_samples": 10**30}}), r"quantize.calib_samples must be 1..100000"),
+    (lambda m: m.update(stages={"build": {"max_batch": 10**30}}), r"build.max_batch must be 1..1024"),
+    (lambda m: m.update(stages={"build": {"workspace": 1e300}}), "build.workspace must be above 0 and at most 1024"),
+    (lambda m: m.update(stages={"deploy": {}}), "unknown section 'deploy'"),
+    (lambda m: m.update(stages=[]), "stages .* must be a mapping"),
     (lambda m: m["input"].update(dynamic_batch="false"), "input.dynamic_batch must be true or false"),
     (lambda m: m["model"].pop("name"), "model.name is missing"),
     (lambda m: m.update(outputs=[]), "outputs must be a non-empty list"),
@@ -120,6 +137,32 @@ def test_lock_refuses_a_second_writer(tmp_path: Path) -> None:
             pass
 
 
+def test_lock_file_is_gone_after_a_write_and_a_killed_writers_lock_is_taken_over(tmp_path: Path) -> None:
+    """Every writer (quantize, eval, validate, build) records through the bundle: no `.hrdeploy.lock` stays
+    behind, and a writer killed while holding it does not block the next one."""
+    import subprocess
+    import sys
+
+    b = Bundle.open(tiny_bundle(tmp_path / "b"))
+    b.record_section("eval", {"passed": True})
+    assert not (b.root / LOCK).exists()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hrdeploy.bundle import hold_lock; from pathlib import Path\n"
+         "with hold_lock(Path(sys.argv[1]), 'bundle', 0):\n    print('held', flush=True); time.sleep(60)",
+         str(b.root / LOCK)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match="being written by another hrdeploy process"), \
+                hold_lock(b.root / LOCK, "bundle", timeout=0):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (b.root / LOCK).exists()  # what a killed writer leaves
+    b.record_section("eval", {"passed": False})
+    assert b.section("eval") == {"passed": False} and not (b.root / LOCK).exists()
+
+
 def test_is_bundle(tmp_path: Path) -> None:
     assert is_bundle(tiny_bundle(tmp_path / "b"))
     (tmp_path / "notes").mkdir()
@@ -149,3 +192,40 @@ def test_minimal_manifest_opens_with_defaults(tmp_path: Path) -> None:
     m, i = b.model, b.input
     assert (m.family, m.seed, m.checkpoint, i.name, i.scale) == ("", 0, None, "input", 255.0)
     assert b.input.shape == (1, 3, 512, 1024) and not b.is_pose and b.keypoints is None and b.artifacts == {}
+
+
+def test_engine_profile_batch_range_is_bounded() -> None:
+    from hrdeploy.bundle import profile_batch_range
+
+    def profile(lo, hi) -> list:  # noqa: ANN001
+        return [{"input": "input", "min": [lo, 3, 64, 48], "opt": [lo, 3, 64, 48], "max": [hi, 3, 64, 48]}]
+
+    assert profile_batch_range(profile(1, 8)) == (1, 8)
+    for lo, hi in ((10**30, 10**30), (1, 10**30), (0, 4), (8, 2), ("1", 8), (True, 8)):
+        assert profile_batch_range(profile(lo, hi)) == (1, 1024)
+    assert profile_batch_range(None) == profile_batch_range([]) == (1, 1024)
+
+
+def test_an_empty_flock_lock_file_is_cleared_unless_it_is_held(tmp_path: Path) -> None:
+    """A flock-based lock leaves an empty `.hrdeploy.lock` behind: the next write removes it (a soft lock would
+    wait for an empty marker forever), but not while a process holds a flock on it."""
+    import fcntl
+    import time
+
+    b = Bundle.open(tiny_bundle(tmp_path / "b"))
+    leftover = b.root / LOCK
+    leftover.write_bytes(b"")
+    old = time.time() - 3600
+    os.utime(leftover, (old, old))
+    t0 = time.monotonic()
+    b.record_section("eval", {"passed": True})
+    assert time.monotonic() - t0 < 5 and not leftover.exists()
+
+    leftover.write_bytes(b"")
+    os.utime(leftover, (old, old))
+    with open(leftover, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(UserError, match="being written by another hrdeploy process"), \
+                hold_lock(leftover, "bundle", timeout=0):
+            pass
+    assert leftover.exists()

@@ -142,6 +142,7 @@ def test_fp16_keeps_fp32_io_and_matches_eager(bundle: Path, photos: Path, eager_
     x, ref = eager_ref
     assert _cosine(ref, _variant(bundle, "model.fp16.onnx", x)) > 0.999  # independent check on whole photos
     assert entry["validation"]["passed"] is True and entry["validation"]["cosine"] > 0.999
+    assert not (bundle / ".hrdeploy.lock").exists()  # the lock file lives only while quantize writes
 
 
 def _fails_cleanly(cli_runner, bundle: Path, args: list[str], match: str) -> None:

@@ -144,6 +144,97 @@ def test_loadtest_refuses_hosts_that_are_not_loopback(cli_runner, url: str) -> N
     one_line_error(result, "is not loopback")
 
 
+@pytest.fixture
+def metrics_server():  # noqa: ANN201
+    """A loopback HTTP server with Triton-like /metrics and redirects; yields (base URL, paths it was asked)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            asked.append(self.path)
+            moves = {"/out": "http://10.255.255.1:8002/metrics", "/in": "/metrics",
+                     "/file": "file:///etc/passwd"}
+            if self.path in moves:
+                self.send_response(302)
+                self.send_header("Location", moves[self.path])
+                self.end_headers()
+                return
+            body = b'nv_inference_exec_count{model="m",version="1"} 3\nnv_inference_count{model="m",version="1"} 6\n'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_metrics_follow_only_loopback_redirects_and_no_proxy(metrics_server, monkeypatch) -> None:
+    """The loopback rule holds for every connection: a redirect off loopback is refused before it is
+    followed, and an HTTP proxy from the environment is not used."""
+    from hrdeploy.serve.loadtest import scrape_metrics
+
+    base, asked = metrics_server
+    want = {"nv_inference_exec_count": 3.0, "nv_inference_count": 6.0}
+    assert scrape_metrics(f"{base}/metrics", "m") == want
+    assert scrape_metrics(f"{base}/in", "m") == want  # a redirect that stays on loopback is followed
+    for path, message in (("/out", "host '10.255.255.1' is not loopback"), ("/file", "is not (http|allowed)")):
+        t0 = time.perf_counter()
+        with pytest.raises(UserError, match=message):
+            scrape_metrics(f"{base}{path}", "m")
+        assert time.perf_counter() - t0 < 2  # refused, not tried
+    with pytest.raises(UserError, match="is not http"):
+        scrape_metrics("file:///etc/passwd", "m")
+    monkeypatch.setenv("http_proxy", base + "/proxy")
+    monkeypatch.setenv("no_proxy", "")
+    asked.clear()
+    assert scrape_metrics(f"{base}/metrics", "m") == want and asked == ["/metrics"]  # straight, not via a proxy
+
+
+@pytest.mark.serve
+@pytest.mark.parametrize("kind", ["answers 200 to anything", "a file server (404)"])
+def test_loadtest_of_a_plain_http_server_says_it_is_not_triton(metrics_server, cli_runner, tmp_path: Path,
+                                                                 kind: str) -> None:
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    need_serve_extra()
+    files = None
+    if kind.startswith("a file server"):
+        (tmp_path / "www").mkdir()
+
+        class Quiet(SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # noqa: ANN002
+                pass
+
+        files = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path / "www")))
+        threading.Thread(target=files.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{files.server_address[1]}"
+    else:
+        base, _ = metrics_server
+    try:
+        result = cli_runner.invoke(cli, ["loadtest", base, "--model", "m", "--requests", "1",
+                                         "--json", str(tmp_path / "load.json")])
+    finally:
+        if files is not None:
+            files.shutdown()
+            files.server_close()
+    one_line_error(result, "answers, but not as a Triton server")
+    assert "not ready yet" not in result.stderr and not (tmp_path / "load.json").exists()
+
+
 def test_serve_without_the_extra_says_how_to_get_it(cli_runner, tmp_path: Path) -> None:
     import importlib.util
 
@@ -203,6 +294,31 @@ def server(small_bundle: Path):
     with running(Server(small_bundle, "--max-batch", str(MAX_BATCH), "--max-queue-delay-us", "2000",
                         "--instances", "2")) as s:
         yield s
+
+
+@pytest.mark.serve
+def test_server_is_ready_only_once_the_model_is(small_bundle: Path) -> None:
+    """A readiness probe (GET /v2/health/ready) must not route traffic before the model can answer."""
+    s = Server(small_bundle)
+    base = f"http://127.0.0.1:{s.http}/v2"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert s.proc.poll() is None, s.proc.stdout.read()
+            try:
+                with urllib.request.urlopen(f"{base}/health/ready", timeout=2) as r:
+                    server_ready = r.status == 200
+            except OSError:  # not listening yet, or 400 while it loads
+                server_ready = False
+            if server_ready:
+                with urllib.request.urlopen(f"{base}/models/lite_hrnet_18/ready", timeout=2) as r:
+                    assert r.status == 200
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("hrdeploy serve was not ready in time")
+    finally:
+        s.stop()
 
 
 @pytest.mark.serve

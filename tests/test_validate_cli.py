@@ -119,6 +119,7 @@ def test_validate_fails_and_names_the_tampered_node(cli_runner, tiny_bundles, tm
     weight[0] *= -3.0  # break one output channel
     inits[target.input[1]].CopyFrom(numpy_helper.from_array(weight, target.input[1]))
     onnx.save(model, path)
+    _rerecord(bundle)
 
     result = cli_runner.invoke(cli, ["validate", str(bundle), "--threads", "1"])
     assert result.exit_code == 1, result.output
@@ -128,7 +129,6 @@ def test_validate_fails_and_names_the_tampered_node(cli_runner, tiny_bundles, tm
     assert first["node"] == target.name
     assert first["module"].startswith("block.")  # mapped back to the eager module (torch.export FX names)
     assert row["divergence"]["last_agreeing"] is not None and first["position"] > 0  # the stem agreed
-    assert "changed since the manifest recorded it" in row["warning"]
     assert target.name in result.output and target.name in (bundle / "parity.md").read_text()
 
 
@@ -137,6 +137,7 @@ def test_torchscript_bundle_localises_the_tampered_conv_to_its_module(cli_runner
     assert json.loads((bundle / MANIFEST).read_text())["export"]["exporter"] == "torchscript"
     broken = _tamper(bundle / "model.onnx", bundle / "model.onnx", 2, -3.0)  # the residual block's conv
     assert broken.startswith("/block/block.0/")  # TorchScript names nodes by module scope
+    _rerecord(bundle)
 
     result = cli_runner.invoke(cli, ["validate", str(bundle), "--threads", "1", "--no-photos", "--backends", "ort"])
     assert result.exit_code == 1, result.output
@@ -148,6 +149,22 @@ def test_torchscript_bundle_localises_the_tampered_conv_to_its_module(cli_runner
     # every conv before it agreed although BatchNorm is folded into it (compared with the BN module's output)
     assert divergence["compared"] >= 5
     assert "block.0" in result.output
+
+
+def _rerecord(bundle: Path) -> None:
+    """Record the changed model.onnx as the bundle's own: a recorded artifact that computes the wrong thing."""
+    b = Bundle.open(bundle)
+    info = {k: v for k, v in b.artifacts["onnx"].info.items() if k not in ("file", "sha256")}
+    b.record_artifact("onnx", "model.onnx", **info)
+
+
+def test_validate_refuses_an_artifact_changed_since_it_was_recorded(cli_runner, tiny_bundles, tmp_path) -> None:
+    bundle = _copy(tiny_bundles[1], tmp_path)
+    _tamper(bundle / "model.onnx", bundle / "model.onnx", 2, -3.0)
+    report = (bundle / "parity.json").read_text()
+    result = cli_runner.invoke(cli, ["validate", str(bundle), "--threads", "1", "--no-photos"])
+    _one_line_error(result, "model.onnx is damaged or was replaced", "its sha256 differs")
+    assert (bundle / "parity.json").read_text() == report
 
 
 def _tamper(src: Path, dst: Path, conv_index: int, scale: float) -> str:

@@ -66,3 +66,30 @@ def tiny_bundle(root: Path, *, dynamic_batch: bool = True, with_fp16: bool = Fal
         tiny_onnx(root / "model.fp16.onnx", fp16=True)
         b.record_artifact("fp16", "model.fp16.onnx", precision="fp16")
     return root
+
+
+def tiny_coco(root: Path, *, images: int = 2, size: tuple[int, int] = (96, 128)) -> Path:
+    """A COCO keypoint json (one person per image, 17 keypoints) with its seeded photos in `root`."""
+    from PIL import Image
+
+    from hrdeploy.datasets import COCO
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    h, w = size
+    imgs, anns = [], []
+    for i in range(1, images + 1):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")
+        imgs.append({"id": i, "file_name": f"{i:03d}.png", "height": h, "width": w})
+        xy = rng.uniform([w * 0.3, h * 0.2], [w * 0.7, h * 0.8], (17, 2))
+        kps = [float(v) for x, y in xy for v in (round(x, 1), round(y, 1), 2)]
+        x0, y0 = xy.min(0)
+        x1, y1 = xy.max(0)
+        anns.append({"id": i, "image_id": i, "category_id": 1, "iscrowd": 0, "num_keypoints": 17,
+                     "keypoints": kps, "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                     "area": float((x1 - x0) * (y1 - y0))})
+    cats = [{"id": 1, "name": "person", "supercategory": "person", "keypoints": list(COCO.keypoints),
+             "skeleton": [[a + 1, b + 1] for a, b in COCO.skeleton]}]
+    path = root / "person_keypoints.json"
+    path.write_text(json.dumps({"images": imgs, "annotations": anns, "categories": cats}))
+    return path

@@ -74,10 +74,9 @@ def evaluate_bundle(
     if coco.num_keypoints != len(kps.names):
         raise UserError(f"{coco.ann.name} annotates {coco.num_keypoints} keypoints but {b.model.name} predicts "
                         f"{len(kps.names)} ({kps.dataset}); use annotations of the model's keypoint set")
-    flip_index = list(range(len(kps.names)))
-    for i, j in kps.flip_pairs:
-        flip_index[i], flip_index[j] = j, i
+    flip_index = kps.flip_index
     topdown = b.model.task == "pose_topdown"
+    boxes = (coco.det_boxes(dets, min_det_score) if dets else coco.gt_boxes()) if topdown else []
     from hrdeploy.runtime.eager import EagerRunner
 
     eager = EagerRunner(b.eager_model(), b.output_names, threads=threads)
@@ -85,7 +84,6 @@ def evaluate_bundle(
     skipped: list[dict[str, str]] = []
     predictions: dict[str, list[dict[str, Any]]] = {}  # COCO results per model, what pycocotools scored
     if topdown:
-        boxes = coco.det_boxes(dets, min_det_score) if dets else coco.gt_boxes()
         crops = CropSet.build(boxes, b.input.size, b.input.mean, b.input.std)
         log(f"eager fp32 on {len(crops)} person crops")
         ref = Reference.compute(lambda x: eager.run(x)[b.output_names[0]], crops, coco, batch,
@@ -94,9 +92,9 @@ def evaluate_bundle(
         rows.append(_row("eager", "eager", "fp32", None, batch, ref.stats, ref.seconds, len(crops), flip_test))
         predictions["eager"] = results_from_keypoints(crops.boxes, ref.keypoints, coco.category_id)
     else:
-        from hrdeploy.pose.pipeline import config_from_manifest
+        from hrdeploy.pose.pipeline import config_from_bundle
 
-        cfg = config_from_manifest(b.manifest)
+        cfg = config_from_bundle(b)
         log("eager fp32 on whole images (bottom-up grouping)")
         results, seconds = bottomup_results(eager, coco, cfg, flip_test)
         ref_stats, ref_outcomes = coco.evaluate(results)

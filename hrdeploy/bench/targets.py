@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hrdeploy.bundle import MAX_BATCH, Bundle, profile_batch_range
+from hrdeploy.bundle import Bundle, profile_batch_range
 from hrdeploy.errors import UserError
+from hrdeploy.io import not_a_file
+from hrdeploy.limits import MAX_BATCH
 
 BACKENDS = ("eager", "ort", "trt")
 
@@ -175,7 +177,7 @@ def file_target(
 ) -> tuple[BenchTarget, tuple[int, int]]:
     """A bare ONNX (ort) or engine (trt) as a bench target; the input size comes from the file when static."""
     if not path.is_file():
-        raise UserError(f"{path} does not exist; pass an existing {'.onnx file' if kind == 'onnx' else 'engine'}")
+        raise UserError(f"{path} {not_a_file(path)}; pass an existing {'.onnx file' if kind == 'onnx' else 'engine'}")
     if kind == "onnx":
         from hrdeploy.bundle import load_onnx
         from hrdeploy.engine.plan import onnx_graph_precision

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from hrdeploy.limits import MAX_ITERATIONS, MAX_THREADS
+
 
 @click.command("bench")
 @click.argument("bundle", required=False, type=click.Path(path_type=Path))
@@ -16,9 +18,11 @@ import click
 @click.option("--backend", "backends",
               help="Comma list of eager,ort,trt for a bundle [default: eager,ort and trt when it has engines].")
 @click.option("--batch", "batches", default="1", show_default=True, help="Comma list of batch sizes, e.g. 1,4,8.")
-@click.option("--iterations", type=click.IntRange(min=1), default=20, show_default=True, help="Timed calls per row.")
-@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed calls first.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (onnxruntime intra-op, torch).")
+@click.option("--iterations", type=click.IntRange(1, MAX_ITERATIONS), default=20, show_default=True,
+              help="Timed calls per row.")
+@click.option("--warmup", type=click.IntRange(0, MAX_ITERATIONS), default=3, show_default=True,
+              help="Untimed calls first.")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="CPU threads (onnxruntime intra-op, torch).")
 @click.option("--input-size", metavar="HxW", help="Input size for --model or a dynamic-shape ONNX.")
 @click.option("--dataset", help="Dataset variant for --model [default: the model's first].")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),

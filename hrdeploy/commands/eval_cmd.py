@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from hrdeploy.limits import MAX_THREADS
 from hrdeploy.parity.tolerances import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 
 
@@ -30,7 +31,7 @@ from hrdeploy.parity.tolerances import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
               help="Resamples of the people for each AP drop's paired 95% interval (0: off).")
 @click.option("--seed", type=int, default=BOOTSTRAP_SEED, show_default=True, help="Seed of the bootstrap.")
 @click.option("--json", "json_file", type=click.Path(path_type=Path), help="Also write the report to this file.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for onnxruntime and eager.")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="CPU threads for onnxruntime and eager.")
 @click.pass_context
 def eval_cmd(
     ctx: click.Context, bundle: Path, ann: Path, images: Path, artifacts: tuple[str, ...], all_artifacts: bool,

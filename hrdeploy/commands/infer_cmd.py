@@ -15,6 +15,8 @@ from typing import Any
 import click
 
 from hrdeploy.errors import UserError
+from hrdeploy.io import not_a_file, os_reason
+from hrdeploy.limits import MAX_THREADS
 
 
 @dataclass
@@ -45,16 +47,22 @@ def _split_paths(paths: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
     bundles: list[Path] = []
     for text in paths:
         p = Path(text)
-        if p.is_dir():
-            if (p / MANIFEST).is_file():
-                bundles.append(p)
-            elif any(c.suffix.lower() in IMAGE_SUFFIXES for c in p.iterdir() if c.is_file()):
-                images.extend(image_files(p))
-            else:
-                raise UserError(
-                    f"{p} is neither a bundle (no manifest.json) nor a folder of images; "
-                    "pass a bundle made by `hrdeploy export` or a folder of JPEG/PNG images"
-                )
+        try:
+            is_dir, is_bundle = p.is_dir(), (p / MANIFEST).is_file()
+            has_images = is_dir and not is_bundle and any(
+                c.suffix.lower() in IMAGE_SUFFIXES for c in p.iterdir() if c.is_file())
+        except OSError as err:
+            raise UserError(f"cannot read {p} ({os_reason(err, p)}); pass images and a bundle you can read") \
+                from err
+        if is_bundle:
+            bundles.append(p)
+        elif has_images:
+            images.extend(image_files(p))
+        elif is_dir:
+            raise UserError(
+                f"{p} is neither a bundle (no manifest.json) nor a folder of images; "
+                "pass a bundle made by `hrdeploy export` or a folder of JPEG/PNG images"
+            )
         elif p.is_file():
             images.append(p)
         else:
@@ -104,7 +112,7 @@ def _override_size(cfg: Any, bundle: Any, input_size: tuple[int, int] | None) ->
     stride = bundle.input.stride if bundle is not None else 32
     if input_size[0] % stride or input_size[1] % stride:
         raise UserError(f"--input-size {input_size[0]}x{input_size[1]} must divide by the stride {stride}")
-    from hrdeploy.zoo import MAX_INPUT_SIDE
+    from hrdeploy.limits import MAX_INPUT_SIDE
 
     if max(input_size) > MAX_INPUT_SIDE:
         raise UserError(f"--input-size {input_size[0]}x{input_size[1]} is above {MAX_INPUT_SIDE} pixels a side")
@@ -146,7 +154,7 @@ def _resolve(
     if onnx or engine:
         path = Path(onnx or engine)  # type: ignore[arg-type]
         if not path.is_file():
-            raise UserError(f"{path} does not exist; pass an existing {'ONNX file' if onnx else 'TensorRT engine'}")
+            raise UserError(f"{path} {not_a_file(path)}; pass an existing {'ONNX file' if onnx else 'TensorRT engine'}")
         sibling = _sibling_bundle(path)
         if model:
             cfg = config_from_spec(model, dataset, input_size)
@@ -215,7 +223,7 @@ def _finite(v: float) -> float | None:
 @click.option("--dark", is_flag=True, help="DARK sub-pixel refinement instead of the quarter-pixel shift (top-down).")
 @click.option("--compare", is_flag=True, help="Also run the eager model; draw both and print their keypoint distance.")
 @click.option("--kpt-thr", type=float, default=0.3, show_default=True, help="Draw keypoints scoring above this.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the runners.")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="CPU threads for the runners.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="pred", show_default=True,
               help="Folder for the PNG and JSON files.")
 def infer_cmd(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from hrdeploy.limits import MAX_SEEDED, MAX_THREADS
+
 
 @click.command("validate")
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -22,11 +24,11 @@ import click
 @click.option("--tolerance", "tolerances", multiple=True, metavar="[PRECISION.]METRIC=VALUE",
               help="Override a bound of the tolerance table, e.g. fp32.max_rel=1e-3 or int8.min_oks=0.97 "
                    "(repeatable). Bounds: max_rel, min_cosine, max_ap_drop, min_oks, min_pck.")
-@click.option("--seeded", type=click.IntRange(min=0), default=2, show_default=True,
+@click.option("--seeded", type=click.IntRange(0, MAX_SEEDED), default=2, show_default=True,
               help="Seeded random inputs besides the photos.")
 @click.option("--no-photos", is_flag=True, help="Seeded inputs only (no photos).")
 @click.option("--no-localize", is_flag=True, help="Do not search for the first diverging node on failure.")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for onnxruntime and eager.")
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), help="CPU threads for onnxruntime and eager.")
 @click.pass_context
 def validate_cmd(
     ctx: click.Context,
@@ -94,7 +96,5 @@ def print_report(console, report: dict) -> None:  # noqa: ANN001 - rich Console
             console.print(f"[red]FAIL[/] {r['target']} ({r['backend']} {r['precision']}): {'; '.join(r['failures'])}")
             if "divergence" in r:
                 console.print(f"  {r['divergence']['summary']}")
-        if r.get("warning"):
-            console.print(f"[yellow]warning:[/] {r['warning']}")
     verdict = "[green]PASS[/]" if report["passed"] else "[red]FAIL[/]"
     console.print(f"{verdict} in {report['seconds']:.1f} s")

@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hrdeploy.bundle import PRECISIONS
 from hrdeploy.engine.version import version_at_least
 from hrdeploy.errors import UserError
 
-PRECISIONS = ("fp32", "fp16", "int8")
 HARDWARE_COMPAT = ("ampere+", "same-cc")
 PRECISION_FROM = ("flags", "onnx")
 # manifest artifact key of the ONNX that carries each precision

@@ -25,7 +25,7 @@ from hrdeploy.export.options import FALLBACK_EXPORTER, ExportOptions, check_opse
 from hrdeploy.export.parity import ParityCase, compare, to_markdown
 from hrdeploy.export.phases import PhaseClock
 from hrdeploy.export.threads import torch_threads
-from hrdeploy.io import check_writable, sha256, write_json, write_text
+from hrdeploy.io import check_writable, not_a_file, os_reason, sha256, write_json, write_text
 from hrdeploy.registry import ModelSpec, get_spec
 from hrdeploy.zoo import build_model, check_dataset, check_input_size
 
@@ -72,6 +72,17 @@ def check_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
     out = Path(os.path.abspath(out_dir))
     if out.parent == out or out == Path.cwd() or out in Path.cwd().parents:
         raise UserError(f"-o {out_dir} is the current folder or one above it; name a new folder for the bundle")
+    try:
+        _check_content(out, out_dir, force)
+    except OSError as err:  # a folder on the way that this user may not read or enter
+        raise UserError(f"cannot look into -o {out_dir} ({os_reason(err, out)}); hrdeploy must see what a folder "
+                        "holds before it writes there, so choose a folder you can read and write") from err
+    check_writable(out, "-o")
+    return out
+
+
+def _check_content(out: Path, out_dir: str | os.PathLike, force: bool) -> None:
+    """UserError unless `out` is absent, an empty folder, or (with `force`) a bundle."""
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out_dir} is a file; pass a directory for the bundle")
     if out.is_dir() and any(out.iterdir()):
@@ -82,16 +93,15 @@ def check_out_dir(out_dir: str | os.PathLike, force: bool) -> Path:
             )
         if not force:
             raise UserError(f"bundle {out_dir} already exists; pass --force to replace it or choose another -o")
-    check_writable(out, "-o")
-    return out
 
 
 def _stale_work_dirs(out: Path) -> list[Path]:
     """Temporary folders a killed export of `out` left beside it (`.NAME.xxxxxxxx.tmp`, `.NAME.old-PID`)."""
     pattern = re.compile(rf"^\.{re.escape(out.name)}\.([a-z0-9_]{{8}}\.tmp|old-\d+)$")
-    if not out.parent.is_dir():
+    try:
+        return [p for p in out.parent.iterdir() if pattern.match(p.name) and p.is_dir() and not p.is_symlink()]
+    except OSError:  # a folder this user may write but not list: nothing of ours to find there
         return []
-    return [p for p in out.parent.iterdir() if pattern.match(p.name) and p.is_dir() and not p.is_symlink()]
 
 
 @contextlib.contextmanager
@@ -104,13 +114,10 @@ def _writing(out: Path) -> Iterator[None]:
     ok = False
     try:
         with hold_lock(lock, f"bundle {out}", timeout=0):
-            try:
-                for stale in _stale_work_dirs(out):
-                    shutil.rmtree(stale, ignore_errors=True)
-                yield
-                ok = True
-            finally:
-                lock.unlink(missing_ok=True)
+            for stale in _stale_work_dirs(out):
+                shutil.rmtree(stale, ignore_errors=True)
+            yield
+            ok = True
     finally:
         if not ok:
             for folder in created:  # deepest first
@@ -190,7 +197,8 @@ def export_bundle(
     dataset = check_dataset(spec, opts.dataset)
     size = check_input_size(spec, opts.input_size or spec.input_size(dataset))
     if opts.checkpoint is not None and not Path(opts.checkpoint).is_file():
-        raise UserError(f"checkpoint {opts.checkpoint} does not exist; pass the path of a .pth or .safetensors file")
+        raise UserError(f"checkpoint {opts.checkpoint} {not_a_file(opts.checkpoint)}; pass the path of a .pth or "
+                        ".safetensors file")
     out_dir = check_out_dir(out_dir, force)
     start = time.perf_counter()
     with _writing(out_dir):

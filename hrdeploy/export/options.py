@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from hrdeploy.errors import UserError
+from hrdeploy.limits import MAX_BATCH, MAX_SEED
+from hrdeploy.presets import sections_problem
 
 EXPORTERS = ("torchscript", "dynamo")
 # Without an explicit choice the TorchScript exporter runs (several times faster, and after onnxsim and the graph
@@ -19,33 +21,6 @@ DEFAULT_EXPORTER, FALLBACK_EXPORTER = "torchscript", "dynamo"
 # Opsets each exporter emits in torch 2.13 (torch.onnx._constants); TensorRT 10/11 parse 9..22+.
 OPSET_RANGE = {"dynamo": (18, 23), "torchscript": (13, 20)}
 DEFAULT_OPSET = 19  # >= 19 so ModelOpt's INT8 PTQ takes the graph as it is
-
-MAX_BATCH = 1024  # a larger static batch is a typo, not a deployment (and would exhaust memory)
-
-# Keys a preset may hold per section, with their types; `export` keys are ExportOptions fields, the others
-# are stored in the manifest for the stage that reads them (`hrdeploy quantize`, `hrdeploy build`).
-EXPORT_KEYS: dict[str, type | tuple[type, ...]] = {
-    "dataset": str, "input_size": (str, list), "checkpoint": str, "batch": int, "dynamic_batch": bool,
-    "dynamic_shape": bool, "opset": int, "exporter": str, "simplify": bool, "rewrite": bool, "seed": int,
-}
-SECTION_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "quantize": {"precision": str, "calib_samples": int, "method": str, "backend": str, "exclude": list},
-    "build": {
-        "precision": str, "min_batch": int, "opt_batch": int, "max_batch": int, "workspace": (int, float),
-        "timing_cache": str, "builder_opt_level": int, "dla_core": int, "gpu_fallback": bool,
-        "version_compatible": bool, "hardware_compat": str,
-    },
-}
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
-
-
-def _check_type(path: Path, section: str, key: str, value: Any, want: type | tuple[type, ...]) -> None:
-    """YAML types are kept as they are: `batch: "4"` or `simplify: "false"` are errors, never coerced."""
-    wants = want if isinstance(want, tuple) else (want,)
-    ok = isinstance(value, wants) and not (isinstance(value, bool) and bool not in wants)
-    if not ok:
-        names = " or ".join(_TYPE_NAMES[w] for w in wants)
-        raise UserError(f"config {path}: {section}.{key} must be {names}, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -75,8 +50,8 @@ class ExportOptions:
         check_opset(self.opset, self.first_exporter)
         if not 1 <= self.batch <= MAX_BATCH:
             raise UserError(f"batch must be 1..{MAX_BATCH}, got {self.batch}")
-        if self.seed < 0:
-            raise UserError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"seed must be 0..{MAX_SEED}, got {self.seed}")
         dynamic_batch = self.dynamic_batch or self.dynamic_shape
         return replace(self, dynamic_batch=dynamic_batch)
 
@@ -103,7 +78,8 @@ def parse_size(text: str | list | tuple) -> tuple[int, int]:
 
 
 def load_preset(path: str | os.PathLike) -> ExportOptions:
-    """Read a YAML preset (export_configs/*.yaml); unknown sections or keys are errors."""
+    """Read a YAML preset (export_configs/*.yaml) checked against hrdeploy.presets: unknown sections or keys,
+    wrong types and numbers out of range are errors."""
     import yaml
 
     path = Path(path)
@@ -111,23 +87,8 @@ def load_preset(path: str | os.PathLike) -> ExportOptions:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise UserError(f"cannot read config {path}: {str(err).splitlines()[0]}") from err
-    if not isinstance(data, dict):
-        raise UserError(f"config {path} must be a mapping with sections export/quantize/build")
-    allowed = {"export": EXPORT_KEYS, **SECTION_KEYS}
-    for section, body in data.items():
-        if section not in allowed:
-            raise UserError(f"config {path}: unknown section {section!r}; use {', '.join(allowed)}")
-        if not isinstance(body, dict):
-            raise UserError(f"config {path}: section {section!r} must be a mapping")
-        unknown = sorted(set(body) - set(allowed[section]), key=str)
-        if unknown:
-            raise UserError(
-                f"config {path}: unknown key {unknown[0]!r} in {section!r}; "
-                f"known keys: {', '.join(sorted(allowed[section]))}"
-            )
-        for key, value in body.items():
-            if value is not None or key not in ("dataset", "checkpoint"):
-                _check_type(path, section, key, value, allowed[section][key])
+    if problem := sections_problem(data):
+        raise UserError(f"config {path}: {problem}")
     export = dict(data.get("export", {}))
     if "input_size" in export:
         export["input_size"] = parse_size(export["input_size"])

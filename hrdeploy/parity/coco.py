@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from hrdeploy.errors import UserError, missing_dependency
+from hrdeploy.io import not_a_file
 from hrdeploy.parity.bootstrap import Outcomes
+from hrdeploy.pose.preprocess import check_box
 
 # COCOeval.stats order for iouType="keypoints"
 STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -50,6 +53,80 @@ class PersonBox:
     ann_id: int | None = None
 
 
+def _read_json(path: Path, what: str) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"cannot read {what} {path} ({str(err).splitlines()[0]}); pass a JSON file") from err
+
+
+def _is(value: Any, kind: Any) -> bool:
+    """JSON type check of one value: int excludes bool, float is any finite number, None is null; a tuple of
+    kinds accepts any of them."""
+    if isinstance(kind, tuple):
+        return any(_is(value, k) for k in kind)
+    if kind is None:
+        return value is None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is float:
+        return number and math.isfinite(value)
+    if kind is int:
+        return number and isinstance(value, int)
+    return isinstance(value, kind)
+
+
+def _fields(item: Any, where: str, **kinds: Any) -> str | None:
+    """What is wrong with JSON object `item` (a required key per kind; an optional one when None is allowed)."""
+    if not isinstance(item, dict):
+        return f"{where} is {type(item).__name__}, not an object"
+    for key, kind in kinds.items():
+        optional = isinstance(kind, tuple) and None in kind
+        if key not in item and not optional:
+            return f"{where} has no {key!r}"
+        if key in item and not _is(item[key], kind):
+            return f"{where} {key} is {item[key]!r}"
+    return None
+
+
+def _box_problem(box: Any, where: str) -> str | None:
+    if not isinstance(box, list) or len(box) != 4 or not all(_is(v, float) for v in box):
+        return f"{where} must be 4 finite numbers [x, y, w, h], not {box!r}"
+    return None
+
+
+def coco_problem(data: Any) -> str | None:
+    """What keeps `data` from being a COCO keypoint annotation set pycocotools can index (None when it can)."""
+    if not isinstance(data, dict):
+        return f"it holds {type(data).__name__}, not an object"
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            return f"{key!r} must be a list"
+    for i, img in enumerate(data["images"]):
+        if problem := _fields(img, f"images[{i}]", id=int, file_name=str):
+            return problem
+    points = {}
+    for i, cat in enumerate(data["categories"]):
+        if problem := _fields(cat, f"categories[{i}]", id=int, keypoints=(list, None)):
+            return problem
+        points[cat["id"]] = len(cat.get("keypoints") or ())
+    images = {img["id"] for img in data["images"]}
+    for i, ann in enumerate(data["annotations"]):
+        where = f"annotations[{i}]"
+        problem = (_fields(ann, where, id=int, image_id=int, category_id=int, iscrowd=(int, None),
+                           num_keypoints=(int, None), keypoints=(list, None))
+                   or _box_problem(ann.get("bbox"), f"{where} bbox"))
+        if problem:
+            return problem
+        if ann["image_id"] not in images or ann["category_id"] not in points:
+            return f"{where} names image {ann['image_id']} or category {ann['category_id']}, which are not listed"
+        kps = ann.get("keypoints")
+        if kps is not None and (len(kps) != 3 * points[ann["category_id"]] or not all(_is(v, float) for v in kps)):
+            return f"{where} keypoints must be {3 * points[ann['category_id']]} numbers (x, y, v per keypoint)"
+    return None
+
+
 class CocoKeypoints:
     """A COCO keypoint annotation file with its image folder."""
 
@@ -57,16 +134,19 @@ class CocoKeypoints:
         COCO, _ = _pycocotools()
         self.ann, self.images = Path(ann), Path(images)
         if not self.ann.is_file():
-            raise UserError(f"annotation file {self.ann} does not exist; pass a COCO keypoint json with --ann")
+            raise UserError(f"annotation file {self.ann} {not_a_file(self.ann)}; pass a COCO keypoint json with --ann")
         if not self.images.is_dir():
             raise UserError(f"image folder {self.images} does not exist; pass the folder of the --ann images "
                             "with --images")
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                self.coco = COCO(os.fspath(self.ann))
-        except (ValueError, KeyError, TypeError) as err:
-            raise UserError(f"{self.ann} is not a COCO annotation file ({type(err).__name__}: {err}); pass a "
-                            "COCO keypoint json (images, annotations, categories)") from err
+        data = _read_json(self.ann, "annotation file")
+        problem = coco_problem(data)
+        if problem:
+            raise UserError(f"{self.ann} is not a COCO keypoint file: {problem}; pass a COCO keypoint json "
+                            "(images, annotations, categories) such as person_keypoints_val2017.json")
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.coco = COCO()
+            self.coco.dataset = data
+            self.coco.createIndex()
         cats = self.coco.loadCats(self.coco.getCatIds())
         person = [c for c in cats if c.get("keypoints")]
         if not person or not self.coco.getAnnIds(catIds=[person[0]["id"]]):
@@ -101,24 +181,41 @@ class CocoKeypoints:
         """Ground-truth person boxes with at least one labelled keypoint, not crowd (as mmpose's loader)."""
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=self.image_ids(), catIds=[self.category_id],
                                                       iscrowd=False))
-        return [PersonBox(a["image_id"], self.file(a["image_id"]), tuple(float(v) for v in a["bbox"]), 1.0, a["id"])
-                for a in anns if a.get("num_keypoints", 0) > 0 and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        boxes = [PersonBox(a["image_id"], self.file(a["image_id"]), tuple(float(v) for v in a["bbox"]), 1.0, a["id"])
+                 for a in anns if a.get("num_keypoints", 0) > 0 and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        if not boxes:
+            raise UserError(f"{self.ann} has no person with labelled keypoints and a non-empty box (not crowd); "
+                            "pass annotations with at least one such person")
+        return boxes
 
     def det_boxes(self, dets: str | os.PathLike, min_score: float = 0.0) -> list[PersonBox]:
         """Person boxes of a COCO results file (image_id, bbox, score) on this file's images."""
-        import json
-
-        try:
-            rows = json.loads(Path(dets).read_text())
-            known = set(self.coco.getImgIds())
-            out = [PersonBox(int(r["image_id"]), self.file(int(r["image_id"])),
-                             tuple(float(v) for v in r["bbox"]), float(r.get("score", 1.0)))
-                   for r in rows if int(r["image_id"]) in known and r.get("category_id", self.category_id)
-                   == self.category_id and float(r.get("score", 1.0)) >= min_score]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise UserError(f"cannot read detections {dets} ({type(err).__name__}: {err}); pass a COCO results "
-                            "json: a list of {image_id, category_id, bbox [x,y,w,h], score}") from err
-        return [b for b in out if b.box[2] > 0 and b.box[3] > 0]
+        rows = _read_json(Path(dets), "detections")
+        problem = None if isinstance(rows, list) else f"it holds {type(rows).__name__}, not a list"
+        for i, r in enumerate(rows if problem is None else ()):
+            problem = (_fields(r, f"detection [{i}]", image_id=int, category_id=(int, None), score=(float, None))
+                       or _box_problem(r["bbox"] if "bbox" in r else None, f"detection [{i}] bbox"))
+            if problem:
+                break
+        if problem:
+            raise UserError(f"detections {dets}: {problem}; pass a COCO results json: a list of "
+                            "{image_id, category_id, bbox [x,y,w,h], score}")
+        known = set(self.coco.getImgIds())
+        out = []
+        for r in rows:
+            score = float(r.get("score", 1.0))
+            if r["image_id"] in known and r.get("category_id", self.category_id) == self.category_id \
+                    and score >= min_score:
+                img = self.coco.imgs[r["image_id"]]
+                if "height" in img and "width" in img:
+                    check_box(r["bbox"], (img["height"], img["width"]))
+                out.append(PersonBox(r["image_id"], self.file(r["image_id"]), tuple(float(v) for v in r["bbox"]),
+                                     score))
+        out = [b for b in out if b.box[2] > 0 and b.box[3] > 0]
+        if not out:
+            raise UserError(f"detections {dets} hold no person box on the images of {self.ann.name} with a score of "
+                            f"at least {min_score:g}; pass the detections of these images (or a lower --min-det-score)")
+        return out
 
     def score(self, results: list[dict[str, Any]]) -> dict[str, Any]:
         """COCOeval keypoint stats of `results` (COCO results format) and the mean OKS per annotated person."""

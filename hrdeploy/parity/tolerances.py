@@ -22,9 +22,9 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 
+from hrdeploy.bundle import PRECISIONS
 from hrdeploy.errors import UserError
 
-PRECISIONS = ("fp32", "fp16", "int8")
 # Two fp32 implementations cannot agree closer than their own rounding errors allow: when a network amplifies
 # fp32 rounding (Lite-HRNet-30's branch-0 stream doubles in every module, upstream's fuse quirk, so it is
 # ~2^14 times its input by the last stage), the eager model itself is ~1e-4 away from its float64 result.
@@ -52,17 +52,13 @@ class Tolerance:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-# Crop-agreement bounds come from the trained PP-TinyPose network (wider_naive_lite_hrnet_18), measured by
-# `python benchmarks/bench_accuracy.py` (benchmarks/RESULTS.md) on the person crops found in the 5 MPII photos +
-# 6 scikit-image photos (7 crops hold a person at 128x96, 11 at 256x192). fp16: OKS 0.998 / PCK 100 / heatmap
-# cosine 0.99999. Good INT8 (onnxruntime backend; COCO AP +0.9 at 128x96, -2.0 at 256x192): OKS 0.977 / PCK
-# 97.6 / cosine 0.960 at 128x96, 0.990 / 100 / 0.988 at 256x192; ModelOpt INT8 at 256x192 (AP -0.7): 0.979 /
-# 99.1 / 0.986. Bad INT8 at 128x96: ModelOpt (AP -3.6) 0.977 / 97.6 / 0.9545; calibrated on one tiny random
-# image (AP -9.3) 0.977 / 98.8 / 0.926; every depthwise conv int8 (AP -3.8) 0.957 / 91.6 / 0.896. The keypoints
-# of these few people do not separate good from bad INT8, the heatmaps do, narrowly: the int8 cosine bar 0.957
-# sits between 0.960 and 0.9545; OKS 0.94 and PCK 92 stay below every good INT8. With annotated people the AP
-# gate is the reliable one. For models without keypoints min_cosine is the only bound (not measured on a
-# trained network).
+# Crop-agreement bounds are set on the trained PP-TinyPose network (wider_naive_lite_hrnet_18) at both input
+# sizes: each int8 bar lies between what the good INT8 builds keep and what deliberately broken ones (bad
+# calibration, every depthwise conv in int8, ModelOpt's 128x96 INT8 that loses AP) keep, on the person crops of
+# the MPII and scikit-image photos; `python benchmarks/bench_accuracy.py` measures them (benchmarks/RESULTS.md).
+# The keypoints of so few people barely separate good from bad INT8, the heatmap cosine does, narrowly; with
+# annotated people the AP gate is the reliable one. For models without keypoints min_cosine is the only bound
+# (not set on a trained network).
 # AP bars: fp16 0.5 and int8 2 AP points (MMDeploy's regression gate is +-2 AP for int8).
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_rel=1e-4, min_cosine=0.99999, max_ap_drop=0.1, min_oks=0.999, min_pck=99.0),

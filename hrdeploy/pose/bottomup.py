@@ -9,8 +9,9 @@ Follows HRNet/HigherHRNet-Human-Pose-Estimation:
 - lib/core/group.py `HeatmapParser`: NMS by 5x5 max-pool equality, top-k (max 30 people) per joint,
   `match_by_tag` (joints in upstream joint order; detection threshold 0.1; a joint joins the person whose
   mean tag is nearest if the L2 tag distance is < 1, else starts a new person; the cost
-  round(dist) * 100 - score is minimised with the Hungarian algorithm, as upstream's Munkres), the
-  quarter-pixel `adjust` (+0.5 pixel centre) and `refine` (fill missing joints by heatmap minus tag distance).
+  round(dist) * 100 - score is minimised by scipy's `linear_sum_assignment` where upstream uses Munkres: ties
+  may resolve differently, the total cost is the same), the quarter-pixel `adjust` (+0.5 pixel centre) and
+  `refine` (fill missing joints by heatmap minus tag distance).
 The same grouping is mmpose 0.x's `AssociativeEmbedding` / mmpose/core/post_processing/group.py.
 Grouping runs on the host, outside the engine (open-mmlab/mmpose#738).
 """
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 
 @dataclass(frozen=True)
@@ -149,51 +151,6 @@ def top_k(det: np.ndarray, tags: np.ndarray, params: GroupParams) -> tuple[np.nd
     return tag_k, loc, val
 
 
-def min_cost_assignment(cost: np.ndarray) -> list[tuple[int, int]]:
-    """Hungarian algorithm (shortest augmenting paths): a (row, col) per row minimising the total cost.
-
-    Needs rows <= cols; replaces Munkres().compute in upstream's `py_max_match` (ties may resolve
-    differently, the total cost is the same).
-    """
-    cost = np.asarray(cost, dtype=np.float64)
-    n, m = cost.shape
-    if n == 0:
-        return []
-    if n > m:
-        raise ValueError("min_cost_assignment needs rows <= cols")
-    u = np.zeros(n + 1)
-    v = np.zeros(m + 1)
-    p = np.zeros(m + 1, dtype=np.int64)  # p[j]: row (1-based) matched to column j, 0 = none
-    way = np.zeros(m + 1, dtype=np.int64)
-    for i in range(1, n + 1):
-        p[0] = i
-        j0 = 0
-        minv = np.full(m + 1, np.inf)
-        used = np.zeros(m + 1, dtype=bool)
-        while True:
-            used[j0] = True
-            i0 = p[j0]
-            cur = cost[i0 - 1] - u[i0] - v[1:]
-            free = ~used[1:]
-            better = free & (cur < minv[1:])
-            minv[1:][better] = cur[better]
-            way[1:][better] = j0
-            cand = np.where(free, minv[1:], np.inf)
-            j1 = int(np.argmin(cand)) + 1
-            delta = cand[j1 - 1]
-            u[p[used]] += delta
-            v[used] -= delta
-            minv[1:][free] -= delta
-            j0 = j1
-            if p[j0] == 0:
-                break
-        while j0:
-            j1 = way[j0]
-            p[j0] = p[j1]
-            j0 = j1
-    return sorted((int(p[j]) - 1, j - 1) for j in range(1, m + 1) if p[j])
-
-
 def match_by_tag(tag_k: np.ndarray, loc_k: np.ndarray, val_k: np.ndarray, params: GroupParams) -> np.ndarray:
     """Group joint candidates into people: [P, K, 3 + T] rows (x, y, score, tag...), zeros for missing joints."""
     num_joints = tag_k.shape[0]
@@ -222,7 +179,7 @@ def match_by_tag(tag_k: np.ndarray, loc_k: np.ndarray, val_k: np.ndarray, params
         num_added, num_grouped = dist.shape
         if num_added > num_grouped:
             cost = np.concatenate([cost, np.full((num_added, num_added - num_grouped), 1e10)], axis=1)
-        for row, col in min_cost_assignment(cost):
+        for row, col in zip(*linear_sum_assignment(cost), strict=True):
             if col < num_grouped and dist[row, col] < params.tag_threshold:
                 people[grouped[col]][idx] = joints[row]
                 person_tags[grouped[col]].append(tags[row])

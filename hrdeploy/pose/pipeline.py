@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hrdeploy.datasets import KEYPOINT_SETS
+from hrdeploy.datasets import KEYPOINT_SETS, flip_index
 from hrdeploy.errors import UserError
 from hrdeploy.pose.bottomup import GroupParams, aggregate_outputs, group_people
 from hrdeploy.pose.decode import flip_test_average, keypoints_in_image
@@ -46,10 +46,7 @@ class PoseConfig:
 
     @property
     def flip_index(self) -> list[int]:
-        index = list(range(self.num_keypoints))
-        for a, b in self.flip_pairs:
-            index[a], index[b] = b, a
-        return index
+        return flip_index(self.num_keypoints, self.flip_pairs)
 
 
 def _check_pose_task(model: str, task: str) -> None:
@@ -127,8 +124,8 @@ class Person:
 
     def to_json(self, names: Sequence[str]) -> dict[str, Any]:
         return {
-            "score": round(float(self.score), 6),
-            "box": None if self.box is None else [round(float(v), 3) for v in self.box],
+            "score": _num(self.score, 6),
+            "box": None if self.box is None else [_num(v, 3) for v in self.box],
             "keypoints": [
                 {"name": n, "x": _num(x, 3), "y": _num(y, 3), "score": _num(s, 6)}
                 for n, (x, y, s) in zip(names, self.keypoints, strict=True)
@@ -137,7 +134,7 @@ class Person:
 
 
 def _num(v: float, digits: int) -> float | None:
-    """JSON number, or null for a joint that was not found (NaN)."""
+    """JSON number, or null for what is not a finite number (NaN: a joint that was not found)."""
     return round(float(v), digits) if np.isfinite(v) else None
 
 
@@ -227,9 +224,9 @@ def keypoint_distance(a: Sequence[Person], b: Sequence[Person], in_order: bool =
     """Mean / max keypoint distance (image pixels) between two predictions of the same image.
 
     People are paired in order when `in_order` (top-down: one per box) and otherwise by minimum mean
-    distance (Hungarian; bottom-up); unpaired people are counted, not measured.
+    distance (scipy's linear_sum_assignment; bottom-up); unpaired people are counted, not measured.
     """
-    from hrdeploy.pose.bottomup import min_cost_assignment
+    from scipy.optimize import linear_sum_assignment
 
     if not a or not b:
         return {"mean_px": float("nan"), "max_px": float("nan"), "pairs": 0, "unpaired": len(a) + len(b)}
@@ -241,10 +238,8 @@ def keypoint_distance(a: Sequence[Person], b: Sequence[Person], in_order: bool =
         dist = np.where(found.any(-1), np.where(found, joint_d, 0).sum(-1) / found.sum(-1), 1e12)
     if in_order:
         pairs = [(i, i) for i in range(min(len(a), len(b)))]
-    elif len(a) <= len(b):
-        pairs = min_cost_assignment(dist)
     else:
-        pairs = [(i, j) for j, i in min_cost_assignment(dist.T)]
+        pairs = list(zip(*linear_sum_assignment(dist), strict=True))
     d = np.concatenate([joint_d[i, j][found[i, j]] for i, j in pairs])
     if not d.size:
         return {"mean_px": float("nan"), "max_px": float("nan"), "pairs": len(pairs), "unpaired": len(a) + len(b)}

@@ -35,16 +35,24 @@ def box_to_center_scale(
 
 
 def check_box(box_xywh: Sequence[float], image_hw: tuple[int, int]) -> tuple[float, float, float, float]:
-    """Validate a person box against the image; UserError if it is empty or lies outside the image."""
+    """Validate a person box against the image; UserError if it is empty, lies outside the image, or reaches
+    further than the image's own size beyond an edge (no person box does; such numbers overflow the crop)."""
     if len(box_xywh) != 4:
         raise UserError(f"box {tuple(box_xywh)} must have 4 numbers x,y,w,h")
     x, y, w, h = (float(v) for v in box_xywh)
     img_h, img_w = image_hw
-    if not all(np.isfinite([x, y, w, h])) or w <= 0 or h <= 0:
+    if not all(np.isfinite([x, y, w, h])):
+        raise UserError(f"box {x:g},{y:g},{w:g},{h:g} is not 4 finite numbers; pass x,y,w,h in pixels")
+    if w <= 0 or h <= 0:
         raise UserError(f"box {x:g},{y:g},{w:g},{h:g} is empty; pass x,y,w,h with positive width and height")
     if x >= img_w or y >= img_h or x + w <= 0 or y + h <= 0:
         raise UserError(
             f"box {x:g},{y:g},{w:g},{h:g} lies outside the {img_w}x{img_h} image; "
+            "pass x,y,w,h in pixels of that image"
+        )
+    if x < -img_w or y < -img_h or x + w > 2 * img_w or y + h > 2 * img_h:
+        raise UserError(
+            f"box {x:g},{y:g},{w:g},{h:g} reaches more than the image's size beyond the {img_w}x{img_h} image; "
             "pass x,y,w,h in pixels of that image"
         )
     return x, y, w, h

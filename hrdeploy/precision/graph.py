@@ -17,23 +17,20 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from hrdeploy.optimize.graph import GraphIndex
+
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 
 
 def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     """Tensor name -> the node that produces it."""
-    return {out: node for node in model.graph.node for out in node.output if out}
+    return GraphIndex(model.graph).producer
 
 
 def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     """Tensor name -> the nodes that read it."""
-    result: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in model.graph.node:
-        for name in node.input:
-            if name:
-                result[name].append(node)
-    return result
+    return GraphIndex(model.graph).consumers
 
 
 def initializer_names(model: onnx.ModelProto) -> set[str]:

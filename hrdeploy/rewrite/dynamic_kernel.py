@@ -231,9 +231,8 @@ def rewrite_dynamic_kernel(module: nn.Module) -> nn.Module:
     Weights are constants (TensorRT folds and quantizes them per channel) and the batch is never named.
     The issue's form, one grouped conv over the K stacked kernels ([out*K, in/g, k, k]) then the
     attention-weighted sum, is kept as form="stacked": it is exact too but slower on onnxruntime CPU,
-    whose depthwise fast path needs a channel multiplier of 1. Measured (dite_hrnet_18, 256x192, 1 thread,
-    ORT 1.32, one run): upstream static batch-1 export 34.9 ms, stacked 39.1 ms, per-kernel 34.7 ms,
-    per-kernel on scaled inputs with the BN folded 32.2 ms.
+    whose depthwise fast path needs a channel multiplier of 1 (the forms' latencies:
+    benchmarks/dite_graph_forms.md).
     Exact for every input size and batch (bias None, as every upstream use); only the float summation
     order differs (errors at the 1e-7 relative level in fp32).
     """

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from hrdeploy.errors import UserError
+from hrdeploy.io import not_a_file
 from hrdeploy.runtime.base import Runner
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -15,7 +16,7 @@ def open_runner(path: str | os.PathLike, threads: int | None = None) -> Runner:
     """OrtRunner for .onnx, TrtRunner for .engine/.plan/.trt."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} does not exist; pass an .onnx file or a TensorRT engine")
+        raise UserError(f"{path} {not_a_file(path)}; pass an .onnx file or a TensorRT engine")
     if path.suffix == ".onnx":
         from hrdeploy.bundle import load_onnx
         from hrdeploy.runtime.onnxruntime import OrtRunner

@@ -21,6 +21,7 @@ from hrdeploy.engine.device import DeviceInfo, cudart, require_gpu
 from hrdeploy.engine.engine_info import check_compatibility, read_engine_metadata
 from hrdeploy.engine.version import require_tensorrt
 from hrdeploy.errors import UserError
+from hrdeploy.io import not_a_file
 from hrdeploy.runtime.base import RunnerBase
 
 
@@ -149,7 +150,7 @@ class TrtRunner(RunnerBase):
         self.trt = trt
         self.path = Path(path)
         if not self.path.is_file():
-            raise UserError(f"{self.path} does not exist; build it with `hrdeploy build BUNDLE`")
+            raise UserError(f"{self.path} {not_a_file(self.path)}; build it with `hrdeploy build BUNDLE`")
         self.device_info: DeviceInfo = require_gpu(device, "running a TensorRT engine")
         meta = read_engine_metadata(self.path)
         if check_metadata:

@@ -274,6 +274,10 @@ def model_metadata(target: Target, model: str) -> tuple[dict, dict]:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise UserError(f"cannot reach {url}: {first}; is the server running?") from err
         if not ready:
+            try:  # a Triton server answers GET /v2 even before it is ready; any other HTTP server does not
+                client.get_server_metadata()
+            except Exception as err:
+                raise _not_triton(url, err) from err
             raise UserError(f"the server at {url} is not ready yet; wait for `hrdeploy serve` to print 'ready'")
         try:
             meta = client.get_model_metadata(model)
@@ -281,6 +285,8 @@ def model_metadata(target: Target, model: str) -> tuple[dict, dict]:
         except InferenceServerException as err:
             raise UserError(f"{url} model {model!r}: {err.message()}; check the name (`hrdeploy serve` prints it)") \
                 from err
+        except Exception as err:  # not Triton's JSON: another kind of HTTP server answered
+            raise _not_triton(url, err) from err
     finally:
         client.close()
     if target.protocol == "grpc":
@@ -309,6 +315,12 @@ def describe_model(target: Target, model: str, batch: int) -> ModelInput:
         raise UserError(f"model {model!r} input {inputs[0]['name']} has dynamic dims {dims}; "
                         "the load test needs a fixed input shape")
     return ModelInput(inputs[0]["name"], inputs[0]["datatype"], tuple(dims), max_batch)
+
+
+def _not_triton(url: str, err: Exception) -> UserError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return UserError(f"{url} answers, but not as a Triton server ({first}); check the URL and port "
+                     "(`hrdeploy serve` prints them)")
 
 
 def triton_call_factory(
@@ -499,14 +511,34 @@ def load_pipeline(load: PipelineLoad, concurrency: int, coco: Any = None, *, req
 # ------------------------------------------------------------------------------------------ metrics
 
 
-def scrape_metrics(url: str, model: str) -> dict[str, float]:
-    """Triton's Prometheus counters for `model` (summed over versions), e.g. nv_inference_exec_count."""
+def _check_metrics_url(url: str, what: str = "metrics") -> None:
     parts = urlsplit(url)
-    check_loopback(parts.hostname or "", "metrics")
+    if parts.scheme not in ("http", "https"):
+        raise UserError(f"{what} URL {url!r} is not http(s)://HOST:PORT/metrics; the load test reads Triton's "
+                        "metrics over HTTP on this machine")
+    check_loopback(parts.hostname or "", what)
+
+
+class _LoopbackRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a loopback http(s) URL: the loopback rule holds for every connection."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's signature
+        _check_metrics_url(newurl, f"metrics redirect from {req.full_url} to")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def scrape_metrics(url: str, model: str) -> dict[str, float]:
+    """Triton's Prometheus counters for `model` (summed over versions), e.g. nv_inference_exec_count.
+
+    Read straight from the loopback address (no HTTP proxy from the environment), following only redirects
+    that stay on loopback.
+    """
+    _check_metrics_url(url)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _LoopbackRedirects())
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback http only, checked above
+        with opener.open(url, timeout=5) as resp:
             text = resp.read().decode()
-    except OSError as err:
+    except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read metrics from {url}: {err}") from err
     counters: dict[str, float] = {}
     for line in text.splitlines():

@@ -154,7 +154,7 @@ def serve(
     try:
         import numpy as np
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-        from pytriton.triton import Triton, TritonConfig
+        from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
     except ImportError as err:
         raise missing_dependency("nvidia-pytriton", "serve", f"hrdeploy serve; {PYTHON_NOTE}") from err
     from hrdeploy.runtime.factory import open_runner
@@ -197,10 +197,13 @@ def serve(
             runners = [stack.enter_context(open_runner(spec.path, threads=threads)) for _ in range(instances)]
 
             def start(attempt: int) -> Triton:
-                """Start tritonserver (entering Triton) and load the model (run()); stop it again on failure."""
-                triton = Triton(config=triton_config, workspace=Path(work) / f"pytriton-{attempt}")
+                """Write the model into the model store (bind), then start tritonserver (run()), which loads it
+                before it answers: its readiness (/v2/health/ready) then means the model is ready, so a
+                readiness probe never routes traffic to a server without it. Stopped again on failure."""
+                model_first = TritonLifecyclePolicy(launch_triton_on_startup=False, local_model_store=True)
+                triton = Triton(config=triton_config, workspace=Path(work) / f"pytriton-{attempt}",
+                                triton_lifecycle_policy=model_first)
                 try:
-                    triton.__enter__()
                     triton.bind(model_name=name, infer_func=[make_infer_func(spec, batching, r) for r in runners],
                                 inputs=[tensor(spec.input)], outputs=[tensor(t) for t in spec.outputs],
                                 config=config, strict=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,7 +87,3 @@ def group_by_size(inputs: list[ValidationInput]) -> dict[tuple[int, int], list[V
     for item in inputs:
         groups.setdefault(item.size, []).append(item)
     return groups
-
-
-def image_folder_hint(images: str | os.PathLike | None) -> str:
-    return "scikit-image samples" if images is None else str(Path(images))

@@ -60,7 +60,7 @@ def static_shapes(model: Any, input_shape: tuple[int, ...]) -> Any:
         return model
 
 
-def float_tensors(model: Any) -> list[dict[str, Any]]:
+def float_intermediates(model: Any) -> list[dict[str, Any]]:
     """Float intermediate tensors in topological order: name, producing node, op type, est. bytes."""
     known = {}
     for vi in list(model.graph.value_info) + list(model.graph.output):
@@ -307,7 +307,7 @@ def localize(
     matched intermediate is within tolerance.
     """
     deployed = static_shapes(_load(onnx_path), tuple(x.shape))
-    tensors = float_tensors(deployed)
+    tensors = float_intermediates(deployed)
     session = ExposedSession(deployed, threads)
     Reference = Callable[[set[str]], dict[str, list[tuple[str, Any, str]]]]
     if reference_onnx is not None:

@@ -94,9 +94,6 @@ def to_markdown(report: dict[str, Any]) -> str:
             if "divergence" in r:
                 lines.append(f"  - {r['divergence']['summary']} (input {r['divergence'].get('input')}; "
                              f"{r['divergence'].get('method', '')})")
-    warnings = [r for r in report["rows"] if r.get("warning")]
-    for r in warnings:
-        lines.append(f"\nWarning: {r['warning']}.")
     return "\n".join(lines) + "\n"
 
 

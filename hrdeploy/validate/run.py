@@ -27,7 +27,6 @@ import numpy as np
 
 from hrdeploy.bundle import Bundle
 from hrdeploy.errors import UserError
-from hrdeploy.io import sha256
 from hrdeploy.parity.compare import argmax_agreement, judge, label_agreement, tensor_stats
 from hrdeploy.parity.pose import check_pose
 from hrdeploy.parity.tolerances import LOCALIZE, parse_tolerances
@@ -68,8 +67,8 @@ def plan_targets(b: Bundle, backends: list[str]) -> list[Target]:
         if backend in backends:
             for key, art in b.artifacts.items():
                 if art.kind == kind:
-                    b.artifact(key, verify=False)  # a missing file is a UserError before any work; a changed
-                    if kind == "onnx":  # one is diagnosed below, an unreadable one is a UserError now
+                    b.artifact(key)  # a missing, changed or unreadable file is a UserError before any work
+                    if kind == "onnx":
                         art.onnx_model()
                     targets.append(Target(key, backend, art.precision, art.file))
     return targets
@@ -393,9 +392,6 @@ def _validate_bundle(
             "target": t.key, "backend": t.backend, "precision": t.precision, "file": t.file,
             "batch": batches[t.key], "seconds": round(seconds, 3), "outputs": {}, "failures": [],
         }
-        entry = manifest["artifacts"].get(t.key) if t.backend != "eager" else None
-        if entry and entry.get("sha256") and sha256(bundle / entry["file"]) != entry["sha256"]:
-            row["warning"] = f"{entry['file']} changed since the manifest recorded it"
         for name in output_names:
             refs = [reference[s][name] for s in groups]
             got = [outs[s][name] for s in groups]
