@@ -609,6 +609,24 @@ class Bundle:
         self._update(change)
         return self.artifacts[key]
 
+    def update_report(self, file: str, key: str, data: Any) -> dict[str, Any]:
+        """Set entry `key` of the bundle's JSON report `file` (e.g. parity.json) to `data`, under the bundle's
+        lock, and return the whole report. A report that is not a JSON object is an error, never replaced."""
+        path = self.path(file)
+        with self.lock():
+            report: Any = {}
+            if path.is_file():
+                try:
+                    report = json.loads(path.read_text())
+                except (OSError, ValueError) as err:
+                    report = err
+                if not isinstance(report, dict):
+                    raise UserError(f"{file} in bundle {self.root} is not a JSON object ({type(report).__name__}); "
+                                    f"move it away (the next run writes a new one) and run again")
+            report = {**report, key: data}
+            write_json(path, report)
+        return report
+
     def record_section(self, name: str, data: Any, key: str | None = None) -> None:
         """Set manifest section `name` (or its entry `key`, e.g. parity/"validate") to `data`, atomically."""
         if name in CORE_SECTIONS:

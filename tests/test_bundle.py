@@ -229,3 +229,17 @@ def test_an_empty_flock_lock_file_is_cleared_unless_it_is_held(tmp_path: Path) -
                 hold_lock(leftover, "bundle", timeout=0):
             pass
     assert leftover.exists()
+
+
+def test_reports_merge_under_the_lock_and_a_corrupt_one_is_an_error(tmp_path) -> None:
+    b = Bundle.open(tiny_bundle(tmp_path / "b"))
+    (b.root / "parity.json").write_text(json.dumps({"export": {"passed": True}}))
+    merged = b.update_report("parity.json", "int8", {"passed": False})
+    assert merged == {"export": {"passed": True}, "int8": {"passed": False}}
+    assert json.loads((b.root / "parity.json").read_text()) == merged
+    assert not (b.root / ".hrdeploy.lock").exists()
+    for corrupt in ("{not json", "[1, 2]"):
+        (b.root / "parity.json").write_text(corrupt)
+        with pytest.raises(UserError, match="parity.json in bundle .* is not a JSON object"):
+            b.update_report("parity.json", "int8", {"passed": True})
+        assert (b.root / "parity.json").read_text() == corrupt

@@ -424,24 +424,12 @@ def quantize_bundle(
                                                                          report))
         if validate:
             val_report = report["validation"]
-            parity_path = root / "parity.json"
-            parity = _read_json(parity_path)
-            parity[precision] = {"stage": "quantize", "reference": "eager", **{
-                k: val_report[k] for k in ("mode", "tolerance", "gated", "failures", "passed")}}
-            write_json(parity_path, parity)
+            b.update_report("parity.json", precision, {"stage": "quantize", "reference": "eager", **{
+                k: val_report[k] for k in ("mode", "tolerance", "gated", "failures", "passed")}})
             b.record_section("parity", {"passed": val_report["passed"], "file": "parity.json"}, key=precision)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return root / FILES[precision]
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _manifest_entry(bundle: Path, precision: str, backend: str, method: str, report: dict[str, Any]) -> dict[str, Any]:

@@ -9,13 +9,12 @@ The manifest's "parity" entry gets a "validate" summary beside export's.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from hrdeploy.bundle import Bundle
-from hrdeploy.io import write_json, write_text
+from hrdeploy.io import write_text
 
 PARITY_JSON = "parity.json"
 PARITY_MD = "parity.md"
@@ -124,16 +123,9 @@ def write_reports(bundle: str | os.PathLike, report: dict[str, Any]) -> tuple[Pa
     """Merge `report` into the bundle's parity.json / parity.md and record it in the manifest."""
     bundle = Path(bundle)
     path = bundle / PARITY_JSON
-    try:
-        existing = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        existing = {}
-    if not isinstance(existing, dict):
-        existing = {}
-    merged = {**existing, "validate": report}
-    write_json(path, merged)
+    merged = Bundle.open(bundle).update_report(PARITY_JSON, "validate", report)
     md = to_markdown(report)
-    for key, section in existing.items():
+    for key, section in merged.items():
         if key != "validate" and isinstance(section, dict) and (isinstance(section.get("rows"), list)
                                                                 or "gated" in section):
             md += "\n" + _section_markdown(key, section, report["model"])
