@@ -47,7 +47,7 @@ def quantized(trained_128_bundle: Path, shared_data: Path, tmp_path_factory: pyt
 def evaluated(quantized: Path, shared_data: Path) -> tuple[dict, str]:
     from click.testing import CliRunner
 
-    result = CliRunner().invoke(cli, ["eval", str(quantized), *_val(shared_data), "--all"])
+    result = CliRunner().invoke(cli, ["eval", str(quantized), *_val(shared_data), "--all"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     return json.loads((quantized / "eval.json").read_text()), result.output
 
@@ -86,6 +86,7 @@ def test_eval_on_coco_val_keeps_accuracy_with_paired_intervals(evaluated: tuple[
         assert ci["unit"] == "person" and ci["units"] == 149 and ci["resamples"] == 1000
         assert ci["low"] <= rows[key]["dAP"] + 0.01 and rows[key]["dAP"] - 0.01 <= ci["high"]
         assert f"[{ci['low']:+.2f}, {ci['high']:+.2f}]" in output
+        assert f"[{ci['low']:+.2f}, {ci['high']:+.2f}]" in (quantized / "eval.md").read_text()
     # the same predictions scored by pycocotools directly give the same numbers
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(shared_data / "coco-val" / "person_keypoints.json"))
