@@ -53,17 +53,19 @@ class Tolerance:
 
 
 # Crop-agreement bounds are set on the trained PP-TinyPose network (wider_naive_lite_hrnet_18) at both input
-# sizes: each int8 bar lies between what the good INT8 builds keep and what deliberately broken ones (bad
-# calibration, every depthwise conv in int8, ModelOpt's 128x96 INT8 that loses AP) keep, on the person crops of
-# the MPII and scikit-image photos; `python benchmarks/bench_accuracy.py` measures them (benchmarks/RESULTS.md).
-# The keypoints of so few people barely separate good from bad INT8, the heatmap cosine does, narrowly; with
-# annotated people the AP gate is the reliable one. For models without keypoints min_cosine is the only bound
-# (not set on a trained network).
+# sizes by `python benchmarks/bench_accuracy.py` (benchmarks/RESULTS.md, "The crop gate, derived from these
+# pairs"): INT8 variants' crop agreement (person crops of coco-train photos) against their COCO AP drop on
+# coco-val. No crop metric separates the variants that lose more than 2 AP from the rest (an AP drop on 149
+# people is itself uncertain by about +-1.3 points), so the int8 heatmap-cosine bar is the one that rejects every
+# variant losing more than 2 AP while passing the searched INT8 at both sizes, at the cost of rejecting some
+# plain INT8 builds that lose less; the OKS and PCK bars sit below every good variant and catch broken builds.
+# With annotated people the AP gate is the reliable one. For models without keypoints min_cosine is the only
+# bound (not set on a trained network).
 # AP bars: fp16 0.5 and int8 2 AP points (MMDeploy's regression gate is +-2 AP for int8).
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_rel=1e-4, min_cosine=0.99999, max_ap_drop=0.1, min_oks=0.999, min_pck=99.0),
     "fp16": Tolerance(min_cosine=0.999, max_ap_drop=0.5, min_oks=0.99, min_pck=98.0),
-    "int8": Tolerance(min_cosine=0.957, max_ap_drop=2.0, min_oks=0.94, min_pck=92.0),
+    "int8": Tolerance(min_cosine=0.9922, max_ap_drop=2.0, min_oks=0.94, min_pck=92.0),
 }
 
 
