@@ -142,7 +142,7 @@ class TuningSet:
 class Point:
     """One candidate of the path."""
 
-    step: str  # "int8" (all), "sensitivity", "walk", "refine"
+    step: str  # "int8" (every conv), "walk", "refine"
     change: str  # the block moved (to float on the walk, back to INT8 when refining)
     float_convs: list[str]
     convs_int8: int

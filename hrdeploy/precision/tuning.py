@@ -82,7 +82,7 @@ def search_int8(
     weights = G.conv_float_weights(float_ref)
     result = search_mixed_precision(qdq, weights, scopes, conv_macs(float_ref, tuning_crops.input_hw), tuning,
                                     target, log=log)
-    path = [p for p in result.points if p.step != "sensitivity"]
+    path = result.points
     probe = np.ascontiguousarray(tuning_crops.x[: batch or 1])
     log(f"int8 search: timing {len(path)} points against fp32 on onnxruntime")
     ratios = latency_ratios([with_float_convs(qdq, p.float_convs, weights) for p in path], float_ref, probe, threads)
@@ -95,6 +95,8 @@ def search_int8(
 
 
 def describe_split(calib: Sequence[PersonBox], tuning: Sequence[PersonBox], source: str | Path) -> str:
-    photos = lambda people: len({p.file for p in people})  # noqa: E731
+    def photos(people: Sequence[PersonBox]) -> int:
+        return len({p.file for p in people})
+
     return (f"{len(calib)} calibration people ({photos(calib)} photos) and {len(tuning)} tuning people "
             f"({photos(tuning)} photos) from {source}")
