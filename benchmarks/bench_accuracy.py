@@ -93,14 +93,11 @@ def quantize_variant(base: Path, work: Path, size_text: str, name: str, args: ar
     t0 = time.perf_counter()
     kw.setdefault("backend", "ort")
     quantize_bundle(bundle, precision, calib_dir=calib if precision == "int8" else None, calib_ann=ann,
-                    sensitivity=False, threads=args.threads, val_dir=train, val_samples=args.val_photos,
+                    sensitivity=False, threads=args.threads,
                     log=lambda m: print(f"  {m}", flush=True), **kw)
     report = json.loads((bundle / f"quantize.{precision}.json").read_text())
-    val = report["validation"]
     row = {"size": size_text, "variant": name, "precision": precision, "bundle": str(bundle),
-           "quantize_s": round(time.perf_counter() - t0, 1),
-           "crop": {"oks": val["agreement"]["oks"], "pck@0.05": val["agreement"]["pck@0.05"],
-                    "cosine": val["tensor"]["cosine"]}}
+           "quantize_s": round(time.perf_counter() - t0, 1), "crop": crop_metrics(bundle, precision, args.threads)}
     conv = report["conversion"]
     if precision == "int8":
         row["convs_int8"] = conv["convs_quantized"]
@@ -109,6 +106,29 @@ def quantize_variant(base: Path, work: Path, size_text: str, name: str, args: ar
             row["search"] = conv["search"]
     print(f"{size_text} {name}: crop {row['crop']} ({row['quantize_s']} s)", flush=True)
     return row
+
+
+def crop_metrics(bundle: str | Path, precision: str, threads: int) -> dict[str, float]:
+    """The crop gate's metrics (no annotations: keypoint agreement with eager and heatmap cosine) on the person
+    crops `quantize --calib-ann` gates the search's INT8 on: the tuning people of coco-train (default split)."""
+    from hrdeploy.bundle import Bundle
+    from hrdeploy.parity.coco import CropSet
+    from hrdeploy.parity.crops import boxes_from_annotations
+    from hrdeploy.parity.pose import Reference, check_pose
+    from hrdeploy.parity.tolerances import TOLERANCES
+    from hrdeploy.precision.targets import DEFAULT_SEED, DEFAULT_TUNE_SHARE
+    from hrdeploy.precision.tuning import split_by_photo
+    from hrdeploy.runtime.eager import EagerRunner
+
+    b = Bundle.open(bundle)
+    people = boxes_from_annotations(DATA / "coco-train" / "person_keypoints.json", DATA / "coco-train", b.input.size)
+    crops = CropSet.build(split_by_photo(people, DEFAULT_TUNE_SHARE, DEFAULT_SEED)[1], b.input.size, b.input.mean,
+                          b.input.std)
+    eager = EagerRunner(b.eager_model(), b.output_names, threads=threads)
+    ref = Reference.compute(lambda x: eager.run(x)[b.output_names[0]], crops)
+    with b.artifact(precision).open_runner(threads=threads) as runner:
+        res = check_pose(ref, lambda x: runner.run(x)[b.output_names[0]], TOLERANCES[precision])
+    return {"oks": res["agreement"]["oks"], "pck@0.05": res["agreement"]["pck@0.05"], "cosine": res["tensor"]["cosine"]}
 
 
 def measure_size(size_text: str, work: Path, args: argparse.Namespace) -> list[dict]:
@@ -252,7 +272,8 @@ def render(result: dict, args: argparse.Namespace) -> None:
         "no annotations). AP: pycocotools COCO keypoint AP on the 149 people of ../shared/data/coco-val (GT boxes "
         "x1.25, no flip), as `hrdeploy eval`; dAP in AP points against eager fp32 with its paired bootstrap 95 % "
         "interval (1000 resamples of the people). Crop OKS / PCK / cosine: the quantize gate without annotations, "
-        f"on the person crops the fp32 model finds in the first {result['val_photos']} coco-train photos; "
+        "on the person crops `quantize --calib-ann` gates the search's INT8 on (the tuning people of coco-train, "
+        "the default split), the same crops for every variant; "
         "`crop gate` is its verdict with the current tolerance table, `eval gate` the AP-drop verdict. Latency: "
         f"onnxruntime CPU, {result['threads']} thread(s), p50 at batch 1 and 8."
         + (" Rows added in `.venv-modelopt` (NVIDIA ModelOpt's Q/DQ, entropy calibration) by "
@@ -287,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", default=["128x96", "256x192"], choices=sorted(WEIGHTS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=20, help="timed calls at batch 1 (a third at batch 8)")
-    parser.add_argument("--val-photos", type=int, default=16, help="coco-train photos the crop gate runs on")
+    parser.add_argument("--recrop", action="store_true",
+                        help="re-measure the crop metrics of the variants recorded in --json, then render")
     parser.add_argument("--workdir", default="out/bench_accuracy")
     parser.add_argument("--force", action="store_true", help="re-export the bundles")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "accuracy.json"))
@@ -303,8 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from hrdeploy.io import write_json
 
-    if args.render:
+    if args.render or args.recrop:
         result = json.loads(Path(args.json).read_text())
+        for row in result["rows"] if args.recrop else []:
+            if "crop" in row:
+                row["crop"] = crop_metrics(row["bundle"], row["precision"], args.threads)
+                print(row["size"], row["variant"], row["crop"], flush=True)
     else:
         start = time.time()
         work = Path(args.workdir)
@@ -323,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/bench_accuracy.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "minutes": (time.time() - start) / 60, "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
-            "threads": args.threads, "val_photos": args.val_photos, "rows": rows,
+            "threads": args.threads, "rows": rows,
         }
     render(result, args)
     write_json(args.json, result)
