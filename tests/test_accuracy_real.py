@@ -85,7 +85,8 @@ def test_eval_on_coco_val_keeps_accuracy_with_paired_intervals(evaluated: tuple[
         ci = rows[key]["interval"]
         assert ci["unit"] == "person" and ci["units"] == 149 and ci["resamples"] == 1000
         assert ci["low"] <= rows[key]["dAP"] + 0.01 and rows[key]["dAP"] - 0.01 <= ci["high"]
-        assert f"[{ci['low']:+.2f}, {ci['high']:+.2f}]" in output
+        assert (f"{key}: dAP {rows[key]['dAP']:+.2f}, paired 95% interval [{ci['low']:+.2f}, {ci['high']:+.2f}] "
+                f"over 149 people: {ci['call']}") in output
         assert f"[{ci['low']:+.2f}, {ci['high']:+.2f}]" in (quantized / "eval.md").read_text()
     # the same predictions scored by pycocotools directly give the same numbers
     with contextlib.redirect_stdout(io.StringIO()):

@@ -13,6 +13,9 @@ COLUMNS = ("artifact", "precision", "backend", "batch", "AP", "AP50", "AP75", "A
            "dAP 95% CI", "crops/s", "gate")
 
 
+UNITS = {"person": "people", "image": "images"}  # what a paired bootstrap resamples, in the plural
+
+
 def predictions_file(key: str) -> str:
     return f"eval.{key}.results.json"
 
@@ -61,8 +64,8 @@ def _interval_note(bootstrap: dict[str, Any], rows: list[dict[str, Any]]) -> str
     ci = next((r["interval"] for r in rows if "interval" in r), None)
     if ci is None:
         return ""
-    return (f"dAP 95% CI: paired bootstrap over {ci['units']} {ci['unit']}s ({bootstrap.get('resamples')} resamples, "
-            f"seed {bootstrap.get('seed')}); a gate is inconclusive when the interval straddles its bar. ")
+    return (f"dAP 95% CI: paired bootstrap over {ci['units']} {UNITS[ci['unit']]} ({bootstrap.get('resamples')} "
+            f"resamples, seed {bootstrap.get('seed')}); a gate is inconclusive when the interval straddles its bar. ")
 
 
 def write_reports(report: dict[str, Any], extra_json: str | os.PathLike | None = None) -> tuple[Path, Path]:

@@ -50,7 +50,7 @@ def eval_cmd(
     """
     from rich.table import Table
 
-    from hrdeploy.accuracy.report import COLUMNS, cells, write_reports
+    from hrdeploy.accuracy.report import COLUMNS, UNITS, cells, write_reports
     from hrdeploy.accuracy.run import evaluate_bundle
     from hrdeploy.io import console as make_console
 
@@ -64,11 +64,21 @@ def eval_cmd(
     json_path, md_path = write_reports(report, json_file)
     h, w = report["input_size"]
     table = Table(title=f"{report['model']} {h}x{w}: COCO keypoint AP on {report['people']} people ({report['boxes']})")
-    for col in COLUMNS:
-        table.add_column(col, justify="left" if col in ("artifact", "precision", "backend", "gate") else "right")
+    shown = [i for i, col in enumerate(COLUMNS) if col != "dAP 95% CI"]  # intervals get a line each, below
+    for i in shown:
+        table.add_column(COLUMNS[i], justify="left" if COLUMNS[i] in ("artifact", "precision", "backend", "gate")
+                         else "right")
     for row in report["rows"]:
-        table.add_row(*cells(row), style="red" if row.get("passed") is False else None)
+        row_cells = cells(row)
+        row_cells[-1] = row_cells[-1].replace(" (inconclusive)", "")  # said on the interval's line
+        table.add_row(*(row_cells[i] for i in shown), style="red" if row.get("passed") is False else None)
     console.print(table)
+    for row in report["rows"]:
+        ci = row.get("interval")
+        if ci is not None:
+            console.print(f"{row['artifact']}: dAP {row['dAP']:+.2f}, paired 95% interval [{ci['low']:+.2f}, "
+                          f"{ci['high']:+.2f}] over {ci['units']} {UNITS[ci['unit']]}: {ci['call']} against the bar "
+                          f"{ci['bar']:g}")
     for row in report["rows"]:
         for failure in row.get("failures", []):
             console.print(f"[red]FAIL[/] {row['artifact']}: {failure}")

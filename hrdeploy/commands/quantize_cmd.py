@@ -115,6 +115,7 @@ def quantize_cmd(
 def _print_summary(console, bundle: str, precision: str, path) -> bool:  # noqa: ANN001 - rich Console, Path
     from rich.table import Table
 
+    from hrdeploy.accuracy.report import UNITS
     from hrdeploy.bundle import Bundle
 
     entry = dict(Bundle.open(bundle).artifact(precision).info)
@@ -151,7 +152,7 @@ def _print_summary(console, bundle: str, precision: str, path) -> bool:  # noqa:
     ci = val.get("interval")
     if ci:
         console.print(f"AP drop {-ci['dap']:.2f}, paired 95% interval of dAP [{ci['low']:+.2f}, {ci['high']:+.2f}] "
-                      f"over {ci['units']} {ci['unit']}s ({ci['resamples']} resamples): {ci['call']} against the "
+                      f"over {ci['units']} {UNITS[ci['unit']]} ({ci['resamples']} resamples): {ci['call']} against the "
                       f"bar {ci['bar']:g}")
     bounds = ", ".join(f"{k} {v:g}" for k, v in val["tolerance"].items())
     for failure in val["failures"]:

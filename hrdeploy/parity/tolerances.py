@@ -55,12 +55,12 @@ class Tolerance:
 # Crop-agreement bounds are set on the trained PP-TinyPose network (wider_naive_lite_hrnet_18) at both input
 # sizes by `python benchmarks/bench_accuracy.py` (benchmarks/RESULTS.md, "The crop gate, derived from these
 # pairs"): INT8 variants' crop agreement (on the tuning people of coco-train, the crops the search's INT8 is
-# gated on) against their COCO AP drop on coco-val. No crop metric separates the variants that lose more than 2 AP from the rest (an AP drop on 149
-# people is itself uncertain by about +-1.3 points), so the int8 heatmap-cosine bar is the one that rejects every
-# variant losing more than 2 AP while passing the searched INT8 at both sizes, at the cost of rejecting some
-# plain INT8 builds that lose less; the OKS and PCK bars sit below every good variant and catch broken builds.
-# With annotated people the AP gate is the reliable one. For models without keypoints min_cosine is the only
-# bound (not set on a trained network).
+# gated on) against their COCO AP drop on coco-val. No crop metric separates the variants that lose more than
+# 2 AP from the rest (an AP drop on 149 people is itself uncertain by about a point), so the int8 heatmap-cosine
+# bar is the one that rejects every variant losing more than 2 AP while passing the searched INT8 at both sizes,
+# at the cost of rejecting some plain INT8 builds that lose less; the OKS and PCK bars sit below every good
+# variant and catch broken builds. With annotated people the AP gate is the reliable one. For models without
+# keypoints min_cosine is the only bound (not set on a trained network).
 # AP bars: fp16 0.5 and int8 2 AP points (MMDeploy's regression gate is +-2 AP for int8).
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(max_rel=1e-4, min_cosine=0.99999, max_ap_drop=0.1, min_oks=0.999, min_pck=99.0),
