@@ -173,3 +173,40 @@ def test_searched_int8_graph_is_doctor_clean_and_builds(quantized: Path, cli_run
     assert "--onnx=" in line and "model.int8.onnx" in line
     assert ({"--int8", "--fp16"} <= set(line.split())) == (gen == "10")
     assert gen == "10" or not {"--int8", "--fp16"} & set(line.split())
+
+
+def test_person_finder_finds_the_crowd_of_a_photo(trained_128_bundle: Path, shared_data: Path) -> None:
+    """Without annotations INT8 calibrates and tunes on the people the fp32 model finds: several per photo, each
+    a different person (no two kept boxes overlapping), more of coco-train's annotated people than one per photo."""
+    from hrdeploy.bundle import Bundle
+    from hrdeploy.images import image_files
+    from hrdeploy.parity.crops import MAX_OVERLAP, PEOPLE_PER_PHOTO, _overlap, boxes_from_annotations, find_people
+
+    b = Bundle.open(trained_128_bundle)
+    train = shared_data / "coco-train"
+    files = image_files(train)[:12]
+    annotated = [p for p in boxes_from_annotations(train / "person_keypoints.json", train, b.input.size)
+                 if p.file in files]
+    with b.artifact("onnx").open_runner(threads=1) as runner:
+        def find(per_photo: int) -> list:
+            return find_people(files, lambda x: runner.run(x)[b.output_names[0]], b.input.size, b.input.mean,
+                               b.input.std, per_photo=per_photo)
+
+        one, crowd = find(1), find(PEOPLE_PER_PHOTO)
+
+    def matched(found: list) -> int:  # annotated people with a found box at IoU >= 0.5
+        def iou(a: tuple, c: tuple) -> float:
+            iw = max(0.0, min(a[0] + a[2], c[0] + c[2]) - max(a[0], c[0]))
+            ih = max(0.0, min(a[1] + a[3], c[1] + c[3]) - max(a[1], c[1]))
+            return iw * ih / (a[2] * a[3] + c[2] * c[3] - iw * ih)
+
+        return sum(any(f.file == p.file and iou(f.box, p.box) >= 0.5 for f in found) for p in annotated)
+
+    assert len(one) == len(files)
+    # each photo's first person is the same with either setting
+    assert [p.box for p in one] == [next(c.box for c in crowd if c.file == f) for f in files]
+    assert len(files) < len(crowd) <= PEOPLE_PER_PHOTO * len(files)
+    assert matched(crowd) > matched(one)
+    for f in files:
+        kept = [p.box for p in crowd if p.file == f]
+        assert all(_overlap(a, c) <= MAX_OVERLAP for i, a in enumerate(kept) for c in kept[i + 1:])

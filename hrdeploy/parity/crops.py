@@ -4,11 +4,14 @@ Top-down pose networks see one person per crop at deployment, so calibration and
 crops, never whole photos squashed into the input:
 - `boxes_from_annotations`: the boxes of a COCO keypoint json (`bbox`) or an MPII-style json list
   (`center`, `scale`; the box is scale x 200 px tall, as wide as the model's aspect ratio).
-- `find_people`: one crop per photo where the model is surest of a person: the whole photo (centred, at
+- `find_people`: the crops of a photo where the model is surest of a person: the whole photo (centred, at
   the model's aspect ratio) and windows of SEARCH_SCALES of it tiling the photo are scored by their
-  TOP_JOINTS highest keypoint scores; the best window becomes the box of its confident joints (at least
-  MIN_JOINTS spanning MIN_EXTENT of the photo), refined REFINE times. Photos without a person keep the best
-  window; the agreement gate skips their joints (none is confident).
+  TOP_JOINTS highest keypoint scores; the best windows become the boxes of their confident joints (at least
+  MIN_JOINTS spanning MIN_EXTENT of the photo), refined REFINE times. The first is kept always (photos without
+  a person keep the best window; the agreement gate skips their joints, none is confident); with
+  `per_photo` > 1, further people need a refined score of EXTRA_PERSON_SCORE and must not overlap one already
+  found (intersection over the smaller box or IoU above MAX_OVERLAP): INT8 calibration and tuning see the
+  crowd of a photo, not only its clearest person.
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ MIN_EXTENT = 0.15  # the confident joints must span this fraction of the photo's
 REFINE = 2
 SEARCH_SCALES = (0.6, 0.35)  # window sizes searched besides the whole photo, relative to the centred box
 TOP_JOINTS = 8
+# Further people of a photo (find_people's per_photo > 1). On coco-train's 60 photos (174 annotated people), three
+# per photo at these values find 108 crops, 75 of them on an annotated person (IoU >= 0.5), against 46 of 60
+# with one per photo.
+EXTRA_PERSON_SCORE = 0.6
+MAX_OVERLAP = 0.5
+WINDOWS_TRIED = 8  # the best-scored windows refined per photo when looking for more than one person
+PEOPLE_PER_PHOTO = 3  # INT8 calibration and tuning without annotations
 MPII_PIXEL_STD = 200.0  # MPII's scale unit: scale x 200 px = person height
 
 
@@ -107,14 +117,22 @@ def _person_score(kp: np.ndarray) -> float:
     return float(np.sort(kp[:, 2])[::-1][:TOP_JOINTS].mean())
 
 
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """The larger of IoU and intersection over the smaller box: a part of a person found again counts too."""
+    iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter, area_a, area_b = iw * ih, a[2] * a[3], b[2] * b[3]
+    return max(inter / (area_a + area_b - inter), inter / min(area_a, area_b)) if inter > 0 else 0.0
+
+
 def find_people(
     files: Sequence[Path], run: Callable[[np.ndarray], np.ndarray], input_hw: tuple[int, int],
-    mean: Sequence[float], std: Sequence[float], images: ImageCache | None = None,
+    mean: Sequence[float], std: Sequence[float], images: ImageCache | None = None, per_photo: int = 1,
 ) -> list[PersonBox]:
-    """One box per photo where the model (`run`: NCHW -> heatmaps) is surest of a person, else the centre.
+    """Up to `per_photo` boxes per photo where the model (`run`: NCHW -> heatmaps) is surest of a person.
 
-    Every candidate window (`candidate_boxes`) is scored by `_person_score`; the best one is refined REFINE
-    times to the box of its confident joints.
+    Every candidate window (`candidate_boxes`) is scored by `_person_score`; in that order each is refined
+    REFINE times to the box of its confident joints and kept unless it overlaps a kept one (the first always).
     """
     images = images or ImageCache()
 
@@ -122,18 +140,28 @@ def find_people(
         x, mats = crop_people(boxes, input_hw, mean, std, images)
         return decode_people(np.concatenate([run(x[i:i + 8]) for i in range(0, len(x), 8)]), mats, input_hw)
 
-    chosen = []
-    for i, f in enumerate(files):
-        cands = [PersonBox(i, f, box) for box in candidate_boxes(images(f).shape[:2], input_hw)]
-        kp = keypoints(cands)
-        scores = [_person_score(k) for k in kp]
-        best = int(np.argmax(scores))
-        box, k = cands[best], kp[best]
+    def refine(box: PersonBox, kp: np.ndarray, image_hw: tuple[int, int]) -> tuple[PersonBox, np.ndarray]:
         for _ in range(REFINE):
-            refined = _joints_box(k, images(f).shape[:2])
+            refined = _joints_box(kp, image_hw)
             if refined is None:
                 break
-            box = PersonBox(i, f, refined)
-            k = keypoints([box])[0]
-        chosen.append(box)
+            box = PersonBox(box.image_id, box.file, refined)
+            kp = keypoints([box])[0]
+        return box, kp
+
+    chosen = []
+    for i, f in enumerate(files):
+        image_hw = images(f).shape[:2]
+        cands = [PersonBox(i, f, box) for box in candidate_boxes(image_hw, input_hw)]
+        kp = keypoints(cands)
+        kept: list[PersonBox] = []
+        for j in np.argsort([-_person_score(k) for k in kp], kind="stable")[:WINDOWS_TRIED]:
+            if len(kept) == per_photo:
+                break
+            box, k = refine(cands[j], kp[j], image_hw)
+            if kept and (_person_score(k) < EXTRA_PERSON_SCORE
+                         or any(_overlap(box.box, other.box) > MAX_OVERLAP for other in kept)):
+                continue
+            kept.append(box)
+        chosen.extend(kept)
     return chosen

@@ -125,7 +125,7 @@ def _people(
     Returns the boxes, the number of photos or boxes available, and how they were found.
     """
     from hrdeploy.images import image_files
-    from hrdeploy.parity.crops import boxes_from_annotations, find_people
+    from hrdeploy.parity.crops import PEOPLE_PER_PHOTO, boxes_from_annotations, find_people
 
     if ann is not None:
         boxes = boxes_from_annotations(ann, folder, b.input.size)
@@ -134,7 +134,7 @@ def _people(
             boxes = [p for p in boxes if p.file in keep]
         return boxes, len(boxes), f"person boxes of {Path(ann).name}"
     files = image_files(folder)
-    boxes = find_people(files[:samples], finder, b.input.size, b.input.mean, b.input.std, photos)
+    boxes = find_people(files[:samples], finder, b.input.size, b.input.mean, b.input.std, photos, PEOPLE_PER_PHOTO)
     return boxes, len(files), "person crops found by the fp32 model"
 
 
