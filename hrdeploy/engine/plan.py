@@ -227,12 +227,37 @@ def _strip_precision(stem: str) -> str:
 
 def make_plan(source: Source, opts: BuildOptions, generation: int, trt_version: str | None = None) -> BuildPlan:
     """Decide the build for TensorRT `generation` (10 or 11); UserError for impossible combinations."""
+    precision = opts.precision
+    precision_from = _precision_from(opts, generation)
+    notes = _device_notes(opts, generation, trt_version)
+    onnx_path, onnx_key, make_first, note = _onnx_for(source, precision, precision_from, generation)
+    notes += [note] if note else []
+    profiles = tuple(_profile(inp, opts, source.size) for inp in source.inputs)
+    if opts.dla_core is not None and any(p.dynamic for p in profiles):
+        notes.append("DLA needs static shapes: layers with a dynamic batch fall back to the GPU or fail")
+    engine, artifact_key = _engine_path(source, opts, onnx_path)
+    if source.bundle is not None and artifact_key is None:
+        notes.append("the engine is written outside the bundle, so the manifest does not record it")
+    workspace = None if opts.workspace_gib is None else int(round(opts.workspace_gib * (1 << 30)))
+    if workspace is not None and workspace <= 0:
+        raise UserError("--workspace must be a positive number of GiB")
+    return BuildPlan(
+        generation=generation, trt_version=trt_version, precision=precision, precision_from=precision_from,
+        strongly_typed=precision_from == "onnx", onnx=onnx_path, onnx_key=onnx_key, make_first=make_first,
+        engine=engine, metadata=engine.with_name(engine.name + ".json"), artifact_key=artifact_key,
+        bundle=source.bundle, profiles=profiles, builder_flags=_builder_flags(opts, precision_from),
+        workspace_bytes=workspace, timing_cache=opts.timing_cache, builder_opt_level=opts.builder_opt_level,
+        dla_core=opts.dla_core, gpu_fallback=opts.gpu_fallback, version_compatible=opts.version_compatible,
+        hardware_compat=opts.hardware_compat, notes=tuple(notes),
+    )
+
+
+def _precision_from(opts: BuildOptions, generation: int) -> str:
+    """Where the build's precision comes from: builder flags (TensorRT 10's default) or the ONNX's types."""
     if generation not in (10, 11):
         raise UserError(f"unknown TensorRT generation {generation}; use 10 or 11")
     if opts.precision not in PRECISIONS:
         raise UserError(f"unknown precision {opts.precision!r}; use one of {', '.join(PRECISIONS)}")
-    notes: list[str] = []
-    precision = opts.precision
     precision_from = opts.precision_from or ("flags" if generation == 10 else "onnx")
     if precision_from not in PRECISION_FROM:
         raise UserError(f"unknown --precision-from {precision_from!r}; use flags or onnx")
@@ -241,12 +266,16 @@ def make_plan(source: Source, opts: BuildOptions, generation: int, trt_version: 
             "TensorRT 11 removed the precision builder flags (BuilderFlag.FP16/INT8, trtexec --fp16/--int8): "
             "precision comes from the ONNX; drop --precision-from flags"
         )
+    return precision_from
 
-    # -- devices and portability
+
+def _device_notes(opts: BuildOptions, generation: int, trt_version: str | None) -> list[str]:
+    """DLA and hardware-compatibility checks: the notes they leave, UserError when impossible."""
+    notes: list[str] = []
     if opts.gpu_fallback and opts.dla_core is None:
         raise UserError("--gpu-fallback only applies to DLA builds; add --dla-core N or drop it")
     if opts.dla_core is not None:
-        if precision == "fp32":
+        if opts.precision == "fp32":
             raise UserError("DLA runs FP16 and INT8 only; use --precision fp16 or int8 with --dla-core")
         if opts.hardware_compat:
             raise UserError("--hardware-compat is for Ampere+ discrete GPUs, not DLA; drop one of them")
@@ -268,75 +297,58 @@ def make_plan(source: Source, opts: BuildOptions, generation: int, trt_version: 
                                 f"this host has {trt_version}: use ampere+ or upgrade")
             if trt_version is None:
                 notes.append(f"--hardware-compat same-cc needs TensorRT >= {SAME_CC_TRT10_MIN}")
+    return notes
 
-    # -- which ONNX carries the precision, and which flags
-    flags: list[str] = []
-    make_first: str | None = None
-    strongly_typed = precision_from == "onnx"
+
+def _onnx_for(source: Source, precision: str, precision_from: str,
+              generation: int) -> tuple[Path, str | None, str | None, str | None]:
+    """The ONNX the build reads: (path, its manifest key, the precision to make first, a note)."""
     if source.bundle is not None:
         want = "fp32" if precision_from == "flags" and precision != "int8" else precision
-        onnx_key = ONNX_KEYS[want]
         if want in source.onnx_files:
-            onnx_path = source.onnx_files[want]
-        else:
-            make_first = want
-            onnx_path = source.bundle / f"model.{want}.onnx"
-            how = "it is made first" if want == "fp16" else "make it first with calibration photos"
-            notes.append(f"the bundle has no {want} ONNX: {how} (hrdeploy quantize {source.bundle} --precision {want}"
-                         f"{' --calib-dir PHOTOS' if want == 'int8' else ''})")
-    else:
-        onnx_key = None
-        onnx_path = source.path
-        graph = source.onnx_precision or "fp32"
-        if precision_from == "flags":
-            ok = {"fp32": ("fp32",), "fp16": ("fp32", "fp16"), "int8": ("int8",)}[precision]
-        else:
-            ok = (precision,)
-        if graph not in ok:
-            how = ("TensorRT 11 takes the precision from the graph" if generation == 11
-                   else "strongly typed builds take the precision from the graph" if strongly_typed
-                   else "INT8 needs explicit Q/DQ nodes (implicit calibration is deprecated in 10.x, gone in 11)")
-            raise UserError(
-                f"{source.path.name} is an {graph} graph but --precision {precision} was asked and {how}; pass "
-                f"--precision {graph}, or build from the bundle so hrdeploy can make the {precision} ONNX "
-                f"(hrdeploy quantize BUNDLE --precision {precision})"
-            )
+            return source.onnx_files[want], ONNX_KEYS[want], None, None
+        how = "it is made first" if want == "fp16" else "make it first with calibration photos"
+        note = (f"the bundle has no {want} ONNX: {how} (hrdeploy quantize {source.bundle} --precision {want}"
+                f"{' --calib-dir PHOTOS' if want == 'int8' else ''})")
+        return source.bundle / f"model.{want}.onnx", ONNX_KEYS[want], want, note
+    graph = source.onnx_precision or "fp32"
+    ok = {"fp32": ("fp32",), "fp16": ("fp32", "fp16"), "int8": ("int8",)}[precision] \
+        if precision_from == "flags" else (precision,)
+    if graph not in ok:
+        how = ("TensorRT 11 takes the precision from the graph" if generation == 11
+               else "strongly typed builds take the precision from the graph" if precision_from == "onnx"
+               else "INT8 needs explicit Q/DQ nodes (implicit calibration is deprecated in 10.x, gone in 11)")
+        raise UserError(
+            f"{source.path.name} is an {graph} graph but --precision {precision} was asked and {how}; pass "
+            f"--precision {graph}, or build from the bundle so hrdeploy can make the {precision} ONNX "
+            f"(hrdeploy quantize BUNDLE --precision {precision})"
+        )
+    return source.path, None, None, None
+
+
+def _builder_flags(opts: BuildOptions, precision_from: str) -> tuple[str, ...]:
+    flags: list[str] = []
     if precision_from == "flags":
-        if precision == "fp16":
-            flags.append("FP16")
-        elif precision == "int8":
-            flags += ["INT8", "FP16"]
+        flags += {"fp32": [], "fp16": ["FP16"], "int8": ["INT8", "FP16"]}[opts.precision]
     if opts.dla_core is not None and opts.gpu_fallback:
         flags.append("GPU_FALLBACK")
     if opts.version_compatible:
         flags.append("VERSION_COMPATIBLE")
+    return tuple(flags)
 
-    profiles = tuple(_profile(inp, opts, source.size) for inp in source.inputs)
-    if opts.dla_core is not None and any(p.dynamic for p in profiles):
-        notes.append("DLA needs static shapes: layers with a dynamic batch fall back to the GPU or fail")
 
-    # -- where the engine goes
+def _engine_path(source: Source, opts: BuildOptions, onnx_path: Path) -> tuple[Path, str | None]:
+    """Where the engine goes, and its manifest key when that is inside the bundle."""
     if opts.output is not None:
         engine = Path(opts.output)
     elif source.bundle is not None:
-        engine = source.bundle / f"model.{precision}.engine"
+        engine = source.bundle / f"model.{opts.precision}.engine"
     else:
-        engine = onnx_path.with_name(f"{_strip_precision(onnx_path.stem)}.{precision}.engine")
-    artifact_key = None
-    if source.bundle is not None:
-        try:
-            Path(os.path.abspath(engine)).relative_to(os.path.abspath(source.bundle))
-            artifact_key = f"engine_{precision}"
-        except ValueError:
-            notes.append("the engine is written outside the bundle, so the manifest does not record it")
-    workspace = None if opts.workspace_gib is None else int(round(opts.workspace_gib * (1 << 30)))
-    if workspace is not None and workspace <= 0:
-        raise UserError("--workspace must be a positive number of GiB")
-    return BuildPlan(
-        generation=generation, trt_version=trt_version, precision=precision, precision_from=precision_from,
-        strongly_typed=strongly_typed, onnx=onnx_path, onnx_key=onnx_key, make_first=make_first, engine=engine,
-        metadata=engine.with_name(engine.name + ".json"), artifact_key=artifact_key, bundle=source.bundle,
-        profiles=profiles, builder_flags=tuple(flags), workspace_bytes=workspace, timing_cache=opts.timing_cache,
-        builder_opt_level=opts.builder_opt_level, dla_core=opts.dla_core, gpu_fallback=opts.gpu_fallback,
-        version_compatible=opts.version_compatible, hardware_compat=opts.hardware_compat, notes=tuple(notes),
-    )
+        engine = onnx_path.with_name(f"{_strip_precision(onnx_path.stem)}.{opts.precision}.engine")
+    if source.bundle is None:
+        return engine, None
+    try:
+        Path(os.path.abspath(engine)).relative_to(os.path.abspath(source.bundle))
+    except ValueError:
+        return engine, None
+    return engine, f"engine_{opts.precision}"
