@@ -131,8 +131,9 @@ def find_people(
 ) -> list[PersonBox]:
     """Up to `per_photo` boxes per photo where the model (`run`: NCHW -> heatmaps) is surest of a person.
 
-    Every candidate window (`candidate_boxes`) is scored by `_person_score`; in that order each is refined
-    REFINE times to the box of its confident joints and kept unless it overlaps a kept one (the first always).
+    Every candidate window (`candidate_boxes`) is scored by `_person_score`; the best (WINDOWS_TRIED of them
+    when more than one person is wanted) are refined REFINE times to the box of their confident joints and kept
+    in that order unless one overlaps a kept box or scores below EXTRA_PERSON_SCORE (the first is kept always).
     """
     images = images or ImageCache()
 
@@ -140,25 +141,35 @@ def find_people(
         x, mats = crop_people(boxes, input_hw, mean, std, images)
         return decode_people(np.concatenate([run(x[i:i + 8]) for i in range(0, len(x), 8)]), mats, input_hw)
 
-    def refine(box: PersonBox, kp: np.ndarray, image_hw: tuple[int, int]) -> tuple[PersonBox, np.ndarray]:
+    def refine(boxes: list[PersonBox], kps: list[np.ndarray], image_hw: tuple[int, int]) -> list[PersonBox]:
+        """Each box REFINE times to the box of its confident joints (all windows of a photo in one batch)."""
+        active = list(range(len(boxes)))
         for _ in range(REFINE):
-            refined = _joints_box(kp, image_hw)
-            if refined is None:
+            moved = []
+            for i in active:
+                joints = _joints_box(kps[i], image_hw)
+                if joints is not None:
+                    boxes[i] = PersonBox(boxes[i].image_id, boxes[i].file, joints)
+                    moved.append(i)
+            if not moved:
                 break
-            box = PersonBox(box.image_id, box.file, refined)
-            kp = keypoints([box])[0]
-        return box, kp
+            for i, k in zip(moved, keypoints([boxes[i] for i in moved]), strict=True):
+                kps[i] = k
+            active = moved
+        return boxes
 
     chosen = []
     for i, f in enumerate(files):
         image_hw = images(f).shape[:2]
         cands = [PersonBox(i, f, box) for box in candidate_boxes(image_hw, input_hw)]
         kp = keypoints(cands)
+        order = np.argsort([-_person_score(k) for k in kp], kind="stable")[:1 if per_photo == 1 else WINDOWS_TRIED]
+        kps = [kp[j] for j in order]
+        boxes = refine([cands[j] for j in order], kps, image_hw)
         kept: list[PersonBox] = []
-        for j in np.argsort([-_person_score(k) for k in kp], kind="stable")[:WINDOWS_TRIED]:
+        for box, k in zip(boxes, kps, strict=True):
             if len(kept) == per_photo:
                 break
-            box, k = refine(cands[j], kp[j], image_hw)
             if kept and (_person_score(k) < EXTRA_PERSON_SCORE
                          or any(_overlap(box.box, other.box) > MAX_OVERLAP for other in kept)):
                 continue
