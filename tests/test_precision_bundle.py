@@ -69,6 +69,7 @@ def _variant(bundle: Path, variant: str, x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_int8_ort_quantizes_most_convs_and_reports_parity(bundle: Path, photos: Path, eager_ref, cli_runner) -> None:
+    from hrdeploy.parity.crops import PEOPLE_PER_PHOTO
     from hrdeploy.precision.int8 import qdq_summary
 
     fp32_hash = hashlib.sha256((bundle / "model.onnx").read_bytes()).hexdigest()
@@ -85,7 +86,10 @@ def test_int8_ort_quantizes_most_convs_and_reports_parity(bundle: Path, photos: 
     manifest = json.loads((bundle / "manifest.json").read_text())
     entry = manifest["artifacts"]["int8"]
     assert entry["file"] == "model.int8.onnx" and entry["backend"] == "ort" and entry["method"] == "percentile"
-    assert entry["samples"] == 4 and entry["calibration"]["available"] == 6
+    # the people the fp32 model finds in the first 4 of the 6 photos: one to PEOPLE_PER_PHOTO crops each
+    calib_files = json.loads((bundle / "quantize.int8.json").read_text())["calibration"]["files"]
+    assert len({f.split("@")[0] for f in calib_files}) == 4 and entry["calibration"]["available"] == 6
+    assert entry["samples"] == len(calib_files) and 4 <= entry["samples"] <= 4 * PEOPLE_PER_PHOTO
     assert entry["sha256"] == hashlib.sha256((bundle / "model.int8.onnx").read_bytes()).hexdigest()
 
     fp32 = onnx.load(bundle / "model.onnx")

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -199,40 +200,70 @@ def _validate(
                 "failures": failures, "passed": not failures}
 
 
-def quantize_bundle(
-    bundle: str | os.PathLike,
-    precision: str,
-    calib_dir: str | os.PathLike | None = None,
-    calib_samples: int | None = None,
-    method: str | None = None,
-    backend: str = "auto",
-    exclude: Sequence[str] = (),
-    *,
-    calib_ann: str | os.PathLike | None = None,
-    auto_exclude: bool = True,
-    val_dir: str | os.PathLike | None = None,
-    val_samples: int = DEFAULT_VAL_SAMPLES,
-    ann: str | os.PathLike | None = None,
-    images: str | os.PathLike | None = None,
-    tolerance: Tolerance | None = None,
-    validate: bool = True,
-    sensitivity: bool = True,
-    search: bool | None = None,
-    max_ap_drop: float = DEFAULT_MAX_AP_DROP,
-    min_oks: float = DEFAULT_MIN_OKS,
-    tune_share: float = DEFAULT_TUNE_SHARE,
-    seed: int = DEFAULT_SEED,
-    bootstrap: int = DEFAULT_RESAMPLES,
-    threads: int | None = None,
-    log: Callable[[str], None] | None = None,
-) -> Path:
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """One quantize run: what to make, from which photos, and how it is judged (see `quantize_bundle`)."""
+
+    precision: str
+    calib_dir: str | os.PathLike | None = None
+    calib_samples: int | None = None
+    method: str | None = None
+    backend: str = "auto"
+    exclude: Sequence[str] = ()
+    calib_ann: str | os.PathLike | None = None
+    auto_exclude: bool = True
+    val_dir: str | os.PathLike | None = None
+    val_samples: int = DEFAULT_VAL_SAMPLES
+    ann: str | os.PathLike | None = None
+    images: str | os.PathLike | None = None
+    tolerance: Tolerance | None = None
+    validate: bool = True
+    sensitivity: bool = True
+    search: bool | None = None
+    max_ap_drop: float = DEFAULT_MAX_AP_DROP
+    min_oks: float = DEFAULT_MIN_OKS
+    tune_share: float = DEFAULT_TUNE_SHARE
+    seed: int = DEFAULT_SEED
+    bootstrap: int = DEFAULT_RESAMPLES
+    threads: int | None = None
+
+    def check(self) -> None:
+        """UserError for a value or a combination that no bundle can satisfy."""
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if self.method is not None and self.method not in METHODS:
+            raise UserError(f"unknown calibration method {self.method!r}; use one of {', '.join(METHODS)}")
+        if (self.ann is None) != (self.images is None):
+            raise UserError("--ann and --images go together: the COCO keypoint json and the folder of its images")
+        if self.calib_ann is not None and self.calib_dir is None:
+            raise UserError("--calib-ann needs --calib-dir, the folder of the images it annotates")
+        _check_search_numbers(self.max_ap_drop, self.min_oks, self.tune_share, self.bootstrap)
+        if self.precision == "int8" and self.calib_dir is None:
+            raise UserError("int8 needs calibration images; pass --calib-dir FOLDER with a few dozen typical "
+                            "photos of people (JPEG/PNG)")
+
+
+@dataclass
+class _People:
+    """Calibration inputs, and the tuning people the INT8 search judges candidates on (when it runs)."""
+
+    calib: ImageSet | None = None
+    calib_crops: CropSet | None = None
+    tune_crops: CropSet | None = None
+    tune_coco: CocoKeypoints | None = None
+    split: str = ""
+
+
+def quantize_bundle(bundle: str | os.PathLike, precision: str, *, log: Callable[[str], None] | None = None,
+                    **options: Any) -> Path:
     """Write `model.<precision>.onnx` into `bundle`, validate it, record it in the manifest; return its path.
 
+    `options` are the fields of QuantizeConfig:
     precision: "fp16" (mixed precision, fp32 I/O) or "int8" (Q/DQ; needs `calib_dir`).
     calib_dir / calib_samples: calibration photos (the first N by file name; default all). Top-down pose
         models calibrate on person crops: the boxes of `calib_ann` (COCO keypoint json or MPII json with
-        center/scale), else one crop per photo where the fp32 model finds a person
-        (hrdeploy.parity.crops.find_people); other models on whole images, letterboxed.
+        center/scale), else the people the fp32 model finds in each photo (hrdeploy.parity.crops.find_people);
+        other models on whole images, letterboxed.
     search: int8 of a top-down pose model, the accuracy-driven mixed precision of hrdeploy.precision.search
         [default: on with annotated calibration people or a trained checkpoint]. The people are split by
         photo (`tune_share` of the photos, seeded by `seed`) into calibration and tuning people; the fewest
@@ -252,184 +283,214 @@ def quantize_bundle(
     unquantized conv counts and the validation summary; the full report is `quantize.<precision>.md/.json`,
     and `parity.json` gains a `<precision>` section.
     """
-    say = log or (lambda _msg: None)
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if method is not None and method not in METHODS:
-        raise UserError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
-    if (ann is None) != (images is None):
-        raise UserError("--ann and --images go together: the COCO keypoint json and the folder of its images")
-    if calib_ann is not None and calib_dir is None:
-        raise UserError("--calib-ann needs --calib-dir, the folder of the images it annotates")
-    _check_search_numbers(max_ap_drop, min_oks, tune_share, bootstrap)
-    b = Bundle.open(bundle)
-    src = b.artifact("onnx").path
-    used_backend = resolve_backend(backend, precision)
-    method = method or DEFAULT_METHOD[used_backend]
-    if used_backend == "modelopt" and precision == "int8" and method == "percentile":
-        raise UserError("ModelOpt calibrates with entropy or max, not percentile; use --method entropy|max "
-                        "or --backend ort")
-    if precision == "int8" and calib_dir is None:
-        raise UserError("int8 needs calibration images; pass --calib-dir FOLDER with a few dozen typical "
-                        "photos of people (JPEG/PNG)")
-    tol = tolerance or TOLERANCES[precision]
-    topdown = b.is_pose and b.model.task == "pose_topdown"
-    searchable = precision == "int8" and topdown and (calib_ann is not None or b.model.checkpoint is not None)
-    if search and not searchable:
-        raise UserError("--search picks INT8 layers by keypoint accuracy: it needs --precision int8, a top-down pose "
-                        "model and annotated calibration people (--calib-ann) or a trained --checkpoint")
-    searching = searchable and search is not False and calib_dir is not None
-    if ann is not None and not topdown:
-        raise UserError(f"--ann scores top-down pose models; {b.model.name} is a {b.model.task} model, so drop "
-                        "--ann/--images (it is checked on tensors)")
-    start = time.perf_counter()
+    return Quantizer(bundle, QuantizeConfig(precision, **options), log).run()
 
-    model = G.ensure_node_names(onnx.load(os.fspath(src)))
-    scopes = G.node_scopes(model)
-    _check_exclude(model, exclude, scopes)
-    batch = static_batch(src)
-    eager = _eager_heatmaps(b, threads)
-    # the person search runs dozens of windows per photo: on the fp32 ONNX (export-checked against eager)
-    fp32 = OrtRunner(src, threads=threads)
 
-    def finder(x: np.ndarray) -> np.ndarray:
-        return fp32.run(x)[b.output_names[0]]
+class Quantizer:
+    """The quantize stage: prepare, calibration people, validation set, convert, judge, commit into the bundle."""
 
-    coco = CocoKeypoints(ann, images) if ann is not None else None
-    photos = ImageCache()
-    if calib_dir is not None:
-        from hrdeploy.images import image_files
+    def __init__(self, bundle: str | os.PathLike, cfg: QuantizeConfig,
+                 log: Callable[[str], None] | None = None) -> None:
+        cfg.check()
+        self.cfg, self.say = cfg, log or (lambda _msg: None)
+        self.b = Bundle.open(bundle)
+        self.backend = resolve_backend(cfg.backend, cfg.precision)
+        self.method = cfg.method or DEFAULT_METHOD[self.backend]
+        if self.backend == "modelopt" and cfg.precision == "int8" and self.method == "percentile":
+            raise UserError("ModelOpt calibrates with entropy or max, not percentile; use --method entropy|max "
+                            "or --backend ort")
+        self.tol = cfg.tolerance or TOLERANCES[cfg.precision]
+        self.topdown = self.b.is_pose and self.b.model.task == "pose_topdown"
+        searchable = cfg.precision == "int8" and self.topdown and (
+            cfg.calib_ann is not None or self.b.model.checkpoint is not None)
+        if cfg.search and not searchable:
+            raise UserError("--search picks INT8 layers by keypoint accuracy: it needs --precision int8, a top-down "
+                            "pose model and annotated calibration people (--calib-ann) or a trained --checkpoint")
+        self.searching = searchable and cfg.search is not False and cfg.calib_dir is not None
+        if cfg.ann is not None and not self.topdown:
+            raise UserError(f"--ann scores top-down pose models; {self.b.model.name} is a {self.b.model.task} "
+                            "model, so drop --ann/--images (it is checked on tensors)")
 
-        for path in image_files(calib_dir)[:calib_samples]:  # unreadable photos: a UserError before any work
-            photos(path)
-        _check_disjoint(b, calib_dir, coco)
+    def run(self) -> Path:
+        start = time.perf_counter()
+        self._prepare()
+        work = Path(tempfile.mkdtemp(prefix="hrdeploy-quantize-"))
+        try:
+            people = self._calibration_people()
+            val, val_crops = self._validation_set(work, people)
+            calib_set = people.calib if people.calib is not None else val
+            info, float_ref_path = self._convert(work, calib_set, people)
+            self.say(f"{self.cfg.precision}: converted in {time.perf_counter() - start:.1f} s; validating on "
+                     f"{val.count} input(s)")
+            report: dict[str, Any] = {
+                "precision": self.cfg.precision, "backend": self.backend,
+                "method": self.method if self.cfg.precision == "int8" else None,
+                "calibration": calib_set.describe(), "validation_images": val.describe(), "conversion": info,
+            }
+            if self.cfg.validate:
+                report["validation"] = self._judge(work, val, val_crops, float_ref_path)
+            report["seconds"] = round(time.perf_counter() - start, 2)
+            self._commit(work, report)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return self.b.root / FILES[self.cfg.precision]
 
-    manifest = b.manifest
-    work = Path(tempfile.mkdtemp(prefix="hrdeploy-quantize-"))
-    try:
-        calib_crops: CropSet | None = None
-        tune_crops: CropSet | None = None
-        tune_coco: CocoKeypoints | None = None
-        split = ""
-        if calib_dir is None:
-            calib = None
-        elif topdown:
-            say(f"{precision}: finding people in {calib_dir}" if calib_ann is None else f"{precision}: cropping")
-            people, available, how = _people(b, calib_dir, calib_samples, calib_ann, finder, photos)
-            if searching:
-                people, tuning = split_by_photo(people, tune_share, seed)
-                check_tuning_size(tuning, len(people) + len(tuning), tune_share)
-                split = describe_split(people, tuning, calib_dir)
-                tune_crops, _ = _crop_set(b, tuning, f"{calib_dir} ({how}, tuning photos)", available, photos)
-                tune_coco = tuning_annotations(calib_ann, calib_dir, tuning)
-                say(f"int8 search: {split}")
-            calib_crops, calib = _crop_set(b, people, f"{calib_dir} ({how})", available, photos)
-        else:
-            calib = load_images(calib_dir, manifest, calib_samples)
-        val_crops: CropSet | None = None
-        if coco is not None:
-            val_crops = CropSet.build(coco.gt_boxes(), b.input.size, b.input.mean, b.input.std)
-            val = ImageSet(val_crops.x, [f"{coco.ann.name}#{p.ann_id}" for p in val_crops.boxes], str(images),
-                           len(val_crops))
-        elif val_dir is not None:
-            if topdown:
-                boxes, available, how = _people(b, val_dir, val_samples, None, finder)
-                val_crops, val = _crop_set(b, boxes, f"{val_dir} ({how})", available)
-            else:
-                val = load_images(val_dir, manifest, val_samples)
-        elif tune_crops is not None:
-            val_crops = tune_crops
-            val = ImageSet(tune_crops.x, [f"{p.file.name}@tuning" for p in tune_crops.boxes],
-                           f"{calib_dir} (tuning people, held out from calibration)", len(tune_crops))
-        elif calib is not None:
-            val = ImageSet(calib.data[:val_samples], calib.files[:val_samples], calib.source, calib.available)
-            if calib_crops is not None:
-                val_crops = CropSet(calib_crops.boxes[:val_samples], calib_crops.x[:val_samples],
-                                    calib_crops.matrices[:val_samples], calib_crops.input_hw)
-        elif topdown:
+    def _prepare(self) -> None:
+        """The fp32 graph and its module scopes, the eager and fp32 runners, and checks of the photos given."""
+        cfg, b = self.cfg, self.b
+        self.src = b.artifact("onnx").path
+        self.model = G.ensure_node_names(onnx.load(os.fspath(self.src)))
+        self.scopes = G.node_scopes(self.model)
+        _check_exclude(self.model, cfg.exclude, self.scopes)
+        self.batch = static_batch(self.src)
+        self.eager = _eager_heatmaps(b, cfg.threads)
+        # the person search runs dozens of windows per photo: on the fp32 ONNX (export-checked against eager)
+        fp32 = OrtRunner(self.src, threads=cfg.threads)
+        self.finder: Callable[[np.ndarray], np.ndarray] = lambda x: fp32.run(x)[b.output_names[0]]
+        self.coco = CocoKeypoints(cfg.ann, cfg.images) if cfg.ann is not None else None
+        self.photos = ImageCache()
+        if cfg.calib_dir is not None:
+            from hrdeploy.images import image_files
+
+            for path in image_files(cfg.calib_dir)[:cfg.calib_samples]:  # unreadable photos: a UserError now
+                self.photos(path)
+            _check_disjoint(b, cfg.calib_dir, self.coco)
+
+    def _calibration_people(self) -> _People:
+        """Calibration inputs: person crops for top-down models (split into calibration and tuning people when
+        the search runs), whole photos otherwise."""
+        cfg, b = self.cfg, self.b
+        if cfg.calib_dir is None:
+            return _People()
+        if not self.topdown:
+            return _People(calib=load_images(cfg.calib_dir, b.manifest, cfg.calib_samples))
+        self.say(f"{cfg.precision}: finding people in {cfg.calib_dir}" if cfg.calib_ann is None
+                 else f"{cfg.precision}: cropping")
+        boxes, available, how = _people(b, cfg.calib_dir, cfg.calib_samples, cfg.calib_ann, self.finder, self.photos)
+        out = _People()
+        if self.searching:
+            boxes, tuning = split_by_photo(boxes, cfg.tune_share, cfg.seed)
+            check_tuning_size(tuning, len(boxes) + len(tuning), cfg.tune_share)
+            out.split = describe_split(boxes, tuning, cfg.calib_dir)
+            out.tune_crops, _ = _crop_set(b, tuning, f"{cfg.calib_dir} ({how}, tuning photos)", available,
+                                          self.photos)
+            out.tune_coco = tuning_annotations(cfg.calib_ann, cfg.calib_dir, tuning)
+            self.say(f"int8 search: {out.split}")
+        out.calib_crops, out.calib = _crop_set(b, boxes, f"{cfg.calib_dir} ({how})", available, self.photos)
+        return out
+
+    def _validation_set(self, work: Path, people: _People) -> tuple[ImageSet, CropSet | None]:
+        """What the gate runs on: --ann people, --val-dir, the tuning people, the calibration crops, or samples."""
+        cfg, b = self.cfg, self.b
+        if self.coco is not None:
+            crops = CropSet.build(self.coco.gt_boxes(), b.input.size, b.input.mean, b.input.std)
+            return ImageSet(crops.x, [f"{self.coco.ann.name}#{p.ann_id}" for p in crops.boxes], str(cfg.images),
+                            len(crops)), crops
+        if cfg.val_dir is not None:
+            if not self.topdown:
+                return load_images(cfg.val_dir, b.manifest, cfg.val_samples), None
+            boxes, available, how = _people(b, cfg.val_dir, cfg.val_samples, None, self.finder)
+            crops, val = _crop_set(b, boxes, f"{cfg.val_dir} ({how})", available)
+            return val, crops
+        if people.tune_crops is not None:
+            tune = people.tune_crops
+            return ImageSet(tune.x, [f"{p.file.name}@tuning" for p in tune.boxes],
+                            f"{cfg.calib_dir} (tuning people, held out from calibration)", len(tune)), tune
+        if people.calib is not None:
+            calib, n = people.calib, cfg.val_samples
+            val = ImageSet(calib.data[:n], calib.files[:n], calib.source, calib.available)
+            c = people.calib_crops
+            return val, None if c is None else CropSet(c.boxes[:n], c.x[:n], c.matrices[:n], c.input_hw)
+        if self.topdown:
             from hrdeploy.pose.samples import write_sample_photos
 
             write_sample_photos(work / "samples")
-            boxes, available, _ = _people(b, work / "samples", val_samples, None, finder)
-            val_crops, val = _crop_set(b, boxes, "skimage sample photos (person crops found by the fp32 model)",
-                                       available)
-        else:
-            val = default_images(manifest, work, samples=val_samples)
-        calib_set = calib if calib is not None else val
-        say(f"{precision}: {calib_set.count} calibration input(s) from {calib_set.source}, backend {used_backend}")
-        calib_batches = batches(calib_set.data, batch or CALIB_BATCH)
-        out_path = work / FILES[precision]
-        excluded_nodes = sorted({n for names in G.match_nodes(model, exclude, scopes).values() for n in names})
+            boxes, available, _ = _people(b, work / "samples", cfg.val_samples, None, self.finder)
+            crops, val = _crop_set(b, boxes, "skimage sample photos (person crops found by the fp32 model)",
+                                   available)
+            return val, crops
+        return default_images(b.manifest, work, samples=cfg.val_samples), None
+
+    def _convert(self, work: Path, calib_set: ImageSet, people: _People) -> tuple[dict[str, Any], str | None]:
+        """Write the variant to work/; its conversion record, and the float reference graph (int8)."""
+        cfg = self.cfg
+        self.say(f"{cfg.precision}: {calib_set.count} calibration input(s) from {calib_set.source}, backend "
+                 f"{self.backend}")
+        calib_batches = batches(calib_set.data, self.batch or CALIB_BATCH)
+        out_path = work / FILES[cfg.precision]
         try:
-            if precision == "fp16":
+            if cfg.precision == "fp16":
                 from hrdeploy.precision.fp16 import convert_fp16
 
-                info = convert_fp16(src, out_path, calib_batches, excluded_nodes, used_backend, work, threads)
-                float_ref_path = None
-            else:
-                from hrdeploy.precision.int8 import qdq_summary, quantize_modelopt, quantize_ort
-
-                quantizer = quantize_modelopt if used_backend == "modelopt" else quantize_ort
-                info = quantizer(src, out_path, calib_batches, method, list(exclude), scopes, work,
-                                 auto_exclude and not searching)
-                scopes = info.pop("scopes")
-                float_ref_path = info.pop("float_reference")
-                if searching:
-                    assert tune_crops is not None
-                    found = search_int8(out_path, float_ref_path, scopes, tune_crops, tune_coco,
-                                        max_ap_drop=max_ap_drop, min_oks=min_oks, batch=batch, threads=threads,
-                                        log=say)
-                    onnx.save(found.model, os.fspath(out_path))
-                    info["search"] = {**found.record, "split": split, "seed": seed, "tune_share": tune_share}
-                info.update(qdq_summary(onnx.load(os.fspath(out_path))))
+                excluded = sorted({n for names in G.match_nodes(self.model, cfg.exclude, self.scopes).values()
+                                   for n in names})
+                return convert_fp16(self.src, out_path, calib_batches, excluded, self.backend, work,
+                                    cfg.threads), None
+            return self._convert_int8(work, out_path, calib_batches, people)
         except UserError:
             raise
         except Exception as err:  # the converters raise many kinds of errors; name the step and a way out
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise UserError(
-                f"{precision} conversion with backend {used_backend} failed: {first[:300]}; "
+                f"{cfg.precision} conversion with backend {self.backend} failed: {first[:300]}; "
                 "try --exclude for the failing node, or the other --backend"
             ) from err
-        seconds_convert = time.perf_counter() - start
-        say(f"{precision}: converted in {seconds_convert:.1f} s; validating on {val.count} input(s)")
 
+    def _convert_int8(self, work: Path, out_path: Path, calib_batches: list[np.ndarray],
+                      people: _People) -> tuple[dict[str, Any], str | None]:
+        from hrdeploy.precision.int8 import qdq_summary, quantize_modelopt, quantize_ort
+
+        cfg = self.cfg
+        quantizer = quantize_modelopt if self.backend == "modelopt" else quantize_ort
+        info = quantizer(self.src, out_path, calib_batches, self.method, list(cfg.exclude), self.scopes, work,
+                         cfg.auto_exclude and not self.searching)
+        self.scopes = info.pop("scopes")
+        float_ref_path = info.pop("float_reference")
+        if self.searching:
+            assert people.tune_crops is not None
+            found = search_int8(out_path, float_ref_path, self.scopes, people.tune_crops, people.tune_coco,
+                                max_ap_drop=cfg.max_ap_drop, min_oks=cfg.min_oks, batch=self.batch,
+                                threads=cfg.threads, log=self.say)
+            onnx.save(found.model, os.fspath(out_path))
+            info["search"] = {**found.record, "split": people.split, "seed": cfg.seed, "tune_share": cfg.tune_share}
+        info.update(qdq_summary(onnx.load(os.fspath(out_path))))
+        return info, float_ref_path
+
+    def _judge(self, work: Path, val: ImageSet, val_crops: CropSet | None,
+               float_ref_path: str | None) -> dict[str, Any]:
+        """The gate's verdict, with per-layer drift (and INT8's input-noise reference and block sensitivity)."""
+        cfg = self.cfg
+        out_path = work / FILES[cfg.precision]
         variant = onnx.load(os.fspath(out_path))
-        report: dict[str, Any] = {
-            "precision": precision, "backend": used_backend, "method": method if precision == "int8" else None,
-            "calibration": calib_set.describe(), "validation_images": val.describe(), "conversion": info,
-        }
-        if validate:
-            comparison = _validate(b, precision, out_path, tol, coco, val, val_crops, eager, batch, threads,
-                                   bootstrap, seed)
-            probe = val.data[:DRIFT_IMAGES] if batch is None else batches(val.data[:DRIFT_IMAGES], batch)[0]
-            comparison["drift"] = layer_drift(model, variant, probe, scopes, threads=threads)
-            if precision == "int8":
-                comparison["input_noise"] = input_noise_reference(model, probe, threads=threads)
-            if precision == "int8" and sensitivity:
-                float_ref = onnx.load(float_ref_path) if float_ref_path else model
-                comparison["sensitivity"] = block_sensitivity(float_ref, variant, probe, scopes, threads=threads)
-            report["validation"] = comparison
-        report["seconds"] = round(time.perf_counter() - start, 2)
-        write_json(work / f"quantize.{precision}.json", report)
+        comparison = _validate(self.b, cfg.precision, out_path, self.tol, self.coco, val, val_crops, self.eager,
+                               self.batch, cfg.threads, cfg.bootstrap, cfg.seed)
+        probe = val.data[:DRIFT_IMAGES] if self.batch is None else batches(val.data[:DRIFT_IMAGES], self.batch)[0]
+        comparison["drift"] = layer_drift(self.model, variant, probe, self.scopes, threads=cfg.threads)
+        if cfg.precision == "int8":
+            comparison["input_noise"] = input_noise_reference(self.model, probe, threads=cfg.threads)
+            if cfg.sensitivity:
+                float_ref = onnx.load(float_ref_path) if float_ref_path else self.model
+                comparison["sensitivity"] = block_sensitivity(float_ref, variant, probe, self.scopes,
+                                                              threads=cfg.threads)
+        return comparison
+
+    def _commit(self, work: Path, report: dict[str, Any]) -> None:
+        """Reports written, then the files moved into the bundle, then parity.json and the manifest updated."""
         from hrdeploy.precision.report import to_markdown
 
-        write_text(work / f"quantize.{precision}.md", to_markdown(manifest, report))
-
-        # --- commit: move the files in, then update parity.json and the manifest --------------------
-        root = b.root
+        precision, b = self.cfg.precision, self.b
+        write_json(work / f"quantize.{precision}.json", report)
+        write_text(work / f"quantize.{precision}.md", to_markdown(b.manifest, report))
         for name in (FILES[precision], f"quantize.{precision}.json", f"quantize.{precision}.md"):
-            with atomic_path(root / name) as tmp:
+            with atomic_path(b.root / name) as tmp:
                 shutil.copyfile(work / name, tmp)
-        b.record_artifact(precision, FILES[precision], **_manifest_entry(root, precision, used_backend, method,
-                                                                         report))
-        if validate:
+        b.record_artifact(precision, FILES[precision], **_manifest_entry(b.root, precision, self.backend,
+                                                                         self.method, report))
+        if "validation" in report:
             val_report = report["validation"]
             b.update_report("parity.json", precision, {"stage": "quantize", "reference": "eager", **{
                 k: val_report[k] for k in ("mode", "tolerance", "gated", "failures", "passed")}})
             b.record_section("parity", {"passed": val_report["passed"], "file": "parity.json"}, key=precision)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return root / FILES[precision]
 
 
 def _manifest_entry(bundle: Path, precision: str, backend: str, method: str, report: dict[str, Any]) -> dict[str, Any]:
