@@ -5,16 +5,22 @@ from __future__ import annotations
 import click
 
 from hrdeploy.parity.tolerances import BOOTSTRAP_RESAMPLES
-from hrdeploy.precision.targets import DEFAULT_MAX_AP_DROP, DEFAULT_MIN_OKS, DEFAULT_SEED, DEFAULT_TUNE_SHARE
+from hrdeploy.precision.targets import (
+    DEFAULT_MAX_AP_DROP,
+    DEFAULT_MIN_OKS,
+    DEFAULT_MIN_OKS_FOUND,
+    DEFAULT_SEED,
+    DEFAULT_TUNE_SHARE,
+)
 
 
 @click.command("quantize")
 @click.argument("bundle", type=click.Path())
 @click.option("--precision", help="fp16 (mixed precision, fp32 I/O) or int8 (Q/DQ) [default: the bundle's preset].")
 @click.option("--calib-dir", type=click.Path(), help="Folder of calibration photos of people (needed for int8). "
-              "Top-down models calibrate on person crops: the boxes of --calib-ann, or else one crop per photo "
-              "where the fp32 model finds a person (it scores the whole photo and smaller windows of it, takes the "
-              "box of the best window's confident keypoints, and keeps the best window when it finds none). "
+              "Top-down models calibrate on person crops: the boxes of --calib-ann, or else up to three people per "
+              "photo where the fp32 model finds them (it scores the whole photo and smaller windows of it, takes the "
+              "box of each good window's confident keypoints, and keeps the best window when it finds none). "
               "Never the images you evaluate on.")
 @click.option("--calib-ann", type=click.Path(), help="Person boxes of the --calib-dir photos: a COCO keypoint "
               "json (bbox) or an MPII json (list of {image, center, scale}; box height = scale x 200 px).")
@@ -46,9 +52,10 @@ from hrdeploy.precision.targets import DEFAULT_MAX_AP_DROP, DEFAULT_MIN_OKS, DEF
                    "or a trained checkpoint].")
 @click.option("--max-ap-drop", type=click.FloatRange(min=0), default=DEFAULT_MAX_AP_DROP, show_default=True,
               help="Search target with a COCO keypoint --calib-ann: AP points lost on the tuning people.")
-@click.option("--min-oks", type=click.FloatRange(min=0, max=1, min_open=True), default=DEFAULT_MIN_OKS,
-              show_default=True, help="Search target without keypoint annotations: mean OKS of the INT8 "
-              "keypoints against fp32's on the tuning crops.")
+@click.option("--min-oks", type=click.FloatRange(min=0, max=1, min_open=True),
+              help="Search target: mean OKS of the INT8 keypoints against fp32's on the tuning people "
+              f"[default: {DEFAULT_MIN_OKS:g} with --calib-ann, {DEFAULT_MIN_OKS_FOUND:g} on the crops the fp32 "
+              "model finds].")
 @click.option("--tune-share", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
               default=DEFAULT_TUNE_SHARE, show_default=True,
               help="Share of the calibration photos whose people tune instead of calibrate (>= 20 people).")
@@ -62,7 +69,7 @@ def quantize_cmd(
     ctx: click.Context, bundle: str, precision: str | None, calib_dir: str | None, calib_ann: str | None,
     calib_samples: int, method: str | None, backend: str, exclude: tuple[str, ...], auto_exclude: bool,
     ann: str | None, images: str | None, val_dir: str | None, val_samples: int, tolerances: tuple[str, ...],
-    sensitivity: bool, search: bool | None, max_ap_drop: float, min_oks: float, tune_share: float, seed: int,
+    sensitivity: bool, search: bool | None, max_ap_drop: float, min_oks: float | None, tune_share: float, seed: int,
     bootstrap: int, threads: int | None,
 ) -> None:
     """Write model.fp16.onnx or model.int8.onnx into BUNDLE and check it against the eager fp32 model.

@@ -39,7 +39,7 @@ from hrdeploy.precision.evaluate import (
     run_batches,
 )
 from hrdeploy.precision.int8 import DEFAULT_METHOD, METHODS
-from hrdeploy.precision.targets import DEFAULT_MAX_AP_DROP, DEFAULT_MIN_OKS, DEFAULT_SEED, DEFAULT_TUNE_SHARE
+from hrdeploy.precision.targets import DEFAULT_MAX_AP_DROP, DEFAULT_SEED, DEFAULT_TUNE_SHARE, default_min_oks
 from hrdeploy.precision.tuning import (
     check_tuning_size,
     describe_split,
@@ -221,11 +221,16 @@ class QuantizeConfig:
     sensitivity: bool = True
     search: bool | None = None
     max_ap_drop: float = DEFAULT_MAX_AP_DROP
-    min_oks: float = DEFAULT_MIN_OKS
+    min_oks: float | None = None
     tune_share: float = DEFAULT_TUNE_SHARE
     seed: int = DEFAULT_SEED
     bootstrap: int = DEFAULT_RESAMPLES
     threads: int | None = None
+
+    @property
+    def target_oks(self) -> float:
+        """`min_oks`, else the default for annotated people or for the crops the fp32 model finds."""
+        return self.min_oks if self.min_oks is not None else default_min_oks(self.calib_ann is not None)
 
     def check(self) -> None:
         """UserError for a value or a combination that no bundle can satisfy."""
@@ -237,7 +242,7 @@ class QuantizeConfig:
             raise UserError("--ann and --images go together: the COCO keypoint json and the folder of its images")
         if self.calib_ann is not None and self.calib_dir is None:
             raise UserError("--calib-ann needs --calib-dir, the folder of the images it annotates")
-        _check_search_numbers(self.max_ap_drop, self.min_oks, self.tune_share, self.bootstrap)
+        _check_search_numbers(self.max_ap_drop, self.target_oks, self.tune_share, self.bootstrap)
         if self.precision == "int8" and self.calib_dir is None:
             raise UserError("int8 needs calibration images; pass --calib-dir FOLDER with a few dozen typical "
                             "photos of people (JPEG/PNG)")
@@ -268,7 +273,8 @@ def quantize_bundle(bundle: str | os.PathLike, precision: str, *, log: Callable[
         [default: on with annotated calibration people or a trained checkpoint]. The people are split by
         photo (`tune_share` of the photos, seeded by `seed`) into calibration and tuning people; the fewest
         conv blocks stay float for the tuning AP drop to be within `max_ap_drop` points (COCO keypoint
-        `calib_ann`), else for the keypoints to agree with fp32's at mean OKS >= `min_oks`.
+        `calib_ann`), and for the keypoints to agree with fp32's at mean OKS >= `min_oks` [default:
+        precision.targets.default_min_oks].
     method: int8 activation calibration, "entropy" | "max" | "percentile" (99.99th) [default: percentile
         with ort, entropy with modelopt].
     backend: "modelopt" (NVIDIA ModelOpt), "ort" (onnxruntime / onnxconverter-common) or "auto".
@@ -449,7 +455,7 @@ class Quantizer:
         if self.searching:
             assert people.tune_crops is not None
             found = search_int8(out_path, float_ref_path, self.scopes, people.tune_crops, people.tune_coco,
-                                max_ap_drop=cfg.max_ap_drop, min_oks=cfg.min_oks, batch=self.batch,
+                                max_ap_drop=cfg.max_ap_drop, min_oks=cfg.target_oks, batch=self.batch,
                                 threads=cfg.threads, log=self.say)
             onnx.save(found.model, os.fspath(out_path))
             info["search"] = {**found.record, "split": people.split, "seed": cfg.seed, "tune_share": cfg.tune_share}
