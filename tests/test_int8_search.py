@@ -87,6 +87,17 @@ def test_target() -> None:
     assert target.describe() == "AP drop <= 0.5 and OKS vs fp32 >= 0.985"
 
 
+def test_the_search_bar_depends_on_where_the_tuning_people_come_from() -> None:
+    from hrdeploy.precision.quantize import QuantizeConfig
+    from hrdeploy.precision.targets import DEFAULT_MIN_OKS, DEFAULT_MIN_OKS_FOUND
+
+    # found crops are the people the fp32 model is surest of: INT8 agrees more closely there, so the bar is higher
+    assert DEFAULT_MIN_OKS_FOUND > DEFAULT_MIN_OKS
+    assert QuantizeConfig("int8", calib_dir="photos").target_oks == DEFAULT_MIN_OKS_FOUND
+    assert QuantizeConfig("int8", calib_dir="photos", calib_ann="people.json").target_oks == DEFAULT_MIN_OKS
+    assert QuantizeConfig("int8", calib_dir="photos", min_oks=0.97).target_oks == 0.97
+
+
 def test_split_by_photo_is_seeded_and_keeps_photos_whole() -> None:
     people = [PersonBox(i // 3, Path(f"{i // 3}.jpg"), (0, 0, 10, 10), ann_id=i) for i in range(60)]  # 20 photos
     calib, tune = split_by_photo(people, 0.5, seed=0)
