@@ -134,6 +134,26 @@ def test_cli_flag_overrides_preset(cli_runner, tmp_path):
     assert "parity PASS" in result.output
 
 
+def test_stage_presets_are_the_defaults_of_build_and_quantize(cli_runner, tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("export:\n  dynamic_batch: true\n  input_size: 64x64\nquantize:\n  precision: fp16\n"
+                      "build:\n  precision: fp16\n  opt_batch: 2\n  max_batch: 4\n  workspace: 2\n")
+    out = tmp_path / "n18"
+    exported = cli_runner.invoke(cli, ["export", "naive_lite_hrnet_18", "--config", str(preset), "-o", str(out)])
+    assert exported.exit_code == 0, exported.output
+
+    line = cli_runner.invoke(cli, ["build", str(out), "--print-trtexec", "--trt", "10"])
+    assert line.exit_code == 0, line.output
+    assert "--fp16" in line.output and "--memPoolSize=workspace:2048M" in line.output
+    assert "--maxShapes=input:4x3x64x64" in line.output and "--optShapes=input:2x3x64x64" in line.output
+    given = cli_runner.invoke(cli, ["build", str(out), "--print-trtexec", "--trt", "10", "--max-batch", "2"])
+    assert given.exit_code == 0 and "--maxShapes=input:2x3x64x64" in given.output  # the command line wins
+
+    quantized = cli_runner.invoke(cli, ["quantize", str(out), "--backend", "ort", "--val-samples", "2"])
+    assert quantized.exit_code == 0, quantized.output
+    assert "fp16" in json.loads((out / "manifest.json").read_text())["artifacts"]
+
+
 class _Fixed:
     """A runner returning `value + offset` for any input (one output, `heatmaps`)."""
 

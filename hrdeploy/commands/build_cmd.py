@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 
+from hrdeploy.commands.stage_presets import bundle_argument
+
 
 @click.command("build")
-@click.argument("source", type=click.Path(path_type=Path))
+@bundle_argument("source", "build", type=click.Path(path_type=Path))
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp16", show_default=True,
               help="Engine precision. INT8 always comes from a Q/DQ ONNX (hrdeploy quantize).")
 @click.option("--min-batch", type=click.IntRange(min=1), help="Profile minimum batch [default: 1].")
@@ -38,7 +40,8 @@ def build_cmd(source: Path, trt_gen: str | None, print_trtexec: bool, **options)
 
     Writes model.<precision>.engine atomically, <engine>.json with the TensorRT version, GPU, profile and
     flags, and records the engine in the manifest. With --print-trtexec, prints the equivalent trtexec
-    command instead; that needs neither TensorRT nor a GPU.
+    command instead; that needs neither TensorRT nor a GPU. Options not given on the command line come
+    from the `build` section of the preset the bundle was exported with (`hrdeploy export --config`).
     """
     from hrdeploy.engine.builder import build_engine, check_build_host
     from hrdeploy.engine.plan import BuildOptions, describe_source, make_plan

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from hrdeploy.commands.stage_presets import bundle_argument
 from hrdeploy.parity.tolerances import BOOTSTRAP_RESAMPLES
 from hrdeploy.precision.targets import (
     DEFAULT_MAX_AP_DROP,
@@ -15,7 +16,7 @@ from hrdeploy.precision.targets import (
 
 
 @click.command("quantize")
-@click.argument("bundle", type=click.Path())
+@bundle_argument("bundle", "quantize", type=click.Path())
 @click.option("--precision", help="fp16 (mixed precision, fp32 I/O) or int8 (Q/DQ) [default: the bundle's preset].")
 @click.option("--calib-dir", type=click.Path(), help="Folder of calibration photos of people (needed for int8). "
               "Top-down models calibrate on person crops: the boxes of --calib-ann, or else up to three people per "
@@ -84,23 +85,11 @@ def quantize_cmd(
     Exit status 0 when the variant is within tolerance, 1 when it drifts beyond it (the file is kept and
     recorded as failed), 2 on bad input (the bundle is left unchanged).
     """
-    from click.core import ParameterSource
-
-    from hrdeploy.bundle import Bundle
     from hrdeploy.errors import UserError
     from hrdeploy.io import console as make_console
     from hrdeploy.parity.tolerances import parse_tolerances
     from hrdeploy.precision.quantize import PRECISIONS, quantize_bundle
 
-    preset = Bundle.open(bundle).section("stages", {}).get("quantize") or {}
-    given = {name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE for name in ctx.params}
-    precision = precision if given["precision"] else preset.get("precision", precision)
-    calib_samples = calib_samples if given["calib_samples"] else preset.get("calib_samples", calib_samples)
-    method = method if given["method"] else preset.get("method", method)
-    backend = backend if given["backend"] else preset.get("backend", backend)
-    preset_exclude = preset.get("exclude", ())
-    exclude = exclude if given["exclude"] else ((preset_exclude,) if isinstance(preset_exclude, str)
-                                                else tuple(preset_exclude))
     if precision is None:
         raise UserError("pass --precision fp16 or --precision int8 (the bundle's preset names none)")
     precision = str(precision).lower()
