@@ -95,6 +95,53 @@ def remove_fp16_round_trips(model: onnx.ModelProto) -> int:
     return len(removed)
 
 
+def _overflow_nodes(model: onnx.ModelProto, maxima: dict[str, float]) -> dict[str, float]:
+    """Nodes that read or write a tensor too large for fp16, with that magnitude. Blocking only the producer
+    would still cast its output to fp16 for the consumers downstream, so both ends stay fp32."""
+    overflow = {}
+    for node in model.graph.node:
+        value = max((maxima.get(t, 0.0) for t in [*node.input, *node.output] if t), default=0.0)
+        if value > FP16_SAFE_MAX:
+            overflow[node.name] = value
+    return overflow
+
+
+def _autocast(model: onnx.ModelProto, data_batches: list[np.ndarray], block_nodes: list[str],
+              workdir: str | os.PathLike) -> onnx.ModelProto:
+    """ModelOpt AutoCast's fp16 graph, fp32 I/O, `block_nodes` and FP32_OP_TYPES kept fp32."""
+    import re
+
+    from modelopt.onnx.autocast import configure_logging, convert_to_mixed_precision
+
+    configure_logging("WARNING")  # AutoCast logs every node it skips at INFO
+    src_named = Path(workdir) / "named.onnx"
+    onnx.save(model, src_named)
+    calib = Path(workdir) / "calib.npz"
+    np.savez(calib, **{model.graph.input[0].name: data_batches[0]})  # one batch the graph accepts
+    return convert_to_mixed_precision(
+        os.fspath(src_named),
+        low_precision_type="fp16",
+        nodes_to_exclude=[f"^{re.escape(n)}$" for n in block_nodes],
+        op_types_to_exclude=list(FP32_OP_TYPES),
+        keep_io_types=True,
+        calibration_data=os.fspath(calib),
+    )
+
+
+def _float16(model: onnx.ModelProto, block_nodes: list[str]) -> onnx.ModelProto:
+    """onnxconverter-common's fp16 graph, fp32 I/O, `block_nodes` and FP32_OP_TYPES kept fp32."""
+    from onnxconverter_common import float16
+
+    converted = float16.convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP32_OP_TYPES),
+        node_block_list=block_nodes,
+    )
+    remove_fp16_round_trips(converted)
+    return converted
+
+
 def convert_fp16(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -108,44 +155,12 @@ def convert_fp16(
     model = G.ensure_node_names(onnx.load(os.fspath(src)))
     by_name = {n.name: n for n in model.graph.node}
     maxima = activation_max(model, data_batches, threads=threads)
-    # a node stays fp32 when any tensor it reads or writes is too large for fp16: blocking only the producer
-    # would still cast its output to fp16 for the consumers downstream
-    overflow = {}
-    for node in model.graph.node:
-        value = max((maxima.get(t, 0.0) for t in [*node.input, *node.output] if t), default=0.0)
-        if value > FP16_SAFE_MAX:
-            overflow[node.name] = value
+    overflow = _overflow_nodes(model, maxima)
     block_nodes = sorted(set(overflow) | set(exclude_nodes))
-
     if backend == "modelopt":
-        from modelopt.onnx.autocast import configure_logging, convert_to_mixed_precision
-
-        configure_logging("WARNING")  # AutoCast logs every node it skips at INFO
-
-        src_named = Path(workdir) / "named.onnx"
-        onnx.save(model, src_named)
-        calib = Path(workdir) / "calib.npz"
-        np.savez(calib, **{model.graph.input[0].name: data_batches[0]})  # one batch the graph accepts
-        import re
-
-        converted = convert_to_mixed_precision(
-            os.fspath(src_named),
-            low_precision_type="fp16",
-            nodes_to_exclude=[f"^{re.escape(n)}$" for n in block_nodes],
-            op_types_to_exclude=list(FP32_OP_TYPES),
-            keep_io_types=True,
-            calibration_data=os.fspath(calib),
-        )
+        converted = _autocast(model, data_batches, block_nodes, workdir)
     else:
-        from onnxconverter_common import float16
-
-        converted = float16.convert_float_to_float16(
-            model,
-            keep_io_types=True,
-            op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP32_OP_TYPES),
-            node_block_list=block_nodes,
-        )
-        remove_fp16_round_trips(converted)
+        converted = _float16(model, block_nodes)
     onnx.save(converted, os.fspath(dst))
 
     kept = fp32_nodes(converted)

@@ -112,33 +112,23 @@ def _ort_preprocess(src: Path, dst: Path) -> onnx.ModelProto:
     return model
 
 
-def quantize_ort(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    data_batches: list[np.ndarray],
-    method: str,
-    exclude_patterns: list[str],
-    src_scopes: dict[str, str],
-    workdir: str | os.PathLike,
-    auto_exclude: bool = True,
-) -> dict[str, Any]:
-    """Q/DQ graph by onnxruntime quantize_static. Returns the backend's record (excluded nodes etc.)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+# hrdeploy's calibration method -> onnxruntime's CalibrationMethod member
+ORT_CALIBRATION = {"entropy": "Entropy", "max": "MinMax", "percentile": "Percentile"}
+# Symmetric INT8 as TensorRT takes it: no bias quantization, no Q/DQ on the outputs of the quantized ops.
+ORT_EXTRA_OPTIONS = {
+    "ActivationSymmetric": True,
+    "WeightSymmetric": True,
+    "CalibTensorRangeSymmetric": True,
+    "OpTypesToExcludeOutputQuantization": list(ORT_OP_TYPES),
+    "QuantizeBias": False,
+    "MatMulConstBOnly": True,
+    "CalibPercentile": PERCENTILE,
+}
 
-    workdir = Path(workdir)
-    pre_path = workdir / "preprocessed.onnx"
-    pre = _ort_preprocess(Path(src), pre_path)
-    scopes = {**G.node_scopes(pre), **{k: v for k, v in src_scopes.items() if v}}
-    excluded = sorted({n for names in G.match_nodes(pre, exclude_patterns, scopes).values() for n in names})
-    runtime_weights = G.non_constant_weight_convs(pre)
-    auto = wide_range_depthwise(pre, data_batches) if auto_exclude else {}
-    input_name = pre.graph.input[0].name
+
+def _calibration_reader(data_batches: list[np.ndarray], input_name: str) -> Any:
+    """onnxruntime's CalibrationDataReader over the calibration batches."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -151,33 +141,43 @@ def quantize_ort(
         def __len__(self) -> int:
             return len(data_batches)
 
-    calib_method = {
-        "entropy": CalibrationMethod.Entropy,
-        "max": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-    }[method]
-    extra = {
-        "ActivationSymmetric": True,
-        "WeightSymmetric": True,
-        "CalibTensorRangeSymmetric": True,
-        "OpTypesToExcludeOutputQuantization": list(ORT_OP_TYPES),
-        "QuantizeBias": False,
-        "MatMulConstBOnly": True,
-        "CalibPercentile": PERCENTILE,
-    }
+    return Reader()
+
+
+def quantize_ort(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    data_batches: list[np.ndarray],
+    method: str,
+    exclude_patterns: list[str],
+    src_scopes: dict[str, str],
+    workdir: str | os.PathLike,
+    auto_exclude: bool = True,
+) -> dict[str, Any]:
+    """Q/DQ graph by onnxruntime quantize_static. Returns the backend's record (excluded nodes etc.)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    workdir = Path(workdir)
+    pre_path = workdir / "preprocessed.onnx"
+    pre = _ort_preprocess(Path(src), pre_path)
+    scopes = {**G.node_scopes(pre), **{k: v for k, v in src_scopes.items() if v}}
+    excluded = sorted({n for names in G.match_nodes(pre, exclude_patterns, scopes).values() for n in names})
+    runtime_weights = G.non_constant_weight_convs(pre)
+    auto = wide_range_depthwise(pre, data_batches) if auto_exclude else {}
+
     with _cwd(workdir):  # calibration writes augmented models; keep anything stray out of the user's folder
         quantize_static(
             os.fspath(pre_path.absolute()),
             os.fspath(Path(dst).absolute()),
-            Reader(),
+            _calibration_reader(data_batches, pre.graph.input[0].name),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(ORT_OP_TYPES),
             per_channel=True,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=sorted(set(excluded) | set(runtime_weights) | set(auto)),
-            calibrate_method=calib_method,
-            extra_options=extra,
+            calibrate_method=getattr(CalibrationMethod, ORT_CALIBRATION[method]),
+            extra_options=ORT_EXTRA_OPTIONS,
         )
     # quantize_static puts one Q/DQ pair on a tensor for all its consumers, so a residual Add, ReLU or Slice that
     # reads a conv's input would read it rounded to INT8 too: only the quantized ops keep reading through Q/DQ
