@@ -119,6 +119,7 @@ def crop_metrics(bundle: str | Path, precision: str, threads: int) -> dict[str, 
     from hrdeploy.precision.targets import DEFAULT_SEED, DEFAULT_TUNE_SHARE
     from hrdeploy.precision.tuning import split_by_photo
     from hrdeploy.runtime.eager import EagerRunner
+    from hrdeploy.runtime.factory import open_runner
 
     b = Bundle.open(bundle)
     people = boxes_from_annotations(DATA / "coco-train" / "person_keypoints.json", DATA / "coco-train", b.input.size)
@@ -126,7 +127,7 @@ def crop_metrics(bundle: str | Path, precision: str, threads: int) -> dict[str, 
                           b.input.std)
     eager = EagerRunner(b.eager_model(), b.output_names, threads=threads)
     ref = Reference.compute(lambda x: eager.run(x)[b.output_names[0]], crops)
-    with b.artifact(precision).open_runner(threads=threads) as runner:
+    with open_runner(b.artifact(precision), threads=threads) as runner:
         res = check_pose(ref, lambda x: runner.run(x)[b.output_names[0]], TOLERANCES[precision])
     return {"oks": res["agreement"]["oks"], "pck@0.05": res["agreement"]["pck@0.05"], "cosine": res["tensor"]["cosine"]}
 

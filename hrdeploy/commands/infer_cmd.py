@@ -76,7 +76,7 @@ def _open_deployed(target: Any, threads: int | None) -> Any:
     from hrdeploy.runtime.factory import open_runner
 
     try:
-        return target.open_runner(threads) if hasattr(target, "open_runner") else open_runner(target, threads)
+        return open_runner(target, threads)
     except ImportError as err:
         from hrdeploy.errors import missing_dependency
 

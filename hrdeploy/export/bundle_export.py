@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import platform
 import re
@@ -293,21 +292,19 @@ def _export_into(
     onnx.save(model, os.fspath(onnx_path))
     export_seconds = time.perf_counter() - start
 
-    from torch import float64
-
-    from hrdeploy.runtime.eager import EagerRunner
-    from hrdeploy.runtime.onnxruntime import OrtRunner, run_failure
+    from hrdeploy.runtime.factory import eager_runner, open_runner
+    from hrdeploy.runtime.onnxruntime import run_failure
 
     step("parity: onnxruntime vs eager")
     heatmaps = tuple(n for n in spec.output_names if n.startswith("heatmaps")) if spec.is_pose else ()
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
-    with clock.phase("parity"), OrtRunner(onnx_path, threads=1) as ort_runner:
+    with clock.phase("parity"), open_runner(onnx_path, threads=1) as ort_runner:
         try:
             parity = compare(
-                EagerRunner(eager, spec.output_names), ort_runner,
+                eager_runner(eager, spec.output_names), ort_runner,
                 _parity_cases(opts, size, spec.stride), heatmap_outputs=heatmaps,
-                exact_reference=EagerRunner(copy.deepcopy(eager).double(), spec.output_names, dtype=float64),
+                exact_reference=eager_runner(eager, spec.output_names, exact=True),
             )
         except (Fail, InvalidArgument, RuntimeException) as err:  # the graph kept a shape of the export sample
             other = "dynamo" if exporter == "torchscript" else "torchscript"
