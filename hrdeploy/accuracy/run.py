@@ -94,18 +94,8 @@ def evaluate_bundle(
         log(f"{art.key} ({art.file}) on {backend}")
         with runner:
             ev.score(art, backend, runner)
-    eager_ap = ev.rows[0]["AP"]
-    for row in ev.rows:
-        row["dAP"] = round(100.0 * (row["AP"] - eager_ap), 2)
-    return {
-        "model": b.model.name, "bundle": str(b.root), "input_size": list(b.input.size),
-        "annotations": str(coco.ann), "images": str(coco.images),
-        "boxes": f"detections {dets}" if dets else ("ground truth" if topdown else "none (bottom-up)"),
-        "people": ev.rows[0]["people"], "flip_test": flip_test, "post_process": "dark" if dark else "default",
-        "scorer": "pycocotools COCOeval (keypoints)", "bootstrap": {"resamples": bootstrap, "seed": seed},
-        "rows": ev.rows, "skipped": ev.skipped, "passed": all(r.get("passed", True) for r in ev.rows),
-        "predictions": ev.predictions,
-    }
+    return ev.report(f"detections {dets}" if dets else ("ground truth" if topdown else "none (bottom-up)"),
+                     "dark" if dark else "default")
 
 
 @dataclass
@@ -172,6 +162,20 @@ class _Eval:
         keys = ("gated", "tolerance", "failures", "passed", "agreement", "interval")
         row.update({k: res[k] for k in keys if k in res})
         self.rows.append(row)
+
+    def report(self, boxes: str, post_process: str) -> dict[str, Any]:
+        """The evaluation's report: every row with its AP change against eager (dAP, AP points)."""
+        b, coco, rows = self.b, self.coco, self.rows
+        for row in rows:
+            row["dAP"] = round(100.0 * (row["AP"] - rows[0]["AP"]), 2)
+        return {
+            "model": b.model.name, "bundle": str(b.root), "input_size": list(b.input.size),
+            "annotations": str(coco.ann), "images": str(coco.images), "boxes": boxes,
+            "people": rows[0]["people"], "flip_test": self.flip_test, "post_process": post_process,
+            "scorer": "pycocotools COCOeval (keypoints)", "bootstrap": {"resamples": self.bootstrap, "seed": self.seed},
+            "rows": rows, "skipped": self.skipped, "passed": all(r.get("passed", True) for r in rows),
+            "predictions": self.predictions,
+        }
 
     def _row(self, key: str, backend: str, precision: str, file: str | None, batch: int,
              stats: dict[str, Any] | None, seconds: float, inputs: int) -> dict[str, Any]:
