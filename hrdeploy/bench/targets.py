@@ -139,9 +139,9 @@ def bundle_targets(
 
 
 def _bundle_eager(bundle: Bundle, threads: int | None) -> Any:
-    from hrdeploy.runtime.eager import EagerRunner
+    from hrdeploy.runtime.factory import eager_runner
 
-    return EagerRunner(bundle.eager_model(), bundle.output_names, threads=threads)
+    return eager_runner(bundle.eager_model(), bundle.output_names, threads)
 
 
 def model_target(
@@ -156,10 +156,10 @@ def model_target(
     size = check_input_size(spec, input_size or spec.input_size(ds))
 
     def open_() -> Any:
-        from hrdeploy.runtime.eager import EagerRunner
+        from hrdeploy.runtime.factory import eager_runner
         from hrdeploy.zoo import build_model
 
-        return EagerRunner(build_model(name, dataset=ds), spec.output_names, threads=threads)
+        return eager_runner(build_model(name, dataset=ds), spec.output_names, threads)
 
     return BenchTarget("eager fp32", "eager", "fp32", open_), size
 
