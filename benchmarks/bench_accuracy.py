@@ -117,12 +117,12 @@ def _tuning_crops(bundle: str | Path, found: bool) -> object:
     from hrdeploy.parity.crops import PEOPLE_PER_PHOTO, boxes_from_annotations, find_people
     from hrdeploy.precision.targets import DEFAULT_SEED, DEFAULT_TUNE_SHARE
     from hrdeploy.precision.tuning import split_by_photo
-    from hrdeploy.runtime.onnxruntime import OrtRunner
+    from hrdeploy.runtime.factory import open_runner
 
     b = Bundle.open(bundle)
     train = DATA / "coco-train"
     if found:
-        with OrtRunner(b.path("model.onnx")) as fp32:
+        with open_runner(b.artifact("onnx")) as fp32:
             people = find_people(image_files(train), lambda x: fp32.run(x)[b.output_names[0]], b.input.size,
                                  b.input.mean, b.input.std, per_photo=PEOPLE_PER_PHOTO)
     else:
@@ -140,11 +140,12 @@ def crop_metrics(bundle: str | Path, precision: str, threads: int) -> dict[str, 
     from hrdeploy.parity.pose import Reference, check_pose
     from hrdeploy.parity.tolerances import TOLERANCES
     from hrdeploy.runtime.eager import EagerRunner
+    from hrdeploy.runtime.factory import open_runner
 
     b = Bundle.open(bundle)
     eager = EagerRunner(b.eager_model(), b.output_names, threads=threads)
     out = {}
-    with b.artifact(precision).open_runner(threads=threads) as runner:
+    with open_runner(b.artifact(precision), threads=threads) as runner:
         for found in (False, True):
             ref = Reference.compute(lambda x: eager.run(x)[b.output_names[0]], _tuning_crops(bundle, found))
             res = check_pose(ref, lambda x: runner.run(x)[b.output_names[0]], TOLERANCES[precision])

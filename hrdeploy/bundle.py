@@ -3,8 +3,9 @@
 `Bundle.open(path)` validates the manifest once against its schema (format version, required sections,
 field types) and resolves every artifact path inside the bundle, refusing absolute paths, `..` and
 symlinks that leave it. Stages ask the `Bundle` for the model, input spec, outputs, keypoints and
-artifacts (`Artifact`: kind, precision, batch range, runner) and record new artifacts and report sections
-through it, atomically and under the bundle's lock file; no stage re-parses the JSON.
+artifacts (`Artifact`: kind, precision, batch range; `hrdeploy.runtime.factory.open_runner` runs one) and
+record new artifacts and report sections through it, atomically and under the bundle's lock file; no
+stage re-parses the JSON.
 
 Manifest layout ("hrdeploy-bundle/1"):
 
@@ -400,17 +401,6 @@ class Artifact:
             return profile_batch_range(self.info.get("profiles"))
         static = onnx_static_batch(self.onnx_model())
         return (static, static) if static else (1, MAX_BATCH)
-
-    def open_runner(self, threads: int | None = None) -> Any:
-        """An OrtRunner (ONNX) or TrtRunner (engine) for this artifact; use it as a context manager."""
-        if self.kind == "engine":
-            from hrdeploy.runtime.tensorrt import TrtRunner
-
-            return TrtRunner(self.path)
-        self.onnx_model()  # a corrupt file is a UserError before onnxruntime sees it
-        from hrdeploy.runtime.onnxruntime import OrtRunner
-
-        return OrtRunner(self.path, threads=threads)
 
 
 def _artifact(root: Path, manifest: Path, key: Any, entry: Any) -> Artifact:

@@ -181,13 +181,14 @@ def test_person_finder_finds_the_crowd_of_a_photo(trained_128_bundle: Path, shar
     from hrdeploy.bundle import Bundle
     from hrdeploy.images import image_files
     from hrdeploy.parity.crops import MAX_OVERLAP, PEOPLE_PER_PHOTO, _overlap, boxes_from_annotations, find_people
+    from hrdeploy.runtime.factory import open_runner
 
     b = Bundle.open(trained_128_bundle)
     train = shared_data / "coco-train"
     files = image_files(train)[:12]
     annotated = [p for p in boxes_from_annotations(train / "person_keypoints.json", train, b.input.size)
                  if p.file in files]
-    with b.artifact("onnx").open_runner(threads=1) as runner:
+    with open_runner(b.artifact("onnx"), threads=1) as runner:
         def find(per_photo: int) -> list:
             return find_people(files, lambda x: runner.run(x)[b.output_names[0]], b.input.size, b.input.mean,
                                b.input.std, per_photo=per_photo)

@@ -11,6 +11,7 @@ from tiny_bundles import tiny_bundle, tiny_manifest
 
 from hrdeploy.bundle import LOCK, MANIFEST, Bundle, hold_lock, is_bundle
 from hrdeploy.errors import UserError
+from hrdeploy.runtime.factory import open_runner
 
 
 def _with(root: Path, change) -> Path:
@@ -110,7 +111,7 @@ def test_corrupt_onnx_is_a_user_error(tmp_path: Path, content: bytes | None) -> 
     with pytest.raises(UserError, match="damaged or was replaced"):
         b.artifact("onnx")
     with pytest.raises(UserError, match="not a (readable|usable) ONNX model"):
-        b.artifacts["onnx"].open_runner()  # the file itself, without the recorded hash
+        open_runner(b.artifacts["onnx"])  # the file itself, without the recorded hash
 
 
 def test_record_artifact_and_section_are_atomic_and_merge(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from serve_helpers import BundledTriton, Server, need_serve_extra, one_line_erro
 from tiny_bundles import tiny_bundle
 
 from hrdeploy.cli import cli
+from hrdeploy.runtime.factory import open_runner
 from hrdeploy.serve.pipeline import (
     BOXES,
     IMAGE,
@@ -119,7 +120,7 @@ def test_pipeline_steps_are_hrdeploy_infer(tmp_path: Path, post_process: str) ->
     b = Bundle.open(tiny_bundle(tmp_path / "b"))
     data = _png(120, 90, seed=1)
     boxes = np.array([[10, 5, 70, 85], [50, 20, 119, 60]], np.float32)
-    with b.artifact("onnx").open_runner(1) as runner:
+    with open_runner(b.artifact("onnx"), 1) as runner:
         crops, transforms = preprocess_request(_bytes(data), boxes, CFG)
         assert crops.shape == (2, 3, 64, 48) and crops.dtype == np.float32 and transforms.shape == (2, 2, 3)
         heatmaps = runner.run(crops)["heatmaps"]
@@ -350,7 +351,7 @@ def test_python_backend_models_answer_each_request(tmp_path: Path, monkeypatch: 
         "BOXES holds 4 boxes; this server takes at most 3 per request: split the people over several requests",
         "the request has no BOXES input"]
     crops, transforms = (t.as_numpy() for t in pre[0].output_tensors)
-    with Bundle.open(bundle).artifact("onnx").open_runner(1) as runner:
+    with open_runner(Bundle.open(bundle).artifact("onnx"), 1) as runner:
         heatmaps = runner.run(crops)["heatmaps"]
         xywh = [(float(x1), float(y1), float(x2 - x1), float(y2 - y1)) for x1, y1, x2, y2 in boxes]
         want = np.stack([p.keypoints for p in predict(runner, decode_image(data), config_from_bundle(Bundle.open(

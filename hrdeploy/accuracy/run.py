@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from hrdeploy.bundle import Artifact, Bundle
 from hrdeploy.errors import UserError
-from hrdeploy.parity.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, paired_interval
+from hrdeploy.parity.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from hrdeploy.parity.coco import CocoKeypoints, CropSet, bottomup_results, results_from_keypoints
-from hrdeploy.parity.compare import bounds_for, judge
+from hrdeploy.parity.comparator import compare_ap
 from hrdeploy.parity.pose import Reference, check_pose
-from hrdeploy.parity.tolerances import parse_tolerances
+from hrdeploy.parity.tolerances import Tolerance, parse_tolerances
 
 STATS = ("AP", "AP50", "AP75", "AR", "mean_oks")
 
@@ -74,80 +75,111 @@ def evaluate_bundle(
     if coco.num_keypoints != len(kps.names):
         raise UserError(f"{coco.ann.name} annotates {coco.num_keypoints} keypoints but {b.model.name} predicts "
                         f"{len(kps.names)} ({kps.dataset}); use annotations of the model's keypoint set")
-    flip_index = kps.flip_index
     topdown = b.model.task == "pose_topdown"
     boxes = (coco.det_boxes(dets, min_det_score) if dets else coco.gt_boxes()) if topdown else []
-    from hrdeploy.runtime.eager import EagerRunner
+    from hrdeploy.runtime.factory import eager_runner, open_runner
 
-    eager = EagerRunner(b.eager_model(), b.output_names, threads=threads)
-    rows: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
-    predictions: dict[str, list[dict[str, Any]]] = {}  # COCO results per model, what pycocotools scored
-    if topdown:
-        crops = CropSet.build(boxes, b.input.size, b.input.mean, b.input.std)
-        log(f"eager fp32 on {len(crops)} person crops")
-        ref = Reference.compute(lambda x: eager.run(x)[b.output_names[0]], crops, coco, batch,
-                                flip_index=flip_index if flip_test else None,
-                                post_process="dark" if dark else "default")
-        rows.append(_row("eager", "eager", "fp32", None, batch, ref.stats, ref.seconds, len(crops), flip_test))
-        predictions["eager"] = results_from_keypoints(crops.boxes, ref.keypoints, coco.category_id)
-    else:
-        from hrdeploy.pose.pipeline import config_from_bundle
-
-        cfg = config_from_bundle(b)
-        log("eager fp32 on whole images (bottom-up grouping)")
-        results, seconds = bottomup_results(eager, coco, cfg, flip_test)
-        ref_stats, ref_outcomes = coco.evaluate(results)
-        predictions["eager"] = results
-        rows.append(_row("eager", "eager", "fp32", None, 1, ref_stats, seconds, len(coco.image_ids()), flip_test))
+    ev = _Eval(b, coco, tol, flip_test, batch, bootstrap, seed)
+    with eager_runner(b.eager_model(), b.output_names, threads) as eager:
+        ev.reference(eager, boxes, kps.flip_index if flip_test else None, "dark" if dark else "default", log)
     for art in chosen:
         backend = "trt" if art.kind == "engine" else "ort"
         try:
-            runner = art.open_runner(threads=threads)
+            runner = open_runner(art, threads).activate()
         except UserError as err:
             if art.kind != "engine":
                 raise
-            skipped.append({"artifact": art.key, "file": art.file, "reason": str(err)})
+            ev.skipped.append({"artifact": art.key, "file": art.file, "reason": str(err)})
             continue
         log(f"{art.key} ({art.file}) on {backend}")
         with runner:
-            if topdown:
-                n, fixed = _batch(art, batch)
-                res = check_pose(ref, lambda x, r=runner: r.run(x)[b.output_names[0]], tol[art.precision], n,
-                                 fixed_batch=fixed, bootstrap=bootstrap, seed=seed)
-                row = _row(art.key, backend, art.precision, art.file, n, res["stats"], res["seconds"], len(crops),
-                           flip_test)
-                row.update(gated=res["gated"], tolerance=res["tolerance"], failures=res["failures"],
-                           passed=res["passed"], agreement=res["agreement"])
-                if "interval" in res:
-                    row["interval"] = res["interval"]
-                predictions[art.key] = results_from_keypoints(crops.boxes, res["keypoints"], coco.category_id)
-            else:
-                results, seconds = bottomup_results(runner, coco, cfg, flip_test)
-                stats, outcomes = coco.evaluate(results)
-                predictions[art.key] = results
-                row = _row(art.key, backend, art.precision, art.file, 1, stats, seconds, len(coco.image_ids()),
-                           flip_test)
-                gated = {"ap_drop": 100.0 * (ref_stats["AP"] - stats["AP"])}
-                failures = judge(gated, tol[art.precision])
-                row.update(gated=gated, tolerance=bounds_for(tol[art.precision], gated), failures=failures,
-                           passed=not failures)
-                if bootstrap and ref_outcomes is not None and outcomes is not None:
-                    row["interval"] = paired_interval(ref_outcomes, outcomes, bootstrap, seed,
-                                                      tol[art.precision].max_ap_drop)
-        rows.append(row)
-    eager_ap = rows[0]["AP"]
-    for row in rows:
-        row["dAP"] = round(100.0 * (row["AP"] - eager_ap), 2)
-    return {
-        "model": b.model.name, "bundle": str(b.root), "input_size": list(b.input.size),
-        "annotations": str(coco.ann), "images": str(coco.images),
-        "boxes": f"detections {dets}" if dets else ("ground truth" if topdown else "none (bottom-up)"),
-        "people": rows[0]["people"], "flip_test": flip_test, "post_process": "dark" if dark else "default",
-        "scorer": "pycocotools COCOeval (keypoints)", "bootstrap": {"resamples": bootstrap, "seed": seed},
-        "rows": rows, "skipped": skipped, "passed": all(r.get("passed", True) for r in rows),
-        "predictions": predictions,
-    }
+            ev.score(art, backend, runner)
+    return ev.report(f"detections {dets}" if dets else ("ground truth" if topdown else "none (bottom-up)"),
+                     "dark" if dark else "default")
+
+
+@dataclass
+class _Eval:
+    """One evaluation: the eager reference, then each artifact scored against it by the comparator."""
+
+    b: Bundle
+    coco: CocoKeypoints
+    tol: dict[str, Tolerance]
+    flip_test: bool
+    batch: int
+    bootstrap: int
+    seed: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    predictions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # COCO results per model
+    ref: Reference | None = None  # top-down: eager on the person crops
+    ref_stats: Any = None  # bottom-up: eager's COCO stats and per-image outcomes
+    ref_outcomes: Any = None
+    cfg: Any = None  # bottom-up: the pipeline config (grouping) of the bundle
+
+    @property
+    def topdown(self) -> bool:
+        return self.b.model.task == "pose_topdown"
+
+    def reference(self, eager: Any, boxes: list, flip_index: Sequence[int] | None, post_process: str,
+                  log: Callable[[str], None]) -> None:
+        b, coco = self.b, self.coco
+        if self.topdown:
+            crops = CropSet.build(boxes, b.input.size, b.input.mean, b.input.std)
+            log(f"eager fp32 on {len(crops)} person crops")
+            self.ref = ref = Reference.compute(lambda x: eager.run(x)[b.output_names[0]], crops, coco, self.batch,
+                                               flip_index=flip_index, post_process=post_process)
+            self.rows.append(self._row("eager", "eager", "fp32", None, self.batch, ref.stats, ref.seconds, len(crops)))
+            self.predictions["eager"] = results_from_keypoints(crops.boxes, ref.keypoints, coco.category_id)
+            return
+        from hrdeploy.pose.pipeline import config_from_bundle
+
+        self.cfg = config_from_bundle(b)
+        log("eager fp32 on whole images (bottom-up grouping)")
+        results, seconds = bottomup_results(eager, coco, self.cfg, self.flip_test)
+        self.ref_stats, self.ref_outcomes = coco.evaluate(results)
+        self.predictions["eager"] = results
+        self.rows.append(self._row("eager", "eager", "fp32", None, 1, self.ref_stats, seconds, len(coco.image_ids())))
+
+    def score(self, art: Artifact, backend: str, runner: Any) -> None:
+        """The artifact's row: its COCO AP, judged against eager's (AP drop with its paired interval)."""
+        tol, coco = self.tol[art.precision], self.coco
+        if self.ref is not None:
+            n, fixed = _batch(art, self.batch)
+            res = check_pose(self.ref, lambda x: runner.run(x)[self.b.output_names[0]], tol, n, fixed_batch=fixed,
+                             bootstrap=self.bootstrap, seed=self.seed)
+            row = self._row(art.key, backend, art.precision, art.file, n, res["stats"], res["seconds"],
+                            len(self.ref.crops))
+            self.predictions[art.key] = results_from_keypoints(self.ref.crops.boxes, res["keypoints"],
+                                                               coco.category_id)
+        else:
+            results, seconds = bottomup_results(runner, coco, self.cfg, self.flip_test)
+            stats, outcomes = coco.evaluate(results)
+            self.predictions[art.key] = results
+            row = self._row(art.key, backend, art.precision, art.file, 1, stats, seconds, len(coco.image_ids()))
+            res = compare_ap(self.ref_stats, stats, tol, ref_outcomes=self.ref_outcomes, outcomes=outcomes,
+                             bootstrap=self.bootstrap, seed=self.seed)
+        keys = ("gated", "tolerance", "failures", "passed", "agreement", "interval")
+        row.update({k: res[k] for k in keys if k in res})
+        self.rows.append(row)
+
+    def report(self, boxes: str, post_process: str) -> dict[str, Any]:
+        """The evaluation's report: every row with its AP change against eager (dAP, AP points)."""
+        b, coco, rows = self.b, self.coco, self.rows
+        for row in rows:
+            row["dAP"] = round(100.0 * (row["AP"] - rows[0]["AP"]), 2)
+        return {
+            "model": b.model.name, "bundle": str(b.root), "input_size": list(b.input.size),
+            "annotations": str(coco.ann), "images": str(coco.images), "boxes": boxes,
+            "people": rows[0]["people"], "flip_test": self.flip_test, "post_process": post_process,
+            "scorer": "pycocotools COCOeval (keypoints)", "bootstrap": {"resamples": self.bootstrap, "seed": self.seed},
+            "rows": rows, "skipped": self.skipped, "passed": all(r.get("passed", True) for r in rows),
+            "predictions": self.predictions,
+        }
+
+    def _row(self, key: str, backend: str, precision: str, file: str | None, batch: int,
+             stats: dict[str, Any] | None, seconds: float, inputs: int) -> dict[str, Any]:
+        return _row(key, backend, precision, file, batch, stats, seconds, inputs, self.flip_test)
 
 
 def _row(key: str, backend: str, precision: str, file: str | None, batch: int, stats: dict[str, Any] | None,

@@ -83,20 +83,12 @@ def onnx_input_info(model: Any, path: str | os.PathLike) -> tuple[int | None, tu
     return vals[0], size, meta.get("hrdeploy.model")
 
 
-def _ort(path: Path, threads: int | None) -> Callable[[], Any]:
+def _opener(target: Any, threads: int | None = None) -> Callable[[], Any]:
+    """A runner opener for a path or an artifact (hrdeploy.runtime.factory.open_runner, imported when called)."""
     def open_() -> Any:
-        from hrdeploy.runtime.onnxruntime import OrtRunner
+        from hrdeploy.runtime.factory import open_runner
 
-        return OrtRunner(path, threads=threads)
-
-    return open_
-
-
-def _trt(path: Path) -> Callable[[], Any]:
-    def open_() -> Any:
-        from hrdeploy.runtime.tensorrt import TrtRunner
-
-        return TrtRunner(path)
+        return open_runner(target, threads)
 
     return open_
 
@@ -127,7 +119,7 @@ def bundle_targets(
             for key in onnxs:
                 art = bundle.artifact(key)
                 targets.append(BenchTarget(f"ort {art.precision}", "ort", art.precision,
-                                           lambda art=art: art.open_runner(threads), art.batch_range, art.file))
+                                           _opener(art, threads), art.batch_range, art.file))
         elif backend == "trt":
             if not engines:
                 if explicit:
@@ -142,14 +134,14 @@ def bundle_targets(
                     continue
                 art = bundle.artifact(key)
                 targets.append(BenchTarget(f"trt {art.precision}", "trt", art.precision,
-                                           lambda art=art: art.open_runner(), art.batch_range, art.file))
+                                           _opener(art), art.batch_range, art.file))
     return targets, skipped, bundle.input.size
 
 
 def _bundle_eager(bundle: Bundle, threads: int | None) -> Any:
-    from hrdeploy.runtime.eager import EagerRunner
+    from hrdeploy.runtime.factory import eager_runner
 
-    return EagerRunner(bundle.eager_model(), bundle.output_names, threads=threads)
+    return eager_runner(bundle.eager_model(), bundle.output_names, threads)
 
 
 def model_target(
@@ -164,10 +156,10 @@ def model_target(
     size = check_input_size(spec, input_size or spec.input_size(ds))
 
     def open_() -> Any:
-        from hrdeploy.runtime.eager import EagerRunner
+        from hrdeploy.runtime.factory import eager_runner
         from hrdeploy.zoo import build_model
 
-        return EagerRunner(build_model(name, dataset=ds), spec.output_names, threads=threads)
+        return eager_runner(build_model(name, dataset=ds), spec.output_names, threads)
 
     return BenchTarget("eager fp32", "eager", "fp32", open_), size
 
@@ -191,7 +183,8 @@ def file_target(
             from hrdeploy.registry import get_spec
 
             size = get_spec(model).input_size()
-        target = BenchTarget(f"ort {precision}", "ort", precision, _ort(path, threads), _static_range(batch), path.name)
+        target = BenchTarget(f"ort {precision}", "ort", precision, _opener(path, threads), _static_range(batch),
+                             path.name)
         return target, input_size or size  # type: ignore[return-value]
     require_backend("trt")
     from hrdeploy.engine.engine_info import read_engine_metadata
@@ -205,4 +198,4 @@ def file_target(
             raise UserError(f"{path} has no engine metadata with its input shape; pass --input-size HxW")
         size = (int(shape[2]), int(shape[3]))
     prec = str(meta.get("precision", "fp16"))
-    return BenchTarget(f"trt {prec}", "trt", prec, _trt(path), rng, path.name), size
+    return BenchTarget(f"trt {prec}", "trt", prec, _opener(path), rng, path.name), size

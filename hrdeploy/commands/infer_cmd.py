@@ -76,7 +76,7 @@ def _open_deployed(target: Any, threads: int | None) -> Any:
     from hrdeploy.runtime.factory import open_runner
 
     try:
-        return target.open_runner(threads) if hasattr(target, "open_runner") else open_runner(target, threads)
+        return open_runner(target, threads)
     except ImportError as err:
         from hrdeploy.errors import missing_dependency
 
@@ -177,16 +177,16 @@ def _resolve(
         return _Source(runner, cfg, f"{runner.name} {path.name}", str(path), sibling)
 
     from hrdeploy.registry import get_spec
-    from hrdeploy.runtime.eager import EagerRunner
+    from hrdeploy.runtime.factory import eager_runner
     from hrdeploy.zoo import build_model
 
     cfg = _check_boxes(config_from_spec(model, dataset, input_size), has_boxes)  # type: ignore[arg-type]
     net = build_model(model, dataset=cfg.dataset, checkpoint=checkpoint)  # type: ignore[arg-type]
-    return _Source(EagerRunner(net, get_spec(model).output_names, threads=threads), cfg, "eager", None, None)  # type: ignore[arg-type]
+    return _Source(eager_runner(net, get_spec(model).output_names, threads), cfg, "eager", None, None)  # type: ignore[arg-type]
 
 
 def _eager_reference(src: _Source, model: str | None, checkpoint: str | None, threads: int | None) -> Any:
-    from hrdeploy.runtime.eager import EagerRunner
+    from hrdeploy.runtime.factory import eager_runner
 
     if src.artifact is None:
         raise UserError("--compare needs a deployed model to compare with eager: pass a bundle DIR, --onnx or --engine")
@@ -200,7 +200,7 @@ def _eager_reference(src: _Source, model: str | None, checkpoint: str | None, th
         raise UserError(
             "--compare with a file outside a bundle needs --model NAME [--checkpoint FILE] for the eager model"
         )
-    return EagerRunner(net, src.cfg.output_names, threads=threads)
+    return eager_runner(net, src.cfg.output_names, threads)
 
 
 def _finite(v: float) -> float | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import platform
 import re
@@ -13,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -225,6 +225,26 @@ def export_bundle(
     return ExportResult(out_dir, manifest, parity, simplify_error, time.perf_counter() - start)
 
 
+def _parity(eager: Any, spec: ModelSpec, onnx_path: Path, cases: list[ParityCase], exporter: str) -> dict:
+    """The ONNX on onnxruntime against the eager model (and its float64 copy for the fp32 floor) on `cases`."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
+    from hrdeploy.runtime.factory import eager_runner, open_runner
+    from hrdeploy.runtime.onnxruntime import run_failure
+
+    heatmaps = tuple(n for n in spec.output_names if n.startswith("heatmaps")) if spec.is_pose else ()
+    with open_runner(onnx_path, threads=1) as ort_runner:
+        try:
+            return compare(eager_runner(eager, spec.output_names), ort_runner, cases, heatmap_outputs=heatmaps,
+                           exact_reference=eager_runner(eager, spec.output_names, exact=True))
+        except (Fail, InvalidArgument, RuntimeException) as err:  # the graph kept a shape of the export sample
+            other = "dynamo" if exporter == "torchscript" else "torchscript"
+            raise UserError(
+                f"the {exporter}-exported graph does not run on onnxruntime at every parity input "
+                f"({run_failure(err)}); export with --exporter {other}"
+            ) from err
+
+
 def _export_into(
     work: Path, name: str, spec: ModelSpec, opts: ExportOptions, dataset: str, size: tuple[int, int],
     start: float, step: Callable[[str], None],
@@ -293,28 +313,9 @@ def _export_into(
     onnx.save(model, os.fspath(onnx_path))
     export_seconds = time.perf_counter() - start
 
-    from torch import float64
-
-    from hrdeploy.runtime.eager import EagerRunner
-    from hrdeploy.runtime.onnxruntime import OrtRunner, run_failure
-
     step("parity: onnxruntime vs eager")
-    heatmaps = tuple(n for n in spec.output_names if n.startswith("heatmaps")) if spec.is_pose else ()
-    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
-
-    with clock.phase("parity"), OrtRunner(onnx_path, threads=1) as ort_runner:
-        try:
-            parity = compare(
-                EagerRunner(eager, spec.output_names), ort_runner,
-                _parity_cases(opts, size, spec.stride), heatmap_outputs=heatmaps,
-                exact_reference=EagerRunner(copy.deepcopy(eager).double(), spec.output_names, dtype=float64),
-            )
-        except (Fail, InvalidArgument, RuntimeException) as err:  # the graph kept a shape of the export sample
-            other = "dynamo" if exporter == "torchscript" else "torchscript"
-            raise UserError(
-                f"the {exporter}-exported graph does not run on onnxruntime at every parity input "
-                f"({run_failure(err)}); export with --exporter {other}"
-            ) from err
+    with clock.phase("parity"):
+        parity = _parity(eager, spec, onnx_path, _parity_cases(opts, size, spec.stride), exporter)
     parity["stage"] = "export"
     manifest["export"]["seconds"] = round(export_seconds, 2)
     manifest["export"]["phases"] = clock.to_dict()

@@ -1,6 +1,6 @@
 """Export-time parity: the ONNX on onnxruntime CPU vs the upstream-form eager model, seeded inputs.
 
-Judged by hrdeploy.parity (the comparator and fp32 tolerances every stage uses).
+Run and judged by hrdeploy.parity's comparator with the fp32 tolerance every stage uses.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hrdeploy.parity.compare import argmax_agreement, bounds_for, judge, tensor_stats
+from hrdeploy.parity.comparator import Comparator, TensorCompare
+from hrdeploy.parity.compare import bounds_for
+from hrdeploy.parity.loaders import SeededInputs, seeded_batch
 from hrdeploy.parity.tolerances import FLOOR_FACTOR, TOLERANCES
 from hrdeploy.runtime.base import Runner
 
@@ -23,8 +25,7 @@ class ParityCase:
     seed: int = 0
 
     def input(self) -> np.ndarray:
-        rng = np.random.default_rng(self.seed)
-        return rng.standard_normal((self.batch, 3, *self.input_size), dtype=np.float32)
+        return seeded_batch(self.batch, self.input_size, self.seed)
 
 
 def compare(
@@ -35,30 +36,16 @@ def compare(
     heatmap_outputs: tuple[str, ...] = (),
     exact_reference: Runner | None = None,
 ) -> dict:
-    """Run both runners on each case; one row per (case, output) with tensor (and heatmap-peak) metrics.
-
-    Rows are judged by hrdeploy.parity.compare.judge with the fp32 tolerance (max rel, cosine). The
-    `exact_reference` (the reference model in float64) is run only for a case with a row over max rel: that
-    row's `fp32_floor_rel` is the reference's own distance from it, and judge lets the row pass within
-    FLOOR_FACTOR x that floor.
-    """
+    """Both runners on each case's seeded batch (the comparator); one row per (case, output) with tensor (and
+    heatmap-peak) metrics, judged with the fp32 tolerance (max rel, cosine). The `exact_reference` (the
+    reference model in float64) runs only on a case with a row over max rel, for that row's fp32 floor."""
+    loader = SeededInputs([(c.batch, c.input_size, c.seed) for c in cases])
+    results = Comparator.run([reference, candidate], loader)
     rows = []
-    for case in cases:
-        x = case.input()
-        ref, out = reference.run(x), candidate.run(x)
-        exact = None
-        for name in reference.output_names:
-            row = {"backend": candidate.name, "batch": case.batch, "input_size": list(case.input_size), "output": name}
-            row.update(tensor_stats(ref[name], out[name]))
-            if name in heatmap_outputs:
-                row.update(argmax_agreement(ref[name], out[name]))
-            failures = judge(row, FP32)
-            if failures and exact_reference is not None and not judge({"cosine": row["cosine"]}, FP32):
-                exact = exact if exact is not None else exact_reference.run(x)
-                row["fp32_floor_rel"] = tensor_stats(exact[name], ref[name])["max_rel"]
-                failures = judge(row, FP32)
-            row["passed"] = not failures
-            rows.append(row)
+    for row in Comparator.compare(results, TensorCompare(FP32, heatmap_outputs, exact_reference)):
+        case = cases[row.pop("iteration")]
+        row.pop("failures")
+        rows.append({"backend": row.pop("backend"), "batch": case.batch, "input_size": list(case.input_size), **row})
     return {
         "reference": reference.name,
         "tolerance": {**bounds_for(FP32, {"max_rel": 0, "cosine": 0}),

@@ -1,4 +1,5 @@
-"""The comparator every stage uses: an artifact's outputs or predictions against the eager fp32 model's.
+"""The metrics and the verdict of the comparator (hrdeploy.parity.comparator): an artifact's outputs or
+predictions against the eager fp32 model's.
 
 Three kinds of evidence, judged by one function (`judge`) against one table (hrdeploy.parity.tolerances):
 - tensor statistics of raw outputs (`tensor_stats`: max abs / rel, p99, cosine), for fp32 parity;
@@ -21,6 +22,21 @@ from hrdeploy.parity.tolerances import CONFIDENT_SCORE, FLOOR_FACTOR, PCK_ALPHA,
 COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]) / 10.0
 
 
+def cosine(ref: np.ndarray, out: np.ndarray) -> float:
+    """Cosine similarity of two tensors in float64 (1 for two equal zero tensors, 0 for one zero tensor)."""
+    a, b = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
+    with np.errstate(invalid="ignore", over="ignore"):
+        denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+        return float(a @ b / denom) if denom else float(np.array_equal(a, b))
+
+
+def rel_l2(ref: np.ndarray, out: np.ndarray) -> float:
+    """||out - ref|| / ||ref|| in float64 (0 when ref is zero)."""
+    a, b = ref.astype(np.float64), out.astype(np.float64)
+    denom = float(np.linalg.norm(a))
+    return float(np.linalg.norm(a - b) / denom) if denom else 0.0
+
+
 def tensor_stats(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
     """max abs, max rel (to max |ref|), p99 abs (and rel), cosine over the whole tensor; non-finite count."""
     if ref.shape != out.shape:
@@ -31,15 +47,13 @@ def tensor_stats(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
         diff = np.abs(ref64 - out64)
         scale = float(np.abs(ref64).max()) if ref64.size else 0.0
         scale = scale or 1.0
-        denom = float(np.linalg.norm(ref64) * np.linalg.norm(out64))
-        cosine = float(ref64 @ out64 / denom) if denom else float(np.array_equal(ref64, out64))
         p99 = float(np.percentile(diff, 99)) if diff.size else 0.0
     return {
         "max_abs": float(diff.max()) if diff.size else 0.0,
         "max_rel": float(diff.max() / scale) if diff.size else 0.0,
         "p99_abs": p99,
         "p99_rel": p99 / scale,
-        "cosine": cosine,
+        "cosine": cosine(ref64, out64),
         "ref_max_abs": scale,
         "non_finite": bad,
     }

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from hrdeploy.parity.bootstrap import DEFAULT_SEED, Outcomes, paired_interval
+from hrdeploy.parity.bootstrap import DEFAULT_SEED, Outcomes
 from hrdeploy.parity.coco import CocoKeypoints, CropSet, RunFn, results_from_keypoints
+from hrdeploy.parity.comparator import compare_ap
 from hrdeploy.parity.compare import argmax_agreement, bounds_for, judge, keypoint_agreement, tensor_stats
 from hrdeploy.parity.tolerances import Tolerance
 
@@ -73,9 +74,10 @@ def check_pose(
     if ref.coco is not None and ref.stats is not None:
         stats, outcomes = ref.coco.evaluate(_results(ref.crops, kp, ref.coco), _owners(ref.crops))
         out.update(mode="coco-ap", reference_stats=ref.stats, stats=stats)
-        gated["ap_drop"] = 100.0 * (ref.stats["AP"] - stats["AP"])
-        if bootstrap and ref.outcomes is not None and outcomes is not None:
-            out["interval"] = paired_interval(ref.outcomes, outcomes, bootstrap, seed, tol.max_ap_drop)
+        ap = compare_ap(ref.stats, stats, tol, ref_outcomes=ref.outcomes, outcomes=outcomes, bootstrap=bootstrap,
+                        seed=seed)
+        gated.update(ap["gated"])
+        out.update({k: ap[k] for k in ("interval",) if k in ap})
     elif agreement["keypoints"] and trained:
         out["mode"] = "crop-agreement"
         gated.update(oks=agreement["oks"], **{k: v for k, v in agreement.items() if k.startswith("pck@")})

@@ -11,66 +11,24 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import onnx
 
-from hrdeploy.bundle import Bundle
+from hrdeploy.parity.compare import cosine, rel_l2
 from hrdeploy.precision import graph as G
-
-
-def session(model: onnx.ModelProto | str | os.PathLike, threads: int | None = None):  # noqa: ANN201
-    """An onnxruntime CPU session for a ModelProto or a path."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+from hrdeploy.runtime.onnxruntime import ort_session
 
 
 def run_model(
     model: onnx.ModelProto | str | os.PathLike, data: np.ndarray, threads: int | None = None, sess: Any = None
 ) -> dict[str, np.ndarray]:
     """All outputs of `model` on one batch, as float32 numpy arrays by name."""
-    sess = sess or session(model, threads)
+    sess = sess or ort_session(model, threads)
     names = [o.name for o in sess.get_outputs()]
     outs = sess.run(names, {sess.get_inputs()[0].name: np.ascontiguousarray(data, dtype=np.float32)})
     return {n: np.asarray(o).astype(np.float32) for n, o in zip(names, outs, strict=True)}
-
-
-def run_batches(
-    model: onnx.ModelProto | str | os.PathLike, batches: Sequence[np.ndarray], count: int, threads: int | None = None
-) -> dict[str, np.ndarray]:
-    """Outputs over several batches, concatenated and cut to the first `count` images."""
-    sess = session(model, threads)
-    parts: dict[str, list[np.ndarray]] = {}
-    for batch in batches:
-        for name, value in run_model(model, batch, sess=sess).items():
-            parts.setdefault(name, []).append(value)
-    return {name: np.concatenate(values)[:count] for name, values in parts.items()}
-
-
-def eager_outputs(b: Bundle, data: np.ndarray) -> dict[str, np.ndarray]:
-    """The bundle's eager fp32 model (upstream form, same weights) on `data`."""
-    from hrdeploy.runtime.eager import EagerRunner
-
-    return EagerRunner(b.eager_model(), b.output_names).run(data)
-
-
-def _rel_l2(ref: np.ndarray, out: np.ndarray) -> float:
-    denom = float(np.linalg.norm(ref.astype(np.float64)))
-    return float(np.linalg.norm(ref.astype(np.float64) - out.astype(np.float64)) / denom) if denom else 0.0
-
-
-def _cosine(ref: np.ndarray, out: np.ndarray) -> float:
-    a, b = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
-    denom = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(a @ b / denom) if denom else 1.0
 
 
 def layer_drift(
@@ -98,8 +56,8 @@ def layer_drift(
             "node": ref_tensors[name],
             "op": node.op_type if node is not None else "?",
             "scope": scopes.get(ref_tensors[name], ""),
-            "rel_l2": _rel_l2(ref[name], out[name]),
-            "cosine": _cosine(ref[name], out[name]),
+            "rel_l2": rel_l2(ref[name], out[name]),
+            "cosine": cosine(ref[name], out[name]),
         })
     rows.sort(key=lambda r: -r["rel_l2"])
     return rows[:top]
@@ -114,12 +72,12 @@ def input_noise_reference(fp32: onnx.ModelProto, data: np.ndarray, threads: int 
     """
     step = float(np.abs(data).max()) / 127.0
     noise = np.random.default_rng(0).uniform(-0.5 * step, 0.5 * step, data.shape).astype(np.float32)
-    sess = session(fp32, threads)
+    sess = ort_session(fp32, threads)
     ref = run_model(fp32, data, sess=sess)
     out = run_model(fp32, data + noise, sess=sess)
     name = next(iter(ref))
-    return {"output": name, "input_rel_l2": _rel_l2(data, data + noise), "rel_l2": _rel_l2(ref[name], out[name]),
-            "cosine": _cosine(ref[name], out[name])}
+    return {"output": name, "input_rel_l2": rel_l2(data, data + noise), "rel_l2": rel_l2(ref[name], out[name]),
+            "cosine": cosine(ref[name], out[name])}
 
 
 def block_sensitivity(
@@ -142,18 +100,18 @@ def block_sensitivity(
     out_name = next(iter(ref))
 
     def err(out: dict[str, np.ndarray]) -> float:
-        return _rel_l2(ref[out_name], out[out_name])
+        return rel_l2(ref[out_name], out[out_name])
 
     rows = []
     for block, members in blocks.items():
         out = run_model(G.bypass_qdq(qdq, set(members), weights), data, threads=threads)
         rows.append({"block": block, "convs": len(members), "rel_l2": err(out),
-                     "cosine": _cosine(ref[out_name], out[out_name])})
+                     "cosine": cosine(ref[out_name], out[out_name])})
     rows.sort(key=lambda r: -r["rel_l2"])
     return {
         "output": out_name,
         "full_rel_l2": err(full),
-        "full_cosine": _cosine(ref[out_name], full[out_name]),
+        "full_cosine": cosine(ref[out_name], full[out_name]),
         "bypass_rel_l2": err(baseline),  # all Q/DQ bypassed: ~0 (checks the method itself)
         "blocks": rows,
     }

@@ -26,18 +26,13 @@ from hrdeploy.errors import UserError, missing_dependency
 from hrdeploy.io import atomic_path, write_json, write_text
 from hrdeploy.parity.bootstrap import DEFAULT_RESAMPLES
 from hrdeploy.parity.coco import CocoKeypoints, CropSet, ImageCache, PersonBox
+from hrdeploy.parity.comparator import Comparator
 from hrdeploy.parity.compare import bounds_for, judge, tensor_stats
 from hrdeploy.parity.pose import Reference, check_pose
 from hrdeploy.parity.tolerances import TOLERANCES, Tolerance
 from hrdeploy.precision import graph as G
 from hrdeploy.precision.calib import ImageSet, batches, default_images, load_images, static_batch
-from hrdeploy.precision.evaluate import (
-    block_sensitivity,
-    eager_outputs,
-    input_noise_reference,
-    layer_drift,
-    run_batches,
-)
+from hrdeploy.precision.evaluate import block_sensitivity, input_noise_reference, layer_drift
 from hrdeploy.precision.int8 import DEFAULT_METHOD, METHODS
 from hrdeploy.precision.targets import DEFAULT_MAX_AP_DROP, DEFAULT_SEED, DEFAULT_TUNE_SHARE, default_min_oks
 from hrdeploy.precision.tuning import (
@@ -47,7 +42,8 @@ from hrdeploy.precision.tuning import (
     split_by_photo,
     tuning_annotations,
 )
-from hrdeploy.runtime.onnxruntime import OrtRunner
+from hrdeploy.runtime.base import Runner
+from hrdeploy.runtime.factory import eager_runner, open_runner
 
 PRECISIONS = ("fp16", "int8")
 BACKENDS = ("auto", "modelopt", "ort")
@@ -101,20 +97,6 @@ def _check_exclude(model: onnx.ModelProto, patterns: Sequence[str], scopes: dict
             f"--exclude {missing[0]!r} matches no node of the model; patterns are globs over node names, op "
             f"types and module paths, e.g. {', '.join(repr(e + '*') for e in examples) or 'Sigmoid'}"
         )
-
-
-def _eager_heatmaps(b: Bundle, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
-    """The bundle's eager fp32 model as NCHW -> first output (built on first use: it is the slow part)."""
-    state: dict[str, Any] = {}
-
-    def run(x: np.ndarray) -> np.ndarray:
-        if "runner" not in state:
-            from hrdeploy.runtime.eager import EagerRunner
-
-            state["runner"] = EagerRunner(b.eager_model(), b.output_names, threads=threads)
-        return state["runner"].run(x)[b.output_names[0]]
-
-    return run
 
 
 def _people(
@@ -175,29 +157,27 @@ def _check_disjoint(b: Bundle, calib_dir: str | os.PathLike, coco: CocoKeypoints
 
 def _validate(
     b: Bundle, precision: str, variant: Path, tol: Tolerance, coco: CocoKeypoints | None, val: ImageSet,
-    val_crops: CropSet | None, eager: Callable[[np.ndarray], np.ndarray], batch: int | None, threads: int | None,
-    bootstrap: int, seed: int,
+    val_crops: CropSet | None, eager: Runner, batch: int | None, threads: int | None, bootstrap: int, seed: int,
 ) -> dict[str, Any]:
-    """The variant against eager fp32 with hrdeploy.parity: AP drop (annotated), crop agreement, or tensors."""
-    with OrtRunner(variant, threads=threads) as runner:
-        def run(x: np.ndarray) -> np.ndarray:
-            return runner.run(x)[b.output_names[0]]
-
+    """The variant against eager fp32 by the comparator: AP drop (annotated), crop agreement, or tensors."""
+    name = b.output_names[0]
+    with open_runner(variant, threads) as runner:
         if val_crops is not None:
-            ref = Reference.compute(eager, val_crops, coco, batch or CALIB_BATCH)
-            result = check_pose(ref, run, tol, batch or CALIB_BATCH, fixed_batch=batch is not None,
-                                trained=b.model.checkpoint is not None, bootstrap=bootstrap, seed=seed)
+            ref = Reference.compute(lambda x: eager.run(x)[name], val_crops, coco, batch or CALIB_BATCH)
+            result = check_pose(ref, lambda x: runner.run(x)[name], tol, batch or CALIB_BATCH,
+                                fixed_batch=batch is not None, trained=b.model.checkpoint is not None,
+                                bootstrap=bootstrap, seed=seed)
             result.pop("keypoints")
             return result
         # not a top-down pose model: tensor statistics of every output on the (whole) images
-        out = run_batches(variant, batches(val.data, batch), val.count, threads=threads)
-        ref_all = eager_outputs(b, val.data)
-        per_output = {name: tensor_stats(ref_all[name], out[name]) for name in ref_all}
-        worst = min(per_output.values(), key=lambda m: m["cosine"])
-        gated = {"cosine": worst["cosine"], "non_finite": sum(m["non_finite"] for m in per_output.values())}
-        failures = judge(gated, tol)
-        return {"mode": "tensor", "outputs": per_output, "gated": gated, "tolerance": bounds_for(tol, gated),
-                "failures": failures, "passed": not failures}
+        results = Comparator.run([eager.activate(), runner], batches(val.data, batch))
+    ref_all, out = (results.joined(n, val.count) for n in results.outputs)
+    per_output = {name: tensor_stats(ref_all[name], out[name]) for name in ref_all}
+    worst = min(per_output.values(), key=lambda m: m["cosine"])
+    gated = {"cosine": worst["cosine"], "non_finite": sum(m["non_finite"] for m in per_output.values())}
+    failures = judge(gated, tol)
+    return {"mode": "tensor", "outputs": per_output, "gated": gated, "tolerance": bounds_for(tol, gated),
+            "failures": failures, "passed": not failures}
 
 
 @dataclass(frozen=True)
@@ -349,9 +329,10 @@ class Quantizer:
         self.scopes = G.node_scopes(self.model)
         _check_exclude(self.model, cfg.exclude, self.scopes)
         self.batch = static_batch(self.src)
-        self.eager = _eager_heatmaps(b, cfg.threads)
+        self.eager_runner = eager_runner(b.eager_model, b.output_names, cfg.threads)  # built on first use
+        self.eager: Callable[[np.ndarray], np.ndarray] = lambda x: self.eager_runner.run(x)[b.output_names[0]]
         # the person search runs dozens of windows per photo: on the fp32 ONNX (export-checked against eager)
-        fp32 = OrtRunner(self.src, threads=cfg.threads)
+        fp32 = open_runner(b.artifact("onnx"), cfg.threads)
         self.finder: Callable[[np.ndarray], np.ndarray] = lambda x: fp32.run(x)[b.output_names[0]]
         self.coco = CocoKeypoints(cfg.ann, cfg.images) if cfg.ann is not None else None
         self.photos = ImageCache()
@@ -468,7 +449,7 @@ class Quantizer:
         cfg = self.cfg
         out_path = work / FILES[cfg.precision]
         variant = onnx.load(os.fspath(out_path))
-        comparison = _validate(self.b, cfg.precision, out_path, self.tol, self.coco, val, val_crops, self.eager,
+        comparison = _validate(self.b, cfg.precision, out_path, self.tol, self.coco, val, val_crops, self.eager_runner,
                                self.batch, cfg.threads, cfg.bootstrap, cfg.seed)
         probe = val.data[:DRIFT_IMAGES] if self.batch is None else batches(val.data[:DRIFT_IMAGES], self.batch)[0]
         comparison["drift"] = layer_drift(self.model, variant, probe, self.scopes, threads=cfg.threads)

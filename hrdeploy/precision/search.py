@@ -291,13 +291,13 @@ def latency_ratios(models: Sequence[onnx.ModelProto], fp32: onnx.ModelProto, x: 
     """Each model's median onnxruntime time over the fp32 graph's, runs alternating model/fp32 on `x`."""
     import time
 
-    from hrdeploy.precision.evaluate import session
+    from hrdeploy.runtime.onnxruntime import ort_session
 
-    ref = session(fp32, threads)
+    ref = ort_session(fp32, threads)
     name = ref.get_inputs()[0].name
     out = []
     for model in models:
-        sess = session(model, threads)
+        sess = ort_session(model, threads)
         sess.run(None, {name: x})  # warm-up
         ref.run(None, {name: x})
         ratios = []

@@ -68,12 +68,12 @@ def search_int8(
     log: Callable[[str], None],
 ) -> SearchOutcome:
     """Run the search on the tuning people; the chosen graph and the manifest's record of the path."""
-    from hrdeploy.precision.evaluate import session
+    from hrdeploy.runtime.onnxruntime import ort_session
 
     qdq, float_ref = onnx.load(os.fspath(qdq_path)), onnx.load(os.fspath(float_ref_path))
 
     def runner(model: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:
-        sess = session(model, threads)
+        sess = ort_session(model, threads)
         name = sess.get_inputs()[0].name
         return lambda x: sess.run(None, {name: x})[0]
 

@@ -1,27 +1,37 @@
-"""Open the right runner for an artifact file."""
+"""The one place runners are opened: an artifact or a file (onnxruntime, TensorRT), or an eager PyTorch model.
+
+The runners load nothing until activated (`with open_runner(...) as r:` or the first run()), so a comparison
+can be set up cheaply and a reference that is needed only sometimes (the float64 model) costs nothing otherwise.
+"""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hrdeploy.errors import UserError
 from hrdeploy.io import not_a_file
 from hrdeploy.runtime.base import Runner
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
+def open_runner(target: Any, threads: int | None = None) -> Runner:
+    """An OrtRunner for an .onnx, a TrtRunner for an .engine/.plan/.trt; `target` is a path or a bundle's
+    `Artifact` (whose file is then checked as the bundle checks it). A corrupt ONNX is a UserError here."""
+    from hrdeploy.bundle import ENGINE_SUFFIXES, Artifact, load_onnx
 
-def open_runner(path: str | os.PathLike, threads: int | None = None) -> Runner:
-    """OrtRunner for .onnx, TrtRunner for .engine/.plan/.trt."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} {not_a_file(path)}; pass an .onnx file or a TensorRT engine")
+    if isinstance(target, Artifact):
+        path = target.path
+        if target.kind == "onnx":
+            target.onnx_model()
+    else:
+        path = Path(target)
+        if not path.is_file():
+            raise UserError(f"{path} {not_a_file(path)}; pass an .onnx file or a TensorRT engine")
+        if path.suffix == ".onnx":
+            load_onnx(path)  # a corrupt file is one clear UserError before onnxruntime parses it
     if path.suffix == ".onnx":
-        from hrdeploy.bundle import load_onnx
         from hrdeploy.runtime.onnxruntime import OrtRunner
-
-        load_onnx(path)  # a corrupt file is one clear UserError before onnxruntime parses it
 
         return OrtRunner(path, threads=threads)
     if path.suffix in ENGINE_SUFFIXES:
@@ -29,3 +39,14 @@ def open_runner(path: str | os.PathLike, threads: int | None = None) -> Runner:
 
         return TrtRunner(path)
     raise UserError(f"{path}: unknown artifact type {path.suffix!r}; expected .onnx or {'/'.join(ENGINE_SUFFIXES)}")
+
+
+def eager_runner(model: Any, output_names: Sequence[str], threads: int | None = None, *,
+                 exact: bool = False) -> Runner:
+    """An EagerRunner on `model` (an nn.Module or a zero-argument builder of one, built on activate());
+    `exact=True` runs a float64 copy of it (the reference of an fp32 rounding floor)."""
+    import torch
+
+    from hrdeploy.runtime.eager import EagerRunner
+
+    return EagerRunner(model, output_names, threads=threads, dtype=torch.float64 if exact else torch.float32)

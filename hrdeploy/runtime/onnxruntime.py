@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,33 @@ def run_failure(err: BaseException, limit: int = 240) -> str:
     return detail[:limit]
 
 
+def ort_session(
+    source: Any,
+    threads: int | None = None,
+    *,
+    settings: OrtSettings | None = None,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    profile: bool = False,
+) -> Any:  # -> onnxruntime.InferenceSession
+    """The one onnxruntime session builder: `source` is an ONNX path or a ModelProto; `settings` default to
+    onnxruntime's defaults, `threads` overrides their thread count. A file onnxruntime cannot load is a UserError."""
+    import onnx
+    import onnxruntime as ort
+
+    settings = settings or OrtSettings()
+    if threads:
+        settings = replace(settings, threads=threads)
+    model = source.SerializeToString() if isinstance(source, onnx.ModelProto) else os.fspath(source)
+    try:
+        return ort.InferenceSession(model, settings.session_options(profile=profile), providers=list(providers))
+    except Exception as err:  # onnxruntime raises its own untyped errors for bad files
+        what = "the model" if isinstance(source, onnx.ModelProto) else source
+        raise UserError(f"onnxruntime cannot load {what}: {str(err).splitlines()[0]}") from err
+
+
 class OrtRunner(RunnerBase):
+    """An onnxruntime session on an ONNX file; the session is built on activate()."""
+
     name = "ort"
 
     def __init__(
@@ -41,22 +68,29 @@ class OrtRunner(RunnerBase):
     ) -> None:
         """`settings` default to the tuned ones of the bundle the file belongs to (`hrdeploy bench --tune`),
         else onnxruntime's defaults; `threads` overrides their thread count."""
-        import onnxruntime as ort
-
+        self.path = path
         self.settings = settings or settings_for_onnx(path) or OrtSettings()
         if threads:
             self.settings = replace(self.settings, threads=threads)
-        opts = self.settings.session_options(profile=profile)
-        try:
-            self.session = ort.InferenceSession(os.fspath(path), opts, providers=list(providers))
-        except Exception as err:  # onnxruntime raises its own untyped errors for bad files
-            raise UserError(f"onnxruntime cannot load {path}: {str(err).splitlines()[0]}") from err
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.providers = tuple(providers)
+        self.profile = profile
+        self.session: Any = None
+
+    def _activate(self) -> None:
+        self.session = ort_session(self.path, settings=self.settings, providers=self.providers, profile=self.profile)
+
+    @property
+    def input_name(self) -> str:
+        return self.activate().session.get_inputs()[0].name
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.activate().session.get_outputs()]
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
-        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs, strict=True)}
+        names = self.output_names
+        outs = self.session.run(names, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(names, outs, strict=True)}
 
-    def close(self) -> None:
+    def _deactivate(self) -> None:
         self.session = None  # onnxruntime frees the session when its last reference goes

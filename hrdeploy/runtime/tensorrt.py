@@ -133,7 +133,8 @@ class _CudaPythonMemory:
 
 
 class TrtRunner(RunnerBase):
-    """Run a serialized TensorRT engine on float32 NCHW numpy batches (the Runner protocol)."""
+    """Run a serialized TensorRT engine on float32 NCHW numpy batches (the Runner protocol). Unlike the other
+    runners it deserializes the engine when constructed; close() releases it for good."""
 
     name = "trt"
 
@@ -180,6 +181,7 @@ class TrtRunner(RunnerBase):
         self.cuda_graph = cuda_graph
         self._shape: tuple[int, ...] | None = None
         self._buffers: dict[str, Any] = {}
+        self.active = True  # loaded when opened: a stage skips an engine this host cannot run before any work
 
     @staticmethod
     def _memory(kind: str, device: int) -> _TorchMemory | _CudaPythonMemory:
@@ -241,7 +243,7 @@ class TrtRunner(RunnerBase):
             self._enqueue()
         return {n: self.memory.download(self._buffers[n]).astype(np.float32, copy=False) for n in self.output_names}
 
-    def close(self) -> None:
+    def _deactivate(self) -> None:
         for buf in self._buffers.values():
             self.memory.free(buf)
         self._buffers = {}

@@ -99,18 +99,15 @@ class ExposedSession:
 
     def run(self, names: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
         import onnx
-        import onnxruntime as ort
+
+        from hrdeploy.runtime.onnxruntime import ort_session
 
         model = onnx.ModelProto.FromString(self.model.SerializeToString())
         existing = {o.name for o in model.graph.output}
         for name in names:
             if name not in existing:
                 model.graph.output.append(self.value_info[name])
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = ort_session(model, self.threads)
         input_name = sess.get_inputs()[0].name
         outs = sess.run(names, {input_name: np.ascontiguousarray(x, dtype=np.float32)})
         return {n: np.asarray(o, dtype=np.float32) for n, o in zip(names, outs, strict=True)}

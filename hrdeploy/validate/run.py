@@ -19,7 +19,7 @@ import datetime
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,8 @@ import numpy as np
 
 from hrdeploy.bundle import Bundle
 from hrdeploy.errors import UserError
-from hrdeploy.parity.compare import argmax_agreement, judge, label_agreement, tensor_stats
-from hrdeploy.parity.pose import check_pose
-from hrdeploy.parity.tolerances import LOCALIZE, parse_tolerances
+from hrdeploy.parity.compare import argmax_agreement, label_agreement, tensor_stats
+from hrdeploy.parity.tolerances import LOCALIZE, Tolerance, parse_tolerances
 from hrdeploy.validate.inputs import ValidationInput, group_by_size, validation_inputs
 from hrdeploy.validate.localize import describe, localize
 
@@ -149,23 +148,16 @@ def per_input(
     return rows
 
 
-def _open_target(
-    target: Target, bundle: Path, manifest: dict[str, Any], eager: Any, threads: int | None
-) -> Any:
+def _open_target(target: Target, b: Bundle, eager: Any, threads: int | None) -> Any:
+    """The target's runner from the factory, activated (an engine that cannot load here fails now)."""
+    from hrdeploy.runtime.factory import eager_runner, open_runner
+
     if target.backend == "eager":
         from hrdeploy.rewrite import apply
-        from hrdeploy.runtime.eager import EagerRunner
 
-        rewritten, _ = apply(eager, manifest.get("rewrites") or [])
-        return EagerRunner(rewritten, [o["name"] for o in manifest["outputs"]])
-    path = bundle / str(target.file)
-    if target.backend == "ort":
-        from hrdeploy.runtime.onnxruntime import OrtRunner
-
-        return OrtRunner(path, threads=threads)
-    from hrdeploy.runtime.factory import open_runner
-
-    return open_runner(path)
+        rewritten, _ = apply(eager, b.manifest.get("rewrites") or [])
+        return eager_runner(rewritten, b.output_names).activate()
+    return open_runner(b.artifacts[target.key], threads if target.backend == "ort" else None).activate()
 
 
 def trt_unavailable() -> str | None:
@@ -216,52 +208,39 @@ def _localize_target(
 def pose_reference(b: Bundle, eager: Any, ann: str | os.PathLike | None, images: str | os.PathLike | None) -> Any:
     """Eager fp32 on person crops: the annotated people of `ann`, else the people it finds in the photos."""
     from hrdeploy.images import image_files
-    from hrdeploy.parity.coco import CocoKeypoints, CropSet
-    from hrdeploy.parity.crops import find_people
+    from hrdeploy.parity.loaders import annotated_people, found_people
     from hrdeploy.parity.pose import Reference
 
     def run(x: np.ndarray) -> np.ndarray:
         return eager.run(x)[b.output_names[0]]
 
-    hw, mean, std = b.input.size, b.input.mean, b.input.std
+    spec = (b.input.size, b.input.mean, b.input.std)
+    if ann is not None:
+        crops, coco = annotated_people(ann, images, *spec)  # type: ignore[arg-type]
+        return Reference.compute(run, crops, coco)
     find = run
     if "onnx" in b.artifacts and b.artifacts["onnx"].exists:  # the person search runs dozens of windows a photo
-        fp32 = b.artifacts["onnx"].open_runner()
+        from hrdeploy.runtime.factory import open_runner
+
+        fp32 = open_runner(b.artifacts["onnx"])
 
         def find(x: np.ndarray) -> np.ndarray:
             return fp32.run(x)[b.output_names[0]]
-    if ann is not None:
-        coco = CocoKeypoints(ann, images)  # type: ignore[arg-type]
-        return Reference.compute(run, CropSet.build(coco.gt_boxes(), hw, mean, std), coco)
     if images is not None:
-        boxes = find_people(image_files(images), find, hw, mean, std)
-    else:
-        import tempfile
+        return Reference.compute(run, found_people(image_files(images), find, *spec))
+    import tempfile
 
-        from hrdeploy.pose.samples import write_sample_photos
+    from hrdeploy.pose.samples import write_sample_photos
 
-        with tempfile.TemporaryDirectory(prefix="hrdeploy-photos-") as tmp:
-            boxes = find_people(write_sample_photos(tmp), find, hw, mean, std)
-            crops = CropSet.build(boxes, hw, mean, std)
-        return Reference.compute(run, crops)
-    return Reference.compute(run, CropSet.build(boxes, hw, mean, std))
+    with tempfile.TemporaryDirectory(prefix="hrdeploy-photos-") as tmp:
+        crops = found_people(write_sample_photos(tmp), find, *spec)
+    return Reference.compute(run, crops)
 
 
 def pose_ref_source(ann: str | os.PathLike | None, images: str | os.PathLike | None) -> str:
     if ann is not None:
         return f"annotated people of {Path(ann).name}"
     return f"people the eager model finds in {images or 'scikit-image sample photos'}"
-
-
-def _float64_runner(eager: Any, output_names: list[str]) -> Any:
-    """The eager model in float64: the exact reference an fp32 rounding floor is measured against."""
-    import copy
-
-    import torch
-
-    from hrdeploy.runtime.eager import EagerRunner
-
-    return EagerRunner(copy.deepcopy(eager).double(), output_names, dtype=torch.float64)
 
 
 @contextlib.contextmanager
@@ -304,6 +283,28 @@ def validate_bundle(
                                 threads, eager, ann, log)
 
 
+@dataclass
+class _Run:
+    """What every target of one validation shares: the bundle, the inputs and the eager references."""
+
+    b: Bundle
+    groups: dict[tuple[int, int], list[ValidationInput]]
+    reference: dict  # eager fp32 outputs by input size
+    eager: Any
+    threads: int | None
+    batch: int | None
+    pose_ref: Any = None
+    exact_outputs: dict = field(default_factory=dict)  # float64 eager, when an fp32 row needs it
+
+    def exact(self) -> dict:
+        if not self.exact_outputs:
+            from hrdeploy.runtime.factory import eager_runner
+
+            self.exact_outputs.update(run_groups(eager_runner(self.eager, self.b.output_names, exact=True),
+                                                 self.groups, 1))
+        return self.exact_outputs
+
+
 def _validate_bundle(
     bundle: str | os.PathLike,
     backends: str | Sequence[str] | None,
@@ -318,19 +319,39 @@ def _validate_bundle(
     ann: str | os.PathLike | None,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    bundle = Path(bundle)
     b = Bundle.open(bundle)
-    manifest = b.manifest
     names = parse_backends(backends)
     tol = parse_tolerances(tolerances)
     if batch is not None and batch < 1:
         raise UserError(f"--batch must be a positive integer, got {batch}")
     targets = plan_targets(b, names)
-
     skipped: list[dict[str, Any]] = []
     if "trt" in names and not any(t.backend == "trt" for t in targets):
         skipped.append({"backend": "trt", "target": "-", "reason": f"bundle has no TensorRT engine "
-                        f"(build one with `hrdeploy build {bundle}` on a CUDA host)"})
+                        f"(build one with `hrdeploy build {b.root}` on a CUDA host)"})
+    batches = _target_batches(b, targets, batch)
+    inputs = validation_inputs(b.manifest, images, photos=photos, seeded=seeded)
+    if not inputs:
+        raise UserError("no validation inputs: pass --images DIR or keep the seeded inputs (--seeded N > 0)")
+    start = time.perf_counter()
+    run = _reference(b, inputs, targets, batches, eager, threads, batch, ann, images, photos, log)
+    rows: list[dict[str, Any]] = []
+    for t in targets:
+        runner = _target_runner(t, run, skipped)
+        if runner is None:
+            continue
+        log(f"running {t.backend} {t.key} at batch {batches[t.key]}")
+        row = _judge_target(t, runner, batches[t.key], run, tol.get(t.precision, tol["fp32"]))
+        if not row["passed"] and localize_failures and row["per_input"]:
+            _add_divergence(row, t, run, inputs, batches[t.key], log)
+        rows.append(row)
+    if not rows:
+        reasons = "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped)
+        raise UserError(f"nothing to validate in {b.root} with backends {','.join(names)} ({reasons})")
+    return _report(b, inputs, targets, tol, run.pose_ref, ann, images, rows, skipped, start)
+
+
+def _target_batches(b: Bundle, targets: list[Target], batch: int | None) -> dict[str, int]:
     batches: dict[str, int] = {}
     for t in targets:
         if t.backend == "eager":
@@ -339,108 +360,134 @@ def _validate_bundle(
             hint = ("re-export with --dynamic-batch" if t.backend == "ort"
                     else "rebuild the engine with a wider --min-batch/--max-batch")
             batches[t.key] = choose_batch(batch, b.artifacts[t.key].batch_range, t.file or t.key, hint)
+    return batches
 
-    inputs = validation_inputs(manifest, images, photos=photos, seeded=seeded)
-    if not inputs:
-        raise UserError("no validation inputs: pass --images DIR or keep the seeded inputs (--seeded N > 0)")
-    groups = group_by_size(inputs)
-    output_names = [o["name"] for o in manifest["outputs"]]
 
-    start = time.perf_counter()
+def _reference(
+    b: Bundle, inputs: list[ValidationInput], targets: list[Target], batches: dict[str, int], eager: Any,
+    threads: int | None, batch: int | None, ann: str | os.PathLike | None, images: str | os.PathLike | None,
+    photos: bool, log: Callable[[str], None],
+) -> _Run:
+    """The eager fp32 model's outputs on the inputs, and on person crops when fp16/int8 pose targets need them."""
     if threads:  # before building the model too: its seeded init runs forward passes
         import torch
 
         torch.set_num_threads(threads)
     if eager is None:
         eager = b.eager_model()
-    from hrdeploy.runtime.eager import EagerRunner
+    from hrdeploy.runtime.factory import eager_runner
 
-    log(f"reference: eager {manifest['model']['name']} (upstream form) on {len(inputs)} inputs")
-    eager_runner = EagerRunner(eager, output_names, threads=threads)
-    reference = run_groups(eager_runner, groups, max(batches.values(), default=1))
-    exact: dict[str, Any] = {}  # float64 eager outputs, computed if an fp32 row needs its rounding floor
-    pose_ref = None
+    log(f"reference: eager {b.model.name} (upstream form) on {len(inputs)} inputs")
+    runner = eager_runner(eager, b.output_names, threads)
+    groups = group_by_size(inputs)
+    run = _Run(b, groups, run_groups(runner, groups, max(batches.values(), default=1)), eager, threads, batch)
     if (b.is_pose and b.model.task == "pose_topdown" and any(t.precision != "fp32" for t in targets)
             and (ann is not None or photos or images is not None)):
         log("reference: eager on person crops")
-        pose_ref = pose_reference(b, eager_runner, ann, images)
+        run.pose_ref = pose_reference(b, runner, ann, images)
+    return run
 
-    rows: list[dict[str, Any]] = []
-    for t in targets:
-        label = f"{t.backend} {t.key}"
-        if t.backend == "eager" and not manifest.get("rewrites"):
-            skipped.append({"backend": "eager", "target": "eager", "reason": "no rewrites: the export-friendly "
-                            "model is the reference itself"})
-            continue
-        if t.backend == "trt" and (why := trt_unavailable()):
-            skipped.append({"backend": "trt", "target": t.key, "file": t.file, "reason": why})
-            continue
-        try:
-            runner = _open_target(t, bundle, manifest, eager, threads)
-        except UserError as err:
-            if t.backend != "trt":
-                raise
-            skipped.append({"backend": "trt", "target": t.key, "file": t.file, "reason": str(err)})
-            continue
-        log(f"running {label} at batch {batches[t.key]}")
-        t0 = time.perf_counter()
-        outs = run_groups(runner, groups, batches[t.key])
+
+def _target_runner(t: Target, run: _Run, skipped: list[dict[str, Any]]) -> Any:
+    """The target's runner, or None with the reason in `skipped` (no rewrites to check, TensorRT unusable here)."""
+    if t.backend == "eager" and not run.b.manifest.get("rewrites"):
+        skipped.append({"backend": "eager", "target": "eager", "reason": "no rewrites: the export-friendly "
+                        "model is the reference itself"})
+        return None
+    if t.backend == "trt" and (why := trt_unavailable()):
+        skipped.append({"backend": "trt", "target": t.key, "file": t.file, "reason": why})
+        return None
+    try:
+        return _open_target(t, run.b, run.eager, run.threads)
+    except UserError as err:
+        if t.backend != "trt":
+            raise
+        skipped.append({"backend": "trt", "target": t.key, "file": t.file, "reason": str(err)})
+        return None
+
+
+def _judge_target(t: Target, runner: Any, batch: int, run: _Run, tolerance: Tolerance) -> dict[str, Any]:
+    """One target's row: its outputs on every input against eager's (tensors), and on person crops (pose)."""
+    t0 = time.perf_counter()
+    with runner:
+        outs = run_groups(runner, run.groups, batch)
         seconds = time.perf_counter() - t0
-        tolerance = tol.get(t.precision, tol["fp32"])
-        pose_checked = pose_ref is not None and t.precision != "fp32"
         row: dict[str, Any] = {
             "target": t.key, "backend": t.backend, "precision": t.precision, "file": t.file,
-            "batch": batches[t.key], "seconds": round(seconds, 3), "outputs": {}, "failures": [],
+            "batch": batch, "seconds": round(seconds, 3), "outputs": {}, "failures": [],
         }
-        for name in output_names:
-            refs = [reference[s][name] for s in groups]
-            got = [outs[s][name] for s in groups]
-            if any(r.shape != g.shape for r, g in zip(refs, got, strict=True)):
-                row["outputs"][name] = {"shape_mismatch": [list(refs[0].shape), list(got[0].shape)]}
-                row["failures"].append(f"{name}: shape {list(got[0].shape)} != eager {list(refs[0].shape)}")
-                continue
-            metrics = compare_output(name, refs, got, manifest)
-            row["outputs"][name] = metrics
-            failures = judge(tensor_gate(metrics, t.precision, pose_checked), tolerance)
-            if t.precision == "fp32" and failures and not judge({"cosine": metrics["cosine"]}, tolerance):
-                if not exact:
-                    exact.update(run_groups(_float64_runner(eager, output_names), groups, 1))
-                ex = np.concatenate([exact[s][name].ravel() for s in groups])
-                metrics["fp32_floor_rel"] = tensor_stats(ex, np.concatenate([r.ravel() for r in refs]))["max_rel"]
-                failures = judge(tensor_gate(metrics, t.precision, pose_checked), tolerance)
-            row["failures"] += [f"{name}: {f}" for f in failures]
+        pose_checked = run.pose_ref is not None and t.precision != "fp32"
+        _judge_outputs(row, outs, run, tolerance, t.precision, pose_checked)
         if pose_checked:
-            lo_hi = (1, 1024) if t.backend == "eager" else b.artifacts[t.key].batch_range
-            n = lo_hi[0] if lo_hi[0] == lo_hi[1] else min(max(batch or 8, lo_hi[0]), lo_hi[1])
-            pose = check_pose(pose_ref, lambda x, r=runner: r.run(x)[output_names[0]], tolerance, n,
-                              fixed_batch=lo_hi[0] == lo_hi[1], trained=b.model.checkpoint is not None)
-            pose.pop("keypoints")
-            row["pose"] = {k: pose[k] for k in ("mode", "people", "gated", "tolerance", "agreement", "failures")}
-            if "stats" in pose:
-                row["pose"].update(ap=pose["stats"]["AP"], eager_ap=pose["reference_stats"]["AP"])
-            row["failures"] += pose["failures"]
-        row["per_input"] = per_input(groups, reference, outs, output_names[0]) if not any(
-            "shape" in f for f in row["failures"]) else []
-        row["passed"] = not row["failures"]
-        if not row["passed"] and localize_failures and row["per_input"]:
-            worst = max(row["per_input"], key=lambda r: (np.nan_to_num(r["max_rel"], nan=np.inf)))
-            item = next(i for i in inputs if i.name == worst["input"] and list(i.size) == worst["size"])
-            fixed = t.backend != "eager" and len(set(b.artifacts[t.key].batch_range)) == 1
-            n = batches[t.key] if fixed else 2
-            x = np.repeat(item.array[None], n, axis=0)
-            log(f"{label} failed; localising the first diverging node on input {item.name}")
-            row["divergence"] = _localize_target(t, bundle, manifest, eager, x, t.precision, threads)
-            row["divergence"]["input"] = item.name
-            row["divergence"]["summary"] = describe(row["divergence"])
-        rows.append(row)
+            _judge_pose(row, t, runner, run, tolerance)
+    shape_failed = any("shape" in f for f in row["failures"])
+    row["per_input"] = [] if shape_failed else per_input(run.groups, run.reference, outs, run.b.output_names[0])
+    row["passed"] = not row["failures"]
+    return row
 
-    if not rows:
-        reasons = "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped)
-        raise UserError(f"nothing to validate in {bundle} with backends {','.join(names)} ({reasons})")
+
+def _judge_outputs(row: dict[str, Any], outs: dict, run: _Run, tolerance: Tolerance, precision: str,
+                   pose_checked: bool) -> None:
+    """Each output's tensor metrics over all inputs, judged by the comparator (fp32: with the rounding floor)."""
+    from hrdeploy.parity.comparator import judge_tensors
+
+    for name in run.b.output_names:
+        refs = [run.reference[s][name] for s in run.groups]
+        got = [outs[s][name] for s in run.groups]
+        if any(r.shape != g.shape for r, g in zip(refs, got, strict=True)):
+            row["outputs"][name] = {"shape_mismatch": [list(refs[0].shape), list(got[0].shape)]}
+            row["failures"].append(f"{name}: shape {list(got[0].shape)} != eager {list(refs[0].shape)}")
+            continue
+        metrics = compare_output(name, refs, got, run.b.manifest)
+        row["outputs"][name] = metrics
+        gated = tensor_gate(metrics, precision, pose_checked)
+
+        def exact(name: str = name) -> np.ndarray:
+            return np.concatenate([run.exact()[s][name].ravel() for s in run.groups])
+
+        ref = np.concatenate([r.ravel() for r in refs])
+        failures = judge_tensors(gated, tolerance, ref, exact if precision == "fp32" else None)
+        if "fp32_floor_rel" in gated:
+            metrics["fp32_floor_rel"] = gated["fp32_floor_rel"]
+        row["failures"] += [f"{name}: {f}" for f in failures]
+
+
+def _judge_pose(row: dict[str, Any], t: Target, runner: Any, run: _Run, tolerance: Tolerance) -> None:
+    """Keypoints on the eager reference's person crops (COCO AP drop, or agreement with eager), judged."""
+    from hrdeploy.parity.pose import check_pose
+
+    b = run.b
+    lo_hi = (1, 1024) if t.backend == "eager" else b.artifacts[t.key].batch_range
+    n = lo_hi[0] if lo_hi[0] == lo_hi[1] else min(max(run.batch or 8, lo_hi[0]), lo_hi[1])
+    pose = check_pose(run.pose_ref, lambda x: runner.run(x)[b.output_names[0]], tolerance, n,
+                      fixed_batch=lo_hi[0] == lo_hi[1], trained=b.model.checkpoint is not None)
+    row["pose"] = {k: pose[k] for k in ("mode", "people", "gated", "tolerance", "agreement", "failures")}
+    if "stats" in pose:
+        row["pose"].update(ap=pose["stats"]["AP"], eager_ap=pose["reference_stats"]["AP"])
+    row["failures"] += pose["failures"]
+
+
+def _add_divergence(row: dict[str, Any], t: Target, run: _Run, inputs: list[ValidationInput], batch: int,
+                    log: Callable[[str], None]) -> None:
+    """Localise a failing target's first diverging node on its worst input."""
+    b = run.b
+    worst = max(row["per_input"], key=lambda r: (np.nan_to_num(r["max_rel"], nan=np.inf)))
+    item = next(i for i in inputs if i.name == worst["input"] and list(i.size) == worst["size"])
+    fixed = t.backend != "eager" and len(set(b.artifacts[t.key].batch_range)) == 1
+    x = np.repeat(item.array[None], batch if fixed else 2, axis=0)
+    log(f"{t.backend} {t.key} failed; localising the first diverging node on input {item.name}")
+    row["divergence"] = _localize_target(t, b.root, b.manifest, run.eager, x, t.precision, run.threads)
+    row["divergence"]["input"] = item.name
+    row["divergence"]["summary"] = describe(row["divergence"])
+
+
+def _report(b: Bundle, inputs: list[ValidationInput], targets: list[Target], tol: dict[str, Tolerance],
+            pose_ref: Any, ann: str | os.PathLike | None, images: str | os.PathLike | None,
+            rows: list[dict[str, Any]], skipped: list[dict[str, Any]], start: float) -> dict[str, Any]:
     return {
         "stage": "validate",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "model": manifest["model"]["name"],
+        "model": b.model.name,
         "reference": "eager fp32 (upstream form)",
         "inputs": [{"name": i.name, "kind": i.kind, "size": list(i.size)} for i in inputs],
         "tolerances": {p: tol[p].as_dict() for p in sorted({t.precision for t in targets} | {"fp32"}) if p in tol},
