@@ -27,6 +27,7 @@ import numpy as np
 
 from hrdeploy.bundle import Bundle
 from hrdeploy.errors import UserError
+from hrdeploy.manifest import Manifest
 from hrdeploy.parity.compare import argmax_agreement, judge, label_agreement, tensor_stats
 from hrdeploy.parity.pose import check_pose
 from hrdeploy.parity.tolerances import LOCALIZE, parse_tolerances
@@ -106,16 +107,16 @@ def compare_output(
     name: str,
     refs: list[np.ndarray],
     outs: list[np.ndarray],
-    manifest: dict[str, Any],
+    manifest: Manifest,
 ) -> dict[str, float]:
     """Tensor statistics over all inputs of every size; heatmap-peak / label agreement where they apply."""
     metrics = tensor_stats(np.concatenate([r.ravel() for r in refs]), np.concatenate([o.ravel() for o in outs]))
-    task = manifest["model"]["task"]
-    kps = manifest.get("keypoints")
+    task = manifest.model.task
+    kps = manifest.keypoints
     if metrics["non_finite"]:
         return metrics
     if task.startswith("pose") and kps:
-        k = len(kps["names"])
+        k = len(kps.names)
         parts = [argmax_agreement(r[:, :k], o[:, :k]) for r, o in zip(refs, outs, strict=True)]
         weights = [len(r) for r in refs]
         for key in parts[0]:
@@ -150,14 +151,14 @@ def per_input(
 
 
 def _open_target(
-    target: Target, bundle: Path, manifest: dict[str, Any], eager: Any, threads: int | None
+    target: Target, bundle: Path, manifest: Manifest, eager: Any, threads: int | None
 ) -> Any:
     if target.backend == "eager":
         from hrdeploy.rewrite import apply
         from hrdeploy.runtime.eager import EagerRunner
 
-        rewritten, _ = apply(eager, manifest.get("rewrites") or [])
-        return EagerRunner(rewritten, [o["name"] for o in manifest["outputs"]])
+        rewritten, _ = apply(eager, list(manifest.rewrites))
+        return EagerRunner(rewritten, [o.name for o in manifest.outputs])
     path = bundle / str(target.file)
     if target.backend == "ort":
         from hrdeploy.runtime.onnxruntime import OrtRunner
@@ -182,7 +183,7 @@ def trt_unavailable() -> str | None:
 def _localize_target(
     target: Target,
     bundle: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     eager: Any,
     x: np.ndarray,
     precision: str,
@@ -190,24 +191,22 @@ def _localize_target(
 ) -> dict[str, Any]:
     if target.backend != "ort":
         return {"error": f"localisation runs on ONNX artifacts; compare the engine's source ONNX ({target.backend})"}
-    artifacts = manifest["artifacts"]
     max_rel, min_cosine = LOCALIZE[precision]
     kw = {"max_rel": max_rel, "min_cosine": min_cosine, "threads": threads}
     path = bundle / str(target.file)
-    fp32 = artifacts.get("onnx")
+    fp32 = manifest.artifacts.get("onnx")
     try:
-        if target.key != "onnx" and fp32 and (bundle / fp32["file"]).is_file():
-            return localize(path, x, reference_onnx=bundle / fp32["file"], **kw)
-        export = manifest.get("export", {})
+        if target.key != "onnx" and fp32 and (bundle / fp32.file).is_file():
+            return localize(path, x, reference_onnx=bundle / fp32.file, **kw)
+        export = manifest.export
         from hrdeploy.rewrite import apply
 
-        rewritten, _ = apply(eager, manifest.get("rewrites") or [])
-        inp = manifest["input"]
+        rewritten, _ = apply(eager, list(manifest.rewrites))
+        inp = manifest.input
         return localize(
             path, x, eager_model=rewritten, opset=int(export.get("opset", 18)),
             exporter=str(export.get("exporter", "dynamo")),
-            dynamic_batch=bool(inp.get("dynamic_batch")), dynamic_shape=bool(inp.get("dynamic_shape")),
-            stride=int(inp.get("stride", 32)), **kw,
+            dynamic_batch=inp.dynamic_batch, dynamic_shape=inp.dynamic_shape, stride=inp.stride, **kw,
         )
     except Exception as err:  # localisation is a diagnostic: its failure must not hide the parity result
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
@@ -340,11 +339,11 @@ def _validate_bundle(
                     else "rebuild the engine with a wider --min-batch/--max-batch")
             batches[t.key] = choose_batch(batch, b.artifacts[t.key].batch_range, t.file or t.key, hint)
 
-    inputs = validation_inputs(manifest, images, photos=photos, seeded=seeded)
+    inputs = validation_inputs(b.input, images, photos=photos, seeded=seeded)
     if not inputs:
         raise UserError("no validation inputs: pass --images DIR or keep the seeded inputs (--seeded N > 0)")
     groups = group_by_size(inputs)
-    output_names = [o["name"] for o in manifest["outputs"]]
+    output_names = list(b.output_names)
 
     start = time.perf_counter()
     if threads:  # before building the model too: its seeded init runs forward passes
@@ -355,7 +354,7 @@ def _validate_bundle(
         eager = b.eager_model()
     from hrdeploy.runtime.eager import EagerRunner
 
-    log(f"reference: eager {manifest['model']['name']} (upstream form) on {len(inputs)} inputs")
+    log(f"reference: eager {b.model.name} (upstream form) on {len(inputs)} inputs")
     eager_runner = EagerRunner(eager, output_names, threads=threads)
     reference = run_groups(eager_runner, groups, max(batches.values(), default=1))
     exact: dict[str, Any] = {}  # float64 eager outputs, computed if an fp32 row needs its rounding floor
@@ -368,7 +367,7 @@ def _validate_bundle(
     rows: list[dict[str, Any]] = []
     for t in targets:
         label = f"{t.backend} {t.key}"
-        if t.backend == "eager" and not manifest.get("rewrites"):
+        if t.backend == "eager" and not manifest.rewrites:
             skipped.append({"backend": "eager", "target": "eager", "reason": "no rewrites: the export-friendly "
                             "model is the reference itself"})
             continue
@@ -440,7 +439,7 @@ def _validate_bundle(
     return {
         "stage": "validate",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "model": manifest["model"]["name"],
+        "model": b.model.name,
         "reference": "eager fp32 (upstream form)",
         "inputs": [{"name": i.name, "kind": i.kind, "size": list(i.size)} for i in inputs],
         "tolerances": {p: tol[p].as_dict() for p in sorted({t.precision for t in targets} | {"fp32"}) if p in tol},

@@ -1,0 +1,211 @@
+"""The bundle manifest (`manifest.json`) declared once with pydantic: export writes it, `Bundle` reads it.
+
+Core sections are typed and bounded (model, input, outputs, keypoints, artifacts); the free sections
+(rewrites, export, parity, eval, runtime, versions, ...) are JSON objects that stages record through the
+bundle; `stages` holds the preset sections for later stages, typed by hrdeploy.presets. A manifest of the
+previous format ("hrdeploy-bundle/1") is read with its defaults filled in and written back as the current one.
+
+Mean/std are on the 0..1 scale of RGB pixels (hrdeploy.pose.preprocess divides uint8 pixels by 255).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+
+from hrdeploy.datasets import flip_index
+from hrdeploy.errors import UserError
+from hrdeploy.limits import MAX_BATCH, MAX_CHANNELS, MAX_INPUT_SIDE, MAX_SEED
+from hrdeploy.presets import Stages
+from hrdeploy.schema import Bool, Finite3, Name, Positive3, Precision, bounded_int, describe
+
+FORMAT = "hrdeploy-bundle/2"
+FORMAT_V1 = "hrdeploy-bundle/1"
+READABLE = (FORMAT, FORMAT_V1)
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+# Sections the bundle owns; Bundle.record_section cannot replace them.
+CORE_SECTIONS = ("format", "model", "input", "outputs", "keypoints", "artifacts")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelInfo(_Section):
+    """What the bundle was exported from: registry name, dataset, checkpoint (or seeded weights)."""
+
+    name: Name
+    family: str = ""
+    task: Name
+    dataset: Name
+    upstream: str | None = None
+    checkpoint: Name | None = None
+    seed: bounded_int(0, MAX_SEED) = 0
+
+
+class InputSpec(_Section):
+    """The model input: NCHW float32 of RGB pixels / 255, normalised with mean/std."""
+
+    name: Name = "input"
+    shape: tuple[int | str, ...] = ()
+    layout: Literal["NCHW"] = "NCHW"
+    mean: Finite3
+    std: Positive3
+    height: bounded_int(1, MAX_INPUT_SIDE)
+    width: bounded_int(1, MAX_INPUT_SIDE)
+    dynamic_batch: Bool = False
+    dynamic_shape: Bool = False
+    stride: bounded_int(1, MAX_INPUT_SIDE) = 32
+
+    @field_validator("shape", mode="before")
+    @classmethod
+    def _shape(cls, v: Any) -> Any:
+        limits = (MAX_BATCH, 3, MAX_INPUT_SIDE, MAX_INPUT_SIDE)
+        if (not isinstance(v, (list, tuple)) or len(v) not in (0, 4)
+                or any(isinstance(d, bool) or not (isinstance(d, str) or (isinstance(d, int) and 0 < d <= most))
+                       for d, most in zip(v, limits, strict=False))):
+            raise ValueError(f"must be 4 dims [N, 3, H, W], each a name or an integer in 1..{MAX_BATCH} (N), "
+                             f"3 (C), 1..{MAX_INPUT_SIDE} (H, W), not {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _default_shape(self) -> InputSpec:
+        if not self.shape:
+            object.__setattr__(self, "shape", ("batch" if self.dynamic_batch else 1, 3, self.height, self.width))
+        return self
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) the bundle was exported at."""
+        return self.height, self.width
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        """(min, max) batch of the exported input: its static batch, or 1..MAX_BATCH when dynamic."""
+        b = self.shape[0]
+        return (b, b) if isinstance(b, int) else (1, MAX_BATCH)
+
+
+class OutputSpec(_Section):
+    name: Name
+    stride: bounded_int(1, MAX_INPUT_SIDE) = 1
+    channels: bounded_int(1, MAX_CHANNELS) = 1
+
+
+class KeypointSpec(_Section):
+    dataset: str = ""
+    names: tuple[str, ...]
+    flip_pairs: tuple[tuple[int, int], ...] = ()
+    skeleton: tuple[tuple[int, int], ...] = ()
+
+    @model_validator(mode="after")
+    def _pairs_in_range(self) -> KeypointSpec:
+        for key in ("flip_pairs", "skeleton"):
+            if any(not 0 <= i < len(self.names) for pair in getattr(self, key) for i in pair):
+                raise ValueError(f"keypoints.{key} must be a list of [a, b] keypoint index pairs below "
+                                 f"{len(self.names)}")
+        return self
+
+    @property
+    def flip_index(self) -> list[int]:
+        return flip_index(len(self.names), self.flip_pairs)
+
+
+class ArtifactEntry(BaseModel):
+    """One artifact: a file inside the bundle, its precision and sha256, plus what the stage that made it
+    recorded (converter, calibration, validation, engine profiles, ...)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    file: Name
+    precision: Precision | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    metadata: str | None = None
+    profiles: list[Any] | None = None
+
+    @field_validator("file")
+    @classmethod
+    def _file_kind(cls, v: str) -> str:
+        if Path(v).is_absolute() or ".." in Path(v).parts:
+            raise ValueError(f"{v!r} points outside the bundle; hrdeploy only reads files inside it")
+        if artifact_kind(v) is None:
+            raise ValueError(f"{v!r} is neither .onnx nor a TensorRT engine ({'/'.join(ENGINE_SUFFIXES)})")
+        return v
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """What the making stage recorded besides the typed fields."""
+        return dict(self.model_extra or {})
+
+
+class Manifest(BaseModel):
+    """The whole manifest. Unknown top-level sections are kept (free sections another version recorded)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    format: Literal["hrdeploy-bundle/2"] = FORMAT
+    model: ModelInfo
+    input: InputSpec
+    outputs: Annotated[tuple[OutputSpec, ...], Field(min_length=1)]
+    keypoints: KeypointSpec | None = None
+    artifacts: dict[Name, ArtifactEntry] = {}
+    rewrites: tuple[str, ...] = ()
+    export: dict[str, Any] = {}
+    stages: Stages = Stages()
+    parity: dict[str, Any] = {}
+    versions: dict[str, str] = {}
+
+    @field_validator("outputs", mode="before")
+    @classmethod
+    def _outputs_list(cls, v: Any) -> Any:
+        if not isinstance(v, (list, tuple)) or not v:
+            raise ValueError("must be a non-empty list of {name, stride, channels}")
+        return v
+
+    @field_serializer("stages")
+    def _given_stages(self, stages: Stages) -> dict[str, Any]:
+        return {k: v for k in type(stages).model_fields if (v := getattr(stages, k).given())}
+
+    def section(self, name: str, default: Any = None) -> Any:
+        """Free section `name` (e.g. "export", "eval", "runtime"), or `default` when absent."""
+        value = getattr(self, name, None) if name in type(self).model_fields else (self.model_extra or {}).get(name)
+        return default if value is None else value
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as JSON data (what manifest.json holds)."""
+        return self.model_dump(mode="json")
+
+
+def artifact_kind(file: str) -> str | None:
+    """'engine' for a TensorRT plan, 'onnx' for an ONNX file, None otherwise."""
+    suffix = Path(file).suffix
+    return "engine" if suffix in ENGINE_SUFFIXES else "onnx" if suffix == ".onnx" else None
+
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 manifest as format 2: the input's unused `color` and `scale` dropped (format 1 only ever
+    recorded RGB / 255, which preprocessing assumes)."""
+    data = {**data, "format": FORMAT}
+    if isinstance(data.get("input"), dict):
+        data["input"] = {k: v for k, v in data["input"].items() if k not in ("color", "scale")}
+    return data
+
+
+def parse_manifest(data: dict[str, Any], where: Path) -> Manifest:
+    """`data` (a manifest.json object, format 1 or 2) as a Manifest; any problem is one UserError line."""
+    fmt = data.get("format")
+    if fmt not in READABLE:
+        raise UserError(f"{where} is not an hrdeploy manifest (format {fmt!r}, expected {FORMAT!r} or {FORMAT_V1!r})"
+                        f"; re-create the bundle with `hrdeploy export MODEL -o DIR --force`")
+    if fmt == FORMAT_V1:
+        data = _upgrade_v1(data)
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as err:
+        problem = describe(err.errors()[0], sections=("stages",))
+        raise UserError(f"{where}: {problem}; the manifest is damaged, re-create the bundle with "
+                        "`hrdeploy export MODEL -o DIR --force`") from None
+
