@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hrdeploy.errors import UserError
-from hrdeploy.io import not_a_file, sha256, write_json
+from hrdeploy.io import not_a_file, sha256, write_json, write_text
 from hrdeploy.limits import MAX_BATCH
 from hrdeploy.manifest import (
     CORE_SECTIONS,
@@ -382,13 +382,26 @@ class Bundle:
                             f"move it away (the next run writes a new one) and run again")
         return report
 
-    def update_report(self, file: str, key: str, data: Any) -> dict[str, Any]:
+    def update_report(self, file: str, key: str, data: Any,
+                      render: Callable[[dict[str, Any]], str] | None = None) -> dict[str, Any]:
         """Set entry `key` of the bundle's JSON report `file` (e.g. parity.json) to `data`, under the bundle's
-        lock, and return the whole report. A report that is not a JSON object is an error, never replaced."""
+        lock, and return the whole report; `render(report)`, when given, is written beside it as Markdown
+        (parity.md) under the same lock. A report that is not a JSON object is an error, never replaced."""
         with self.lock():
             report = {**self.read_report(file), key: data}
             write_json(self.path(file), report)
+            if render is not None:
+                write_text(self.path(str(Path(file).with_suffix(".md"))), render(report))
         return report
+
+    def write_reports(self, files: dict[str, Any]) -> None:
+        """Write report files into the bundle under its lock: text for a str, JSON for anything else."""
+        with self.lock():
+            for name, content in files.items():
+                if isinstance(content, str):
+                    write_text(self.path(name), content)
+                else:
+                    write_json(self.path(name), content)
 
     def record_section(self, name: str, data: Any, key: str | None = None) -> None:
         """Set manifest section `name` (or its entry `key`, e.g. parity/"validate") to `data`, atomically."""

@@ -117,7 +117,7 @@ def test_shipped_presets_load(preset):
     assert opts.opset == 19
     assert opts.dynamic_batch == preset.endswith("dynamic")
     if preset == "tensorrt_fp16_dynamic":
-        assert opts.stages["build"] == {"precision": "fp16", "min_batch": 1, "opt_batch": 8, "max_batch": 32,
+        assert opts.stages.build.given() == {"precision": "fp16", "min_batch": 1, "opt_batch": 8, "max_batch": 32,
                                         "workspace": 4}
 
 

@@ -90,7 +90,8 @@ def quantize_cmd(
     from hrdeploy.parity.tolerances import parse_tolerances
     from hrdeploy.precision.quantize import QUANTIZED, quantize_bundle
 
-    preset = Bundle.open(bundle).manifest.stages.quantize
+    b = Bundle.open(bundle)
+    preset = b.manifest.stages.quantize
     given = {name: ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE for name in ctx.params}
 
     def pick(name: str, value: Any) -> Any:
@@ -108,7 +109,7 @@ def quantize_cmd(
     console = make_console()
     with console.status(f"quantizing {bundle} to {precision} ..."):
         result = quantize_bundle(
-            bundle, precision, calib_dir=calib_dir, calib_samples=calib_samples, method=method, backend=backend,
+            b, precision, calib_dir=calib_dir, calib_samples=calib_samples, method=method, backend=backend,
             exclude=exclude, calib_ann=calib_ann, auto_exclude=auto_exclude, val_dir=val_dir,
             val_samples=val_samples, ann=ann, images=images, tolerance=tol, sensitivity=sensitivity, search=search,
             max_ap_drop=max_ap_drop, min_oks=min_oks, tune_share=tune_share, seed=seed, bootstrap=bootstrap,

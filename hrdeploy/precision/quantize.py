@@ -255,7 +255,7 @@ class _People:
     split: str = ""
 
 
-def quantize_bundle(bundle: str | os.PathLike, precision: str, *, log: Callable[[str], None] | None = None,
+def quantize_bundle(bundle: str | os.PathLike | Bundle, precision: str, *, log: Callable[[str], None] | None = None,
                     **options: Any) -> QuantizeResult:
     """Write `model.<precision>.onnx` into `bundle`, validate it, record it in the manifest; return what it made
     and the verdict.
@@ -291,11 +291,11 @@ def quantize_bundle(bundle: str | os.PathLike, precision: str, *, log: Callable[
 class Quantizer:
     """The quantize stage: prepare, calibration people, validation set, convert, judge, commit into the bundle."""
 
-    def __init__(self, bundle: str | os.PathLike, cfg: QuantizeConfig,
+    def __init__(self, bundle: str | os.PathLike | Bundle, cfg: QuantizeConfig,
                  log: Callable[[str], None] | None = None) -> None:
         cfg.check()
         self.cfg, self.say = cfg, log or (lambda _msg: None)
-        self.b = Bundle.open(bundle)
+        self.b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         self.backend = resolve_backend(cfg.backend, cfg.precision)
         self.method = cfg.method or DEFAULT_METHOD[self.backend]
         if self.backend == "modelopt" and cfg.precision == "int8" and self.method == "percentile":

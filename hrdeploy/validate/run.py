@@ -276,7 +276,7 @@ def restored_torch_threads() -> Iterator[None]:
 
 
 def validate_bundle(
-    bundle: str | os.PathLike,
+    bundle: str | os.PathLike | Bundle,
     *,
     backends: str | Sequence[str] | None = None,
     images: str | os.PathLike | None = None,
@@ -290,7 +290,8 @@ def validate_bundle(
     ann: str | os.PathLike | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
-    """Validate every artifact of `bundle`; return the report (see hrdeploy.validate.report for files).
+    """Validate every artifact of `bundle` (a path or an opened Bundle); return the report (files: see
+    hrdeploy.validate.report).
 
     `batch` None runs each artifact at its own batch (1 for dynamic ones). A batch an artifact cannot take
     is a UserError; a backend that cannot run here (no TensorRT, no GPU, no engine) is a skipped row.
@@ -304,7 +305,7 @@ def validate_bundle(
 
 
 def _validate_bundle(
-    bundle: str | os.PathLike,
+    bundle: str | os.PathLike | Bundle,
     backends: str | Sequence[str] | None,
     images: str | os.PathLike | None,
     batch: int | None,
@@ -317,9 +318,8 @@ def _validate_bundle(
     ann: str | os.PathLike | None,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    bundle = Path(bundle)
-    b = Bundle.open(bundle)
-    manifest = b.manifest
+    b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    bundle, manifest = b.root, b.manifest
     names = parse_backends(backends)
     tol = parse_tolerances(tolerances)
     if batch is not None and batch < 1:
