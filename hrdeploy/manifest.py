@@ -11,15 +11,15 @@ Mean/std are on the 0..1 scale of RGB pixels (hrdeploy.pose.preprocess divides u
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_serializer, field_validator, model_validator
 
 from hrdeploy.datasets import flip_index
 from hrdeploy.errors import UserError
 from hrdeploy.limits import MAX_BATCH, MAX_CHANNELS, MAX_INPUT_SIDE, MAX_SEED
 from hrdeploy.presets import Stages
-from hrdeploy.schema import Bool, Finite3, Name, Positive3, Precision, bounded_int, describe
+from hrdeploy.schema import Bool, Finite3, IndexPairs, Name, Positive3, Precision, bounded_int, describe
 
 FORMAT = "hrdeploy-bundle/2"
 FORMAT_V1 = "hrdeploy-bundle/1"
@@ -46,10 +46,10 @@ class ModelInfo(_Section):
 
 
 class InputSpec(_Section):
-    """The model input: NCHW float32 of RGB pixels / 255, normalised with mean/std."""
+    """The model input: NCHW float32 of RGB pixels / 255, normalised with mean/std. `shape` names its dynamic
+    dims ("batch", "height", "width"); left out, it is the static shape at height x width."""
 
     name: Name = "input"
-    shape: tuple[int | str, ...] = ()
     layout: Literal["NCHW"] = "NCHW"
     mean: Finite3
     std: Positive3
@@ -58,23 +58,26 @@ class InputSpec(_Section):
     dynamic_batch: Bool = False
     dynamic_shape: Bool = False
     stride: bounded_int(1, MAX_INPUT_SIDE) = 32
+    shape: tuple[int | str, ...]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_shape(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "shape" not in data:
+            batch = "batch" if data.get("dynamic_batch") is True else 1
+            return {**data, "shape": [batch, 3, data.get("height"), data.get("width")]}
+        return data
 
     @field_validator("shape", mode="before")
     @classmethod
     def _shape(cls, v: Any) -> Any:
         limits = (MAX_BATCH, 3, MAX_INPUT_SIDE, MAX_INPUT_SIDE)
-        if (not isinstance(v, (list, tuple)) or len(v) not in (0, 4)
+        if (not isinstance(v, (list, tuple)) or len(v) != 4
                 or any(isinstance(d, bool) or not (isinstance(d, str) or (isinstance(d, int) and 0 < d <= most))
-                       for d, most in zip(v, limits, strict=False))):
+                       for d, most in zip(v, limits, strict=True))):
             raise ValueError(f"must be 4 dims [N, 3, H, W], each a name or an integer in 1..{MAX_BATCH} (N), "
                              f"3 (C), 1..{MAX_INPUT_SIDE} (H, W), not {v!r}")
         return v
-
-    @model_validator(mode="after")
-    def _default_shape(self) -> InputSpec:
-        if not self.shape:
-            object.__setattr__(self, "shape", ("batch" if self.dynamic_batch else 1, 3, self.height, self.width))
-        return self
 
     @property
     def size(self) -> tuple[int, int]:
@@ -97,13 +100,13 @@ class OutputSpec(_Section):
 class KeypointSpec(_Section):
     dataset: str = ""
     names: tuple[str, ...]
-    flip_pairs: tuple[tuple[int, int], ...] = ()
-    skeleton: tuple[tuple[int, int], ...] = ()
+    flip_pairs: IndexPairs = ()
+    skeleton: IndexPairs = ()
 
     @model_validator(mode="after")
     def _pairs_in_range(self) -> KeypointSpec:
         for key in ("flip_pairs", "skeleton"):
-            if any(not 0 <= i < len(self.names) for pair in getattr(self, key) for i in pair):
+            if any(i >= len(self.names) for pair in getattr(self, key) for i in pair):
                 raise ValueError(f"keypoints.{key} must be a list of [a, b] keypoint index pairs below "
                                  f"{len(self.names)}")
         return self
@@ -149,7 +152,7 @@ class Manifest(BaseModel):
     format: Literal["hrdeploy-bundle/2"] = FORMAT
     model: ModelInfo
     input: InputSpec
-    outputs: Annotated[tuple[OutputSpec, ...], Field(min_length=1)]
+    outputs: tuple[OutputSpec, ...]
     keypoints: KeypointSpec | None = None
     artifacts: dict[Name, ArtifactEntry] = {}
     rewrites: tuple[str, ...] = ()
@@ -199,7 +202,7 @@ def parse_manifest(data: dict[str, Any], where: Path) -> Manifest:
     fmt = data.get("format")
     if fmt not in READABLE:
         raise UserError(f"{where} is not an hrdeploy manifest (format {fmt!r}, expected {FORMAT!r} or {FORMAT_V1!r})"
-                        f"; re-create the bundle with `hrdeploy export MODEL -o DIR --force`")
+                        f"; re-create the bundle with `hrdeploy export MODEL -o {where.parent} --force`")
     if fmt == FORMAT_V1:
         data = _upgrade_v1(data)
     try:
@@ -207,5 +210,5 @@ def parse_manifest(data: dict[str, Any], where: Path) -> Manifest:
     except ValidationError as err:
         problem = describe(err.errors()[0], sections=("stages",))
         raise UserError(f"{where}: {problem}; the manifest is damaged, re-create the bundle with "
-                        "`hrdeploy export MODEL -o DIR --force`") from None
+                        f"`hrdeploy export MODEL -o {where.parent} --force`") from None
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hrdeploy.errors import UserError
 from hrdeploy.limits import MAX_BATCH, MAX_SEED
-from hrdeploy.schema import Bool, Int, Str, StrList, bounded_float, bounded_int, describe
+from hrdeploy.schema import Bool, Int, SizeHW, Str, StrList, bounded_float, bounded_int, describe
 
 MAX_CALIB_SAMPLES = 100_000
 MAX_WORKSPACE_GB = 1024
@@ -30,7 +30,7 @@ class _Section(BaseModel):
 
 class ExportPreset(_Section):
     dataset: Str | None = None
-    input_size: Str | list[Any] | None = None  # parsed as HxW by hrdeploy.export.options.parse_size
+    input_size: SizeHW = None  # parsed by hrdeploy.export.options.parse_size
     checkpoint: Str | None = None
     batch: bounded_int(1, MAX_BATCH) = None
     dynamic_batch: Bool = None

@@ -57,6 +57,11 @@ Str = Annotated[str, _check(lambda v: isinstance(v, str), "must be a string")]
 Name = Annotated[str, _check(lambda v: isinstance(v, str) and bool(v), "must be a non-empty string")]
 StrList = Annotated[list[str], _check(lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
                                       "must be a list of strings")]
+SizeHW = Annotated[str | list, _check(lambda v: isinstance(v, (str, list)), "must be a string HxW or a list [H, W]")]
+IndexPairs = Annotated[tuple[tuple[int, int], ...], _check(
+    lambda v: isinstance(v, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_int(i) and i >= 0 for i in p) for p in v),
+    "must be a list of [a, b] keypoint index pairs")]
 Finite3 = _triple(positive=False)
 Positive3 = _triple(positive=True)
 Precision = Annotated[str, _check(lambda v: v in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}")]
