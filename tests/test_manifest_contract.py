@@ -131,3 +131,18 @@ def test_a_corrupt_report_is_an_error_naming_it_not_empty(tmp_path: Path) -> Non
         b.update_report("parity.json", "validate", {"passed": True})
     assert (b.root / "parity.json").read_text() == "{truncated" and not (b.root / LOCK).exists()
     assert b.read_report("bench.json") == {}
+
+
+def test_build_reads_its_preset_and_the_command_line_wins(tmp_path: Path, cli_runner) -> None:  # noqa: ANN001
+    from hrdeploy.cli import cli
+
+    root = tiny_bundle(tmp_path / "b")
+    data = json.loads((root / MANIFEST).read_text())
+    data["stages"] = {"build": {"opt_batch": 8, "max_batch": 32, "workspace": 4}}
+    (root / MANIFEST).write_text(json.dumps(data))
+    base = ["build", str(root), "--print-trtexec", "--trt", "10"]
+    preset = cli_runner.invoke(cli, base)
+    assert preset.exit_code == 0 and "--maxShapes=input:32x3x64x48" in preset.output
+    assert "--optShapes=input:8x3x64x48" in preset.output and "workspace:4096M" in preset.output
+    flag = cli_runner.invoke(cli, [*base, "--max-batch", "16"])
+    assert flag.exit_code == 0 and "--maxShapes=input:16x3x64x48" in flag.output

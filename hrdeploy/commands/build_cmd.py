@@ -33,8 +33,13 @@ import click
 @click.option("--print-trtexec", is_flag=True, help="Print the equivalent trtexec command(s) and exit.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Engine file [default: DIR/model.<precision>.engine].")
-def build_cmd(source: Path, trt_gen: str | None, print_trtexec: bool, **options) -> None:  # noqa: ANN003
+@click.pass_context
+def build_cmd(ctx: click.Context, source: Path, trt_gen: str | None, print_trtexec: bool,
+              **options) -> None:  # noqa: ANN003
     """Build a TensorRT engine from bundle DIR (or MODEL.onnx).
+
+    Options not given on the command line come from the `build` section of the preset the bundle was
+    exported with (`hrdeploy export --config`), when it has one.
 
     Writes model.<precision>.engine atomically, <engine>.json with the TensorRT version, GPU, profile and
     flags, and records the engine in the manifest. With --print-trtexec, prints the equivalent trtexec
@@ -46,7 +51,7 @@ def build_cmd(source: Path, trt_gen: str | None, print_trtexec: bool, **options)
     from hrdeploy.engine.version import generation_of, installed_tensorrt_version
     from hrdeploy.errors import UserError
 
-    opts = BuildOptions(**options)
+    opts = BuildOptions(**_with_preset(ctx, source, options))
     src = describe_source(source)
     installed = installed_tensorrt_version()
     if print_trtexec:
@@ -82,3 +87,19 @@ def build_cmd(source: Path, trt_gen: str | None, print_trtexec: bool, **options)
         f"{result.engine} ({meta['size_bytes'] / 1e6:.1f} MB, {meta['precision']}, TensorRT {meta['tensorrt']}, "
         f"{meta['gpu']} sm_{meta['compute_capability'].replace('.', '')}, {result.seconds:.1f} s); profile {profile}"
     )
+
+
+def _with_preset(ctx: click.Context, source: Path, options: dict) -> dict:
+    """`options` with those not given on the command line taken from the bundle's build preset."""
+    from click.core import ParameterSource
+
+    from hrdeploy.bundle import Bundle, is_bundle
+
+    if not is_bundle(source):
+        return options
+    out = dict(options)
+    for key, value in Bundle.open(source).manifest.stages.build.given().items():
+        name = "workspace_gib" if key == "workspace" else key
+        if ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
+            out[name] = Path(value) if key == "timing_cache" else value
+    return out
