@@ -188,12 +188,17 @@ def artifact_kind(file: str) -> str | None:
     return "engine" if suffix in ENGINE_SUFFIXES else "onnx" if suffix == ".onnx" else None
 
 
-def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
-    """A format-1 manifest as format 2: the input's unused `color` and `scale` dropped (format 1 only ever
-    recorded RGB / 255, which preprocessing assumes)."""
+def _upgrade_v1(data: dict[str, Any], where: Path) -> dict[str, Any]:
+    """A format-1 manifest as format 2: the input's `color` and `scale` dropped. Format 1 recorded RGB / 255,
+    which preprocessing always feeds; any other value was never honoured, so it is refused, not dropped."""
     data = {**data, "format": FORMAT}
-    if isinstance(data.get("input"), dict):
-        data["input"] = {k: v for k, v in data["input"].items() if k not in ("color", "scale")}
+    inp = data.get("input")
+    if isinstance(inp, dict):
+        for key, assumed in (("color", "RGB"), ("scale", 255)):
+            if inp.get(key, assumed) != assumed:
+                raise UserError(f"{where}: input.{key} {inp[key]!r} is not supported: hrdeploy feeds RGB pixels / 255 "
+                                f"(re-export with `hrdeploy export MODEL -o {where.parent} --force`)")
+        data["input"] = {k: v for k, v in inp.items() if k not in ("color", "scale")}
     return data
 
 
@@ -204,7 +209,7 @@ def parse_manifest(data: dict[str, Any], where: Path) -> Manifest:
         raise UserError(f"{where} is not an hrdeploy manifest (format {fmt!r}, expected {FORMAT!r} or {FORMAT_V1!r})"
                         f"; re-create the bundle with `hrdeploy export MODEL -o {where.parent} --force`")
     if fmt == FORMAT_V1:
-        data = _upgrade_v1(data)
+        data = _upgrade_v1(data, where)
     try:
         return Manifest.model_validate(data)
     except ValidationError as err:

@@ -80,6 +80,14 @@ def test_a_format_1_bundle_opens_and_is_written_back_as_format_2(tmp_path: Path)
     assert written["format"] == FORMAT and "color" not in written["input"] and "scale" not in written["input"]
 
 
+@pytest.mark.parametrize(("key", "value"), [("color", "BGR"), ("scale", 1.0)])
+def test_a_format_1_input_other_than_rgb_over_255_is_refused(tmp_path: Path, key: str, value) -> None:  # noqa: ANN001
+    data = {**tiny_manifest(), "format": FORMAT_V1}
+    data["input"] = {**data["input"], key: value}
+    with pytest.raises(UserError, match=rf"input.{key} {value!r} is not supported: hrdeploy feeds RGB pixels / 255"):
+        parse_manifest(data, tmp_path / MANIFEST)
+
+
 @pytest.mark.parametrize("fmt", ["hrdeploy-bundle/0", "hrdeploy-bundle/3", None, 2])
 def test_an_unknown_format_is_one_clear_line(tmp_path: Path, fmt) -> None:  # noqa: ANN001
     root = tiny_bundle(tmp_path / "b")
