@@ -79,15 +79,15 @@ def main(argv: list[str] | None = None) -> int:
         variants = [("fp32", "model.onnx", None)]
         t0 = time.perf_counter()
         quantize_bundle(bundle, "fp16", calib_dir=photos, backend="ort", sensitivity=False)
-        variants.append(("fp16", "model.fp16.onnx", Bundle.open(bundle).artifacts["fp16"].info))
+        variants.append(("fp16", "model.fp16.onnx", Bundle.open(bundle).artifacts["fp16"].info.details))
         for backend in args.backends:
             quantize_bundle(bundle, "int8", calib_dir=photos, backend=backend, sensitivity=False)
-            entry = Bundle.open(bundle).artifacts["int8"].info
+            entry = Bundle.open(bundle).artifacts["int8"].info.details
             target = bundle / f"model.int8.{backend}.onnx"
             shutil.copyfile(bundle / "model.int8.onnx", target)
             variants.append((f"int8-{backend}", target.name, entry))
         print(f"{name}: variants ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        images = load_images(photos, Bundle.open(bundle).manifest).data
+        images = load_images(photos, Bundle.open(bundle).input).data
         fp32_out = run_model(bundle / "model.onnx", images)
         out_name = next(iter(fp32_out))
         for label, file, entry in variants:

@@ -112,10 +112,10 @@ def bench_model(name: str, work: Path, args: argparse.Namespace, log) -> dict[st
     log(f"{name}: export (rewritten, dynamic batch) at {size[0]}x{size[1]}")
     try:
         res = export_bundle(name, work / name, dynamic_batch=True, force=True)
-        row["export_s"] = res.manifest["export"]["seconds"]
+        row["export_s"] = res.manifest.export["seconds"]
         row["export_total_s"] = round(res.seconds, 1)
-        row["rewrites"] = res.manifest["rewrites"]
-        row["exporter"] = res.manifest["export"]["exporter"]
+        row["rewrites"] = list(res.manifest.rewrites)
+        row["exporter"] = res.manifest.export["exporter"]
         row["parity_passed"] = res.passed
         row["parity_max_rel"] = max(r["max_rel"] for r in res.parity["rows"])
         floors = [r["fp32_floor_rel"] for r in res.parity["rows"] if "fp32_floor_rel" in r]

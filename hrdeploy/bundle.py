@@ -1,269 +1,55 @@
 """The bundle: one model's artifacts in a folder, described by `manifest.json`, opened as a typed object.
 
-`Bundle.open(path)` validates the manifest once against its schema (format version, required sections,
-field types) and resolves every artifact path inside the bundle, refusing absolute paths, `..` and
-symlinks that leave it. Stages ask the `Bundle` for the model, input spec, outputs, keypoints and
-artifacts (`Artifact`: kind, precision, batch range; `hrdeploy.runtime.factory.open_runner` runs one) and
-record new artifacts and report sections through it, atomically and under the bundle's lock file; no
+`Bundle.open(path)` validates the manifest once against its schema (hrdeploy.manifest: format version,
+required sections, field types, bounded numbers) and resolves every artifact path inside the bundle, refusing
+absolute paths, `..` and symlinks that leave it. Stages ask the `Bundle` for the model, input spec, outputs,
+keypoints and artifacts (`Artifact`: kind, precision, batch range;
+`hrdeploy.runtime.factory.open_runner` runs one) and record new artifacts, manifest
+sections and report files (parity.json, ...) through it, atomically and under the bundle's lock file; no
 stage re-parses the JSON.
-
-Manifest layout ("hrdeploy-bundle/1"):
-
-    {
-      "format": "hrdeploy-bundle/1",
-      "model":   {"name", "family", "task", "dataset", "upstream", "checkpoint": path|null, "seed": int},
-      "input":   {"name": "input", "shape": [N|"batch", 3, H|"height", W|"width"], "layout": "NCHW",
-                  "color": "RGB", "scale": 255.0, "mean": [...], "std": [...],
-                  "height": H, "width": W, "dynamic_batch": bool, "dynamic_shape": bool, "stride": 32},
-      "outputs": [{"name": "heatmaps", "stride": 4, "channels": 17}, ...],
-      "keypoints": {"dataset", "names": [...], "flip_pairs": [[a, b], ...], "skeleton": [[a, b], ...]} | null,
-      "rewrites": [...], "export": {...}, "stages": {...}, "parity": {...}, "versions": {...},
-      "artifacts": {"onnx": {"file": "model.onnx", "precision": "fp32", "sha256", ...},
-                    "fp16": {...}, "int8": {...}, "engine_fp16": {"file": "model.fp16.engine", "profiles", ...}}
-    }
-
-Mean/std are on the 0..1 scale of RGB pixels (divide uint8 by `scale` first).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import math
 import os
 import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hrdeploy.datasets import flip_index
 from hrdeploy.errors import UserError
-from hrdeploy.io import not_a_file, sha256, write_json
-from hrdeploy.limits import MAX_BATCH, MAX_CHANNELS, MAX_INPUT_SIDE, MAX_SEED
-from hrdeploy.presets import STAGE_KEYS, sections_problem
+from hrdeploy.io import not_a_file, sha256, write_json, write_text
+from hrdeploy.limits import MAX_BATCH
+from hrdeploy.manifest import (
+    CORE_SECTIONS,
+    FORMAT,
+    READABLE,
+    ArtifactEntry,
+    InputSpec,
+    KeypointSpec,
+    Manifest,
+    ModelInfo,
+    OutputSpec,
+    artifact_kind,
+    parse_manifest,
+)
+from hrdeploy.schema import PRECISIONS
 
-FORMAT = "hrdeploy-bundle/1"
 MANIFEST = "manifest.json"
 LOCK = ".hrdeploy.lock"
 LOCK_TIMEOUT_S = 120.0
-PRECISIONS = ("fp32", "fp16", "int8")
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-# Sections the bundle owns; record_section cannot replace them.
-CORE_SECTIONS = ("format", "model", "input", "outputs", "keypoints", "artifacts")
 # The command that makes each artifact, for "missing artifact" messages.
 MADE_BY = {
     "onnx": "hrdeploy export MODEL -o {root}",
     "fp16": "hrdeploy quantize {root} --precision fp16",
     "int8": "hrdeploy quantize {root} --precision int8 --calib-dir PHOTOS",
 }
-
-
-# ----------------------------------------------------------------------------------------- typed fields
-
-
-class _Fields:
-    """Typed reads of one manifest section; every problem is a UserError naming the field."""
-
-    def __init__(self, data: Any, where: str, manifest: Path) -> None:
-        self.where, self.manifest = where, manifest
-        if not isinstance(data, dict):
-            self.fail(where, f"must be an object, not {type(data).__name__}")
-        self.data: dict[str, Any] = data
-
-    def fail(self, key: str, problem: str) -> None:
-        raise UserError(
-            f"{self.manifest}: {key} {problem}; the manifest is damaged, re-create the bundle with "
-            "`hrdeploy export MODEL -o DIR --force`"
-        )
-
-    def _get(self, key: str, required: bool) -> Any:
-        if key not in self.data and required:
-            self.fail(f"{self.where}.{key}", "is missing")
-        return self.data[key]
-
-    def str(self, key: str, default: str | None = None, *, required: bool = True, none: bool = False) -> Any:
-        if key not in self.data and not required:
-            return default
-        v = self._get(key, required)
-        if v is None and (none or not required):
-            return v
-        if not isinstance(v, str) or not v:
-            self.fail(f"{self.where}.{key}", f"must be a non-empty string, not {v!r}")
-        return v
-
-    def int(self, key: str, default: int | None = None, *, required: bool = True, minimum: int = 1,
-            maximum: int) -> Any:
-        if key not in self.data and not required:
-            return default
-        v = self._get(key, required)
-        if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
-            self.fail(f"{self.where}.{key}", f"must be an integer in {minimum}..{maximum}, not {v!r}")
-        return v
-
-    def num(self, key: str, default: float | None = None, *, required: bool = True) -> Any:
-        """A positive finite number."""
-        if key not in self.data and not required:
-            return default
-        v = self._get(key, required)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-            self.fail(f"{self.where}.{key}", f"must be a positive number, not {v!r}")
-        return float(v)
-
-    def bool(self, key: str, default: bool | None = None, *, required: bool = True) -> Any:
-        if key not in self.data and not required:
-            return default
-        v = self._get(key, required)
-        if not isinstance(v, bool):
-            self.fail(f"{self.where}.{key}", f"must be true or false, not {v!r}")
-        return v
-
-    def nums(self, key: str, length: int, *, positive: bool = False) -> tuple[float, ...]:
-        v = self._get(key, True)
-        if (not isinstance(v, list) or len(v) != length
-                or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in v)
-                or (positive and any(x <= 0 for x in v))):
-            self.fail(f"{self.where}.{key}",
-                      f"must be a list of {length} finite {'positive ' if positive else ''}numbers")
-        return tuple(float(x) for x in v)
-
-    def strs(self, key: str, default: list | None = None, *, required: bool = True) -> tuple[str, ...]:
-        v = self._get(key, required) if key in self.data or required else default
-        if not isinstance(v, list) or any(not isinstance(x, str) for x in v):
-            self.fail(f"{self.where}.{key}", "must be a list of strings")
-        return tuple(v)
-
-    def pairs(self, key: str, bound: int) -> tuple[tuple[int, int], ...]:
-        v = self.data.get(key, [])
-        ok = isinstance(v, list) and all(
-            isinstance(p, list) and len(p) == 2 and all(type(i) is int and 0 <= i < bound for i in p) for p in v
-        )
-        if not ok:
-            self.fail(f"{self.where}.{key}", f"must be a list of [a, b] keypoint index pairs below {bound}")
-        return tuple((int(a), int(b)) for a, b in v)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the bundle was exported from: registry name, dataset, checkpoint (or seeded weights)."""
-
-    name: str
-    family: str
-    task: str
-    dataset: str
-    upstream: str | None
-    checkpoint: str | None
-    seed: int
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """The model input: NCHW float32 of RGB pixels / scale, normalised with mean/std."""
-
-    name: str
-    height: int
-    width: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    scale: float
-    layout: str
-    color: str
-    dynamic_batch: bool
-    dynamic_shape: bool
-    stride: int
-    shape: tuple[int | str, ...]
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(height, width) the bundle was exported at."""
-        return self.height, self.width
-
-    @property
-    def batch_range(self) -> tuple[int, int]:
-        """(min, max) batch of the exported input: its static batch, or 1..MAX_BATCH when dynamic."""
-        b = self.shape[0] if self.shape else 1
-        return (b, b) if isinstance(b, int) else (1, MAX_BATCH)
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    name: str
-    stride: int
-    channels: int
-
-
-@dataclass(frozen=True)
-class KeypointSpec:
-    dataset: str
-    names: tuple[str, ...]
-    flip_pairs: tuple[tuple[int, int], ...]
-    skeleton: tuple[tuple[int, int], ...]
-
-    @property
-    def flip_index(self) -> list[int]:
-        return flip_index(len(self.names), self.flip_pairs)
-
-
-def _model(data: Any, manifest: Path) -> ModelInfo:
-    f = _Fields(data, "model", manifest)
-    return ModelInfo(
-        name=f.str("name"), family=f.str("family", "", required=False) or "", task=f.str("task"),
-        dataset=f.str("dataset"), upstream=f.str("upstream", None, required=False),
-        checkpoint=f.str("checkpoint", None, required=False, none=True),
-        seed=f.int("seed", 0, required=False, minimum=0, maximum=MAX_SEED),
-    )
-
-
-def _input(data: Any, manifest: Path) -> InputSpec:
-    f = _Fields(data, "input", manifest)
-    h, w = f.int("height", maximum=MAX_INPUT_SIDE), f.int("width", maximum=MAX_INPUT_SIDE)
-    dynamic_batch = f.bool("dynamic_batch", False, required=False)
-    dynamic_shape = f.bool("dynamic_shape", False, required=False)
-    shape = f.data.get("shape", ["batch" if dynamic_batch else 1, 3, h, w])
-    limits = (MAX_BATCH, 3, MAX_INPUT_SIDE, MAX_INPUT_SIDE)
-    if (not isinstance(shape, list) or len(shape) != 4
-            or any(isinstance(d, bool) or not (isinstance(d, str) or (isinstance(d, int) and 0 < d <= most))
-                   for d, most in zip(shape, limits, strict=True))):
-        f.fail("input.shape", f"must be 4 dims [N, 3, H, W], each a name or an integer in 1..{MAX_BATCH} (N), "
-                              f"3 (C), 1..{MAX_INPUT_SIDE} (H, W), not {shape!r}")
-    layout = f.str("layout", "NCHW", required=False)
-    color = f.str("color", "RGB", required=False)
-    if layout != "NCHW":
-        f.fail("input.layout", f"must be NCHW, not {layout!r}")
-    if color not in ("RGB", "BGR"):
-        f.fail("input.color", f"must be RGB or BGR, not {color!r}")
-    return InputSpec(
-        name=f.str("name", "input", required=False), height=h, width=w,
-        mean=f.nums("mean", 3), std=f.nums("std", 3, positive=True),  # type: ignore[arg-type]
-        scale=f.num("scale", 255.0, required=False), layout=layout, color=color,
-        dynamic_batch=dynamic_batch, dynamic_shape=dynamic_shape,
-        stride=f.int("stride", 32, required=False, maximum=MAX_INPUT_SIDE),
-        shape=tuple(shape),
-    )
-
-
-def _outputs(data: Any, manifest: Path) -> tuple[OutputSpec, ...]:
-    if not isinstance(data, list) or not data:
-        _Fields({}, "outputs", manifest).fail("outputs", "must be a non-empty list of {name, stride, channels}")
-    out = []
-    for i, item in enumerate(data):
-        f = _Fields(item, f"outputs[{i}]", manifest)
-        out.append(OutputSpec(f.str("name"), f.int("stride", 1, required=False, maximum=MAX_INPUT_SIDE),
-                              f.int("channels", 1, required=False, maximum=MAX_CHANNELS)))
-    return tuple(out)
-
-
-def _keypoints(data: Any, manifest: Path) -> KeypointSpec | None:
-    if data is None:
-        return None
-    f = _Fields(data, "keypoints", manifest)
-    names = f.strs("names")
-    return KeypointSpec(
-        dataset=f.str("dataset", "", required=False) or "", names=names,
-        flip_pairs=f.pairs("flip_pairs", len(names)), skeleton=f.pairs("skeleton", len(names)),
-    )
+__all__ = ["FORMAT", "PRECISIONS", "Artifact", "Bundle", "InputSpec", "KeypointSpec", "Manifest", "ModelInfo",
+           "OutputSpec"]
 
 
 # ------------------------------------------------------------------------------------------ paths
@@ -364,12 +150,6 @@ def profile_batch_range(profiles: Any) -> tuple[int, int]:
     return (lo, hi) if ints and 1 <= lo <= hi <= MAX_BATCH else (1, MAX_BATCH)
 
 
-def artifact_kind(file: str) -> str | None:
-    """'engine' for a TensorRT plan, 'onnx' for an ONNX file, None otherwise."""
-    suffix = Path(file).suffix
-    return "engine" if suffix in ENGINE_SUFFIXES else "onnx" if suffix == ".onnx" else None
-
-
 @dataclass(frozen=True)
 class Artifact:
     """One artifact of a bundle: a file inside it with its kind, precision and batch range."""
@@ -379,7 +159,7 @@ class Artifact:
     path: Path
     kind: str  # "onnx" | "engine"
     precision: str  # "fp32" | "fp16" | "int8"
-    info: Mapping[str, Any] = field(repr=False)
+    info: ArtifactEntry = field(repr=False)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -398,29 +178,18 @@ class Artifact:
     def batch_range(self) -> tuple[int, int]:
         """(min, max) batch it accepts: an ONNX's static batch, an engine's profile 0, else 1..MAX_BATCH."""
         if self.kind == "engine":
-            return profile_batch_range(self.info.get("profiles"))
+            return profile_batch_range(self.info.profiles)
         static = onnx_static_batch(self.onnx_model())
         return (static, static) if static else (1, MAX_BATCH)
 
 
-def _artifact(root: Path, manifest: Path, key: Any, entry: Any) -> Artifact:
-    if not isinstance(key, str) or not key:
-        _Fields({}, "artifacts", manifest).fail("artifacts", f"has a bad key {key!r}")
-    f = _Fields(entry, f"artifacts.{key}", manifest)
-    file = f.str("file")
-    path = confine(root, file, f"artifact {key!r} file")
-    if isinstance(f.data.get("metadata"), str):
-        confine(root, f.data["metadata"], f"artifact {key!r} metadata")
-    kind = artifact_kind(file)
-    if kind is None:
-        engines = "/".join(ENGINE_SUFFIXES)
-        f.fail(f"artifacts.{key}.file", f"{file!r} is neither .onnx nor a TensorRT engine ({engines})")
-    precision = f.data.get("precision")
-    if precision is None:
-        precision = next((p for p in ("fp16", "int8", "fp32") if p in key), "fp32")
-    elif precision not in PRECISIONS:
-        f.fail(f"artifacts.{key}.precision", f"must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    return Artifact(key=key, file=file, path=path, kind=kind, precision=precision, info=dict(f.data))
+def _artifact(root: Path, key: str, entry: ArtifactEntry) -> Artifact:
+    path = confine(root, entry.file, f"artifact {key!r} file")
+    if entry.metadata is not None:
+        confine(root, entry.metadata, f"artifact {key!r} metadata")
+    precision = entry.precision or next((p for p in ("fp16", "int8", "fp32") if p in key), "fp32")
+    return Artifact(key=key, file=entry.file, path=path, kind=artifact_kind(entry.file), precision=precision,
+                    info=entry)
 
 
 # ------------------------------------------------------------------------------------------ bundle
@@ -430,15 +199,15 @@ def is_bundle(path: str | os.PathLike) -> bool:
     """True for a folder holding an hrdeploy manifest (format checked, nothing else)."""
     p = Path(path) / MANIFEST
     try:
-        return p.is_file() and json.loads(p.read_text()).get("format") == FORMAT
+        return p.is_file() and json.loads(p.read_text()).get("format") in READABLE
     except (OSError, ValueError, AttributeError):
         return False
 
 
 class Bundle:
-    """A validated bundle: typed sections, confined artifact paths, atomic locked updates."""
+    """A validated bundle: the typed manifest, confined artifact paths, atomic locked updates."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, root: Path, manifest: Manifest) -> None:
         self.root = root
         self._load(manifest)
 
@@ -448,8 +217,15 @@ class Bundle:
         root = Path(path)
         return cls(root, cls._read(root))
 
+    @classmethod
+    def write_new(cls, root: Path, manifest: Manifest) -> Bundle:
+        """Write `manifest` into the new bundle folder `root` (its artifacts already there) and open it."""
+        bundle = cls(root, manifest)  # the manifest must open as a bundle before it is written
+        write_json(root / MANIFEST, manifest.to_json())
+        return bundle
+
     @staticmethod
-    def _read(root: Path) -> dict[str, Any]:
+    def _read(root: Path) -> Manifest:
         hint = f"create it with `hrdeploy export MODEL -o {root}`"
         again = f"re-create it with `hrdeploy export MODEL -o {root} --force`"
         if not root.is_dir():
@@ -459,45 +235,24 @@ class Bundle:
         if not path.is_file():
             raise UserError(f"{root} has no {MANIFEST}, so it is not an hrdeploy bundle; {hint}")
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as err:
             raise UserError(f"{path} is not valid JSON ({str(err).splitlines()[0]}); {again}") from err
-        if not isinstance(manifest, dict):
-            raise UserError(f"{path} must hold a JSON object, not {type(manifest).__name__}; {again}")
-        if manifest.get("format") != FORMAT:
-            raise UserError(f"{path} is not an hrdeploy manifest (format {manifest.get('format')!r}, "
-                            f"expected {FORMAT!r}); {again}")
-        return manifest
+        if not isinstance(data, dict):
+            raise UserError(f"{path} must hold a JSON object, not {type(data).__name__}; {again}")
+        return parse_manifest(data, path)
 
-    def _load(self, manifest: dict[str, Any]) -> None:
-        where = self.root / MANIFEST
-        if manifest.get("format") != FORMAT:
-            _Fields({}, "format", where).fail("format", f"must be {FORMAT!r}, not {manifest.get('format')!r}")
-        for section in ("model", "input", "outputs"):
-            if section not in manifest:
-                _Fields({}, section, where).fail(section, "section is missing")
-        self.model = _model(manifest["model"], where)
-        self.input = _input(manifest["input"], where)
-        self.outputs = _outputs(manifest["outputs"], where)
-        self.keypoints = _keypoints(manifest.get("keypoints"), where)
-        arts = manifest.get("artifacts", {})
-        if not isinstance(arts, dict):
-            _Fields({}, "artifacts", where).fail("artifacts", "must be an object of artifact entries")
-        self.artifacts: dict[str, Artifact] = {k: _artifact(self.root, where, k, e) for k, e in arts.items()}
-        if problem := sections_problem(manifest.get("stages", {}), STAGE_KEYS):
-            _Fields({}, "stages", where).fail("stages", f"(the preset for later stages): {problem}")
-        self._manifest = manifest
+    def _load(self, manifest: Manifest) -> None:
+        self.artifacts: dict[str, Artifact] = {k: _artifact(self.root, k, e) for k, e in manifest.artifacts.items()}
+        self.manifest = manifest
+        self.model, self.input, self.outputs, self.keypoints = (manifest.model, manifest.input, manifest.outputs,
+                                                                manifest.keypoints)
 
     # -- reading
 
-    @property
-    def manifest(self) -> dict[str, Any]:
-        """A deep copy of the raw manifest (for reports that print it; stages use the typed fields)."""
-        return copy.deepcopy(self._manifest)
-
     def section(self, name: str, default: Any = None) -> Any:
-        """A copy of a free-form section ("export", "stages", "parity", "eval", "rewrites", "versions")."""
-        return copy.deepcopy(self._manifest.get(name, default))
+        """Free section `name` of the manifest ("export", "parity", "eval", "runtime", ...), or `default`."""
+        return self.manifest.section(name, default)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -521,7 +276,7 @@ class Bundle:
         if art is None or not art.exists:
             state = "is not in" if art is None else f"is recorded but its file {art.file} is missing from"
             raise UserError(f"artifact {key!r} {state} bundle {self.root}{how}")
-        recorded = art.info.get("sha256")
+        recorded = art.info.sha256
         if recorded and "sha256_ok" not in art._cache:
             if sha256(art.path) != recorded:
                 raise UserError(
@@ -578,13 +333,16 @@ class Bundle:
         with hold_lock(self.root / LOCK, f"bundle {self.root}", timeout):
             yield
 
-    def _update(self, change: Any) -> None:
+    def _update(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Apply `change` to the manifest's JSON data as it is on disk now, under the lock; write it only if
+        it still validates."""
         with self.lock():
-            manifest = self._read(self.root)  # another writer may have changed it since we opened it
-            change(manifest)
-            probe = Bundle(self.root, manifest)  # never write a manifest that would not open
-            write_json(self.root / MANIFEST, manifest)
-        self._load(probe._manifest)
+            data = self._read(self.root).to_json()  # another writer may have changed it since we opened it
+            change(data)
+            manifest = parse_manifest(data, self.root / MANIFEST)
+            Bundle(self.root, manifest)  # never write a manifest that would not open
+            write_json(self.root / MANIFEST, manifest.to_json())
+        self._load(manifest)
 
     def record_artifact(self, key: str, file: str, **info: Any) -> Artifact:
         """Add or replace artifact `key` (a file inside the bundle) with its sha256, atomically."""
@@ -594,28 +352,46 @@ class Bundle:
         entry = {"file": file, "sha256": sha256(path), **info}
 
         def change(m: dict[str, Any]) -> None:
-            m.setdefault("artifacts", {})[key] = entry
+            m["artifacts"][key] = entry
 
         self._update(change)
         return self.artifacts[key]
 
-    def update_report(self, file: str, key: str, data: Any) -> dict[str, Any]:
-        """Set entry `key` of the bundle's JSON report `file` (e.g. parity.json) to `data`, under the bundle's
-        lock, and return the whole report. A report that is not a JSON object is an error, never replaced."""
+    def read_report(self, file: str) -> dict[str, Any]:
+        """The bundle's JSON report `file` (e.g. parity.json), {} when absent; a report that is not a JSON
+        object is a UserError naming it, never read as empty."""
         path = self.path(file)
-        with self.lock():
-            report: Any = {}
-            if path.is_file():
-                try:
-                    report = json.loads(path.read_text())
-                except (OSError, ValueError) as err:
-                    report = err
-                if not isinstance(report, dict):
-                    raise UserError(f"{file} in bundle {self.root} is not a JSON object ({type(report).__name__}); "
-                                    f"move it away (the next run writes a new one) and run again")
-            report = {**report, key: data}
-            write_json(path, report)
+        if not path.is_file():
+            return {}
+        try:
+            report: Any = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            report = err
+        if not isinstance(report, dict):
+            raise UserError(f"{file} in bundle {self.root} is not a JSON object ({type(report).__name__}); "
+                            f"move it away (the next run writes a new one) and run again")
         return report
+
+    def update_report(self, file: str, key: str, data: Any,
+                      render: Callable[[dict[str, Any]], str] | None = None) -> dict[str, Any]:
+        """Set entry `key` of the bundle's JSON report `file` (e.g. parity.json) to `data`, under the bundle's
+        lock, and return the whole report; `render(report)`, when given, is written beside it as Markdown
+        (parity.md) under the same lock. A report that is not a JSON object is an error, never replaced."""
+        with self.lock():
+            report = {**self.read_report(file), key: data}
+            write_json(self.path(file), report)
+            if render is not None:
+                write_text(self.path(str(Path(file).with_suffix(".md"))), render(report))
+        return report
+
+    def write_reports(self, files: dict[str, Any]) -> None:
+        """Write report files into the bundle under its lock: text for a str, JSON for anything else."""
+        with self.lock():
+            for name, content in files.items():
+                if isinstance(content, str):
+                    write_text(self.path(name), content)
+                else:
+                    write_json(self.path(name), content)
 
     def record_section(self, name: str, data: Any, key: str | None = None) -> None:
         """Set manifest section `name` (or its entry `key`, e.g. parity/"validate") to `data`, atomically."""

@@ -1,79 +1,96 @@
 """The schema of a YAML preset (export_configs/*.yaml): its sections, their keys, each key's type and range.
 
-`hrdeploy export --config` reads a preset with it, and the bundle checks the preset sections it stores for
-later stages (manifest `stages`) with it again, so `hrdeploy quantize` gets the same typed, bounded values
-whether they come from the YAML file or from the manifest. Types are never coerced: `batch: "4"` is an
-error, not 4.
+`hrdeploy export --config` reads a preset with `Preset`, and the bundle stores its quantize/build sections
+for later stages as the manifest's `stages` (`Stages`), checked with the same types again, so `hrdeploy
+quantize` gets the same typed, bounded values whether they come from the YAML file or from the manifest.
+Types are never coerced: `batch: "4"` is an error, not 4. A key left out is None.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from hrdeploy.errors import UserError
 from hrdeploy.limits import MAX_BATCH, MAX_SEED
+from hrdeploy.schema import Bool, Int, SizeHW, Str, StrList, bounded_float, bounded_int, describe
+
+MAX_CALIB_SAMPLES = 100_000
+MAX_WORKSPACE_GB = 1024
 
 
-@dataclass(frozen=True)
-class Key:
-    """A preset key: its JSON/YAML type(s) and, for a number, its range (low..high, both or neither)."""
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: type | tuple[type, ...]
-    low: int | None = None
-    high: int | None = None
-    low_open: bool = False  # the low end itself is not allowed (a positive float)
+    def given(self) -> dict[str, Any]:
+        """The keys the preset set, with their values."""
+        return self.model_dump(exclude_unset=True)
 
 
-EXPORT_KEYS: dict[str, Key] = {
-    "dataset": Key(str), "input_size": Key((str, list)), "checkpoint": Key(str), "batch": Key(int, 1, MAX_BATCH),
-    "dynamic_batch": Key(bool), "dynamic_shape": Key(bool), "opset": Key(int), "exporter": Key(str),
-    "simplify": Key(bool), "rewrite": Key(bool), "seed": Key(int, 0, MAX_SEED),
-}
-# Sections stored in the manifest for the stage that reads them (`hrdeploy quantize`, `hrdeploy build`).
-STAGE_KEYS: dict[str, dict[str, Key]] = {
-    "quantize": {"precision": Key(str), "calib_samples": Key(int, 1, 100_000), "method": Key(str),
-                 "backend": Key(str), "exclude": Key(list)},
-    "build": {
-        "precision": Key(str), "min_batch": Key(int, 1, MAX_BATCH), "opt_batch": Key(int, 1, MAX_BATCH),
-        "max_batch": Key(int, 1, MAX_BATCH), "workspace": Key((int, float), 0, 1024, low_open=True),
-        "timing_cache": Key(str), "builder_opt_level": Key(int, 0, 5), "dla_core": Key(int, 0, 15),
-        "gpu_fallback": Key(bool), "version_compatible": Key(bool), "hardware_compat": Key(str),
-    },
-}
-SECTIONS: dict[str, dict[str, Key]] = {"export": EXPORT_KEYS, **STAGE_KEYS}
-NULLABLE = ("dataset", "checkpoint")  # export keys whose null means "the default"
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list"}
+class ExportPreset(_Section):
+    dataset: Str | None = None
+    input_size: SizeHW = None  # parsed by hrdeploy.export.options.parse_size
+    checkpoint: Str | None = None
+    batch: bounded_int(1, MAX_BATCH) = None
+    dynamic_batch: Bool = None
+    dynamic_shape: Bool = None
+    opset: Int = None
+    exporter: Str = None
+    simplify: Bool = None
+    rewrite: Bool = None
+    seed: bounded_int(0, MAX_SEED) = None
 
 
-def value_problem(section: str, key: str, value: Any, spec: Key) -> str | None:
-    """What is wrong with `value` for `section.key` ("export.batch must be an integer, not 'abc'"), or None."""
-    if value is None and key in NULLABLE:
-        return None
-    kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        return f"{section}.{key} must be {' or '.join(_TYPE_NAMES[k] for k in kinds)}, not {value!r}"
-    if spec.low is not None and spec.high is not None and not isinstance(value, (bool, str, list)):
-        low_ok = value > spec.low if spec.low_open else value >= spec.low
-        if not (math.isfinite(value) and low_ok and value <= spec.high):
-            bounds = f"above {spec.low} and at most {spec.high}" if spec.low_open else f"{spec.low}..{spec.high}"
-            return f"{section}.{key} must be {bounds}, not {value!r}"
-    return None
+class QuantizePreset(_Section):
+    precision: Str = None
+    calib_samples: bounded_int(1, MAX_CALIB_SAMPLES) = None
+    method: Str = None
+    backend: Str = None
+    exclude: StrList = None
 
 
-def sections_problem(data: Any, sections: dict[str, dict[str, Key]] = SECTIONS) -> str | None:
-    """What is wrong with a preset mapping {section: {key: value}} (the first problem), or None."""
-    if not isinstance(data, dict):
-        return f"must be a mapping with sections {'/'.join(sections)}, not {type(data).__name__}"
-    for section, body in data.items():
-        if section not in sections:
-            return f"unknown section {section!r}; use {', '.join(sections)}"
-        if not isinstance(body, dict):
-            return f"section {section!r} must be a mapping"
-        unknown = sorted(set(body) - set(sections[section]), key=str)
-        if unknown:
-            return f"unknown key {unknown[0]!r} in {section!r}; known keys: {', '.join(sorted(sections[section]))}"
-        for key, value in body.items():
-            if problem := value_problem(section, key, value, sections[section][key]):
-                return problem
-    return None
+class BuildPreset(_Section):
+    precision: Str = None
+    min_batch: bounded_int(1, MAX_BATCH) = None
+    opt_batch: bounded_int(1, MAX_BATCH) = None
+    max_batch: bounded_int(1, MAX_BATCH) = None
+    workspace: bounded_float(0, MAX_WORKSPACE_GB) = None
+    timing_cache: Str = None
+    builder_opt_level: bounded_int(0, 5) = None
+    dla_core: bounded_int(0, 15) = None
+    gpu_fallback: Bool = None
+    version_compatible: Bool = None
+    hardware_compat: Str = None
+
+
+class Stages(_Section):
+    """The preset sections stored in the manifest for the stage that reads them."""
+
+    quantize: QuantizePreset = QuantizePreset()
+    build: BuildPreset = BuildPreset()
+
+
+class Preset(Stages):
+    """A whole YAML preset."""
+
+    export: ExportPreset = ExportPreset()
+
+
+def load_preset_data(data: Any, where: str) -> Preset:
+    """`data` (a parsed YAML preset) as a Preset; the first problem is a UserError naming `where`."""
+    try:
+        return Preset.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        problem = describe(first)
+        if first["type"] == "extra_forbidden":
+            problem += f"; known: {', '.join(_known(tuple(first['loc'][:-1])))}"
+        raise UserError(f"{where}: {problem}") from None
+
+
+def _known(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Preset
+    for part in loc:
+        model = model.model_fields[part].annotation
+    return sorted(model.model_fields)

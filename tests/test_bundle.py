@@ -30,7 +30,7 @@ def test_typed_sections(tmp_path: Path) -> None:
     onnx_art, fp16 = b.artifact("onnx"), b.artifact("fp16")
     assert (onnx_art.kind, onnx_art.precision, onnx_art.batch_range) == ("onnx", "fp32", (1, 1024))
     assert fp16.precision == "fp16" and fp16.path == b.root / "model.fp16.onnx"
-    assert len(onnx_art.info["sha256"]) == 64
+    assert len(onnx_art.info.sha256) == 64
     static = Bundle.open(tiny_bundle(tmp_path / "s", dynamic_batch=False))
     assert static.artifact("onnx").batch_range == (1, 1) and static.input.batch_range == (1, 1)
 
@@ -45,15 +45,17 @@ def test_typed_sections(tmp_path: Path) -> None:
     (lambda m: m["input"].update(shape=["batch", 3, 10**5, 48]), "input.shape must be 4 dims"),
     (lambda m: m["input"].update(shape=[10**9, 3, 64, 48]), "input.shape must be 4 dims"),
     (lambda m: m["input"].update(mean=[float("nan"), 0.5, 0.5]), "input.mean must be a list of 3 finite"),
-    (lambda m: m["input"].update(scale=float("inf")), "input.scale must be a positive number"),
+    (lambda m: m["input"].update(scale=255.0), "unknown key 'scale' in 'input'"),
     (lambda m: m["input"].update(stride=10**30), "input.stride must be an integer in 1..4096"),
     (lambda m: m["outputs"][0].update(channels=10**12), r"outputs\[0\].channels must be an integer in 1..65536"),
     (lambda m: m["model"].update(seed=10**30), "model.seed must be an integer in 0..4294967295"),
     # the preset sections stored for later stages are typed and bounded like the preset itself
     (lambda m: m.update(stages={"quantize": {"calib_samples": "abc"}}), "quantize.calib_samples must be an integer"),
-    (lambda m: m.update(stages={"quantize": {"calib_samples": 10**30}}), r"quantize.calib_samples must be 1..100000"),
-    (lambda m: m.update(stages={"build": {"max_batch": 10**30}}), r"build.max_batch must be 1..1024"),
-    (lambda m: m.update(stages={"build": {"workspace": 1e300}}), "build.workspace must be above 0 and at most 1024"),
+    (lambda m: m.update(stages={"quantize": {"calib_samples": 10**30}}),
+     r"quantize.calib_samples must be an integer in 1..100000"),
+    (lambda m: m.update(stages={"build": {"max_batch": 10**30}}), r"build.max_batch must be an integer in 1..1024"),
+    (lambda m: m.update(stages={"build": {"workspace": 1e300}}),
+     "build.workspace must be a number above 0 and at most 1024"),
     (lambda m: m.update(stages={"deploy": {}}), "unknown section 'deploy'"),
     (lambda m: m.update(stages=[]), "stages .* must be a mapping"),
     (lambda m: m["input"].update(dynamic_batch="false"), "input.dynamic_batch must be true or false"),
@@ -123,7 +125,7 @@ def test_record_artifact_and_section_are_atomic_and_merge(tmp_path: Path) -> Non
     b.record_artifact("int8", "model.int8.onnx", precision="int8", backend="ort")
     fresh = Bundle.open(root)
     assert fresh.section("parity") == {"validate": {"passed": True}, "int8": {"passed": False}}
-    assert fresh.artifact("int8").info["backend"] == "ort" and set(fresh.artifacts) == {"onnx", "int8"}
+    assert fresh.artifact("int8").info.backend == "ort" and set(fresh.artifacts) == {"onnx", "int8"}
     assert sorted(p.name for p in root.iterdir() if p.name.endswith(".tmp")) == []
     with pytest.raises(UserError, match="outside the bundle"):
         fresh.record_artifact("x", "../x.onnx")
@@ -169,7 +171,7 @@ def test_is_bundle(tmp_path: Path) -> None:
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / MANIFEST).write_text(json.dumps({"format": "other"}))
     assert not is_bundle(tmp_path / "notes") and not is_bundle(tmp_path / "absent")
-    assert tiny_manifest()["format"] == "hrdeploy-bundle/1"
+    assert tiny_manifest()["format"] == "hrdeploy-bundle/2"
 
 
 def test_damaged_artifact_is_caught_by_its_sha256(tmp_path: Path) -> None:
@@ -191,7 +193,7 @@ def test_minimal_manifest_opens_with_defaults(tmp_path: Path) -> None:
     }))
     b = Bundle.open(root)
     m, i = b.model, b.input
-    assert (m.family, m.seed, m.checkpoint, i.name, i.scale) == ("", 0, None, "input", 255.0)
+    assert (m.family, m.seed, m.checkpoint, i.name) == ("", 0, None, "input")
     assert b.input.shape == (1, 3, 512, 1024) and not b.is_pose and b.keypoints is None and b.artifacts == {}
 
 

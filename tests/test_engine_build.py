@@ -166,8 +166,8 @@ def test_build_writes_engine_metadata_and_manifest(bundle, cli_runner, fake_trt_
     assert meta["onnx"] == {"file": "model.onnx", "sha256": sha256(bundle / "model.onnx")}
     assert meta["sha256"] == sha256(engine) and meta["trtexec"].startswith("trtexec --onnx=")
     entry = Bundle.open(bundle).artifacts["engine_fp16"].info
-    assert entry["file"] == "model.fp16.engine" and entry["sha256"] == sha256(engine)
-    assert entry["tensorrt"] == "10.8.0.43" and entry["metadata"] == "model.fp16.engine.json"
+    assert entry.file == "model.fp16.engine" and entry.sha256 == sha256(engine)
+    assert entry.tensorrt == "10.8.0.43" and entry.metadata == "model.fp16.engine.json"
     assert str(engine) in res.output and "TensorRT 10.8.0.43" in res.output
     assert not [p for p in bundle.iterdir() if p.name.endswith(".tmp")]  # atomic write left no temp file
 

@@ -17,7 +17,7 @@ from hrdeploy.runtime.onnxruntime import OrtRunner
 
 def test_bundle_contents(lite18_bundle):
     manifest = json.loads((lite18_bundle / "manifest.json").read_text())
-    assert manifest["format"] == "hrdeploy-bundle/1"
+    assert manifest["format"] == "hrdeploy-bundle/2"
     assert manifest["model"] == {
         "name": "lite_hrnet_18", "family": "lite_hrnet", "task": "pose_topdown", "dataset": "coco",
         "upstream": hrdeploy.get_spec("lite_hrnet_18").upstream, "checkpoint": None, "seed": 0,
@@ -117,7 +117,7 @@ def test_shipped_presets_load(preset):
     assert opts.opset == 19
     assert opts.dynamic_batch == preset.endswith("dynamic")
     if preset == "tensorrt_fp16_dynamic":
-        assert opts.stages["build"] == {"precision": "fp16", "min_batch": 1, "opt_batch": 8, "max_batch": 32,
+        assert opts.stages.build.given() == {"precision": "fp16", "min_batch": 1, "opt_batch": 8, "max_batch": 32,
                                         "workspace": 4}
 
 
@@ -219,7 +219,7 @@ def test_torchscript_failure_falls_back_to_dynamo(tiny_cross_resolution, tmp_pat
     steps: list[str] = []
     result = export_bundle(tiny_cross_resolution, tmp_path / "auto", rewrite=False, dynamic_batch=True,
                            step=steps.append)
-    export = result.manifest["export"]
+    export = result.manifest.export
     assert result.passed and export["exporter"] == "dynamo"
     assert export["fallback_from"]["exporter"] == "torchscript"
     assert "adaptive pooling" in export["fallback_from"]["error"]

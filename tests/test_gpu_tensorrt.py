@@ -92,7 +92,7 @@ def test_fp16_engine_is_close_and_recorded(built):
     ref = _ort(built, x)
     cos = float(np.dot(out.ravel(), ref.ravel()) / (np.linalg.norm(out) * np.linalg.norm(ref)))
     assert cos > 0.999
-    artifacts = Bundle.open(built).manifest["artifacts"]
+    artifacts = Bundle.open(built).manifest.artifacts
     assert {"engine_fp32", "engine_fp16"} <= set(artifacts)
     meta = json.loads((built / "model.fp16.engine.json").read_text())
     assert meta["tensorrt"] == installed_tensorrt_version() and meta["gpu"] == cuda_devices()[0].name

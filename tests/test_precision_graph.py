@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from hrdeploy.errors import UserError
+from hrdeploy.manifest import InputSpec
 from hrdeploy.precision import graph as G
 from hrdeploy.precision.calib import batches, load_images
 from hrdeploy.precision.evaluate import run_model
@@ -165,8 +166,8 @@ def test_wide_range_depthwise_flags_only_spread_inputs() -> None:
     assert wide_range_depthwise(loud, [data])["conv_dw"] > 100
 
 
-def _manifest(h: int = 32, w: int = 24) -> dict:
-    return {"input": {"height": h, "width": w, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+def _input(h: int = 32, w: int = 24) -> InputSpec:
+    return InputSpec(height=h, width=w, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
 
 
 def test_load_images_is_sorted_preprocessed_and_counted(tmp_path) -> None:
@@ -181,23 +182,23 @@ def test_load_images_is_sorted_preprocessed_and_counted(tmp_path) -> None:
         Image.fromarray(arr).save(tmp_path / name, quality=100 if name.endswith("jpg") else None)
         pixels[name] = arr
     (tmp_path / "notes.txt").write_text("not an image")
-    images = load_images(tmp_path, _manifest(), samples=2)
+    images = load_images(tmp_path, _input(), samples=2)
     assert images.files == ["a.jpg", "b.png"] and images.available == 3 and images.count == 2
-    expected, _ = preprocess(pixels["b.png"], (32, 24), _manifest()["input"]["mean"], _manifest()["input"]["std"])
+    expected, _ = preprocess(pixels["b.png"], (32, 24), _input().mean, _input().std)
     np.testing.assert_allclose(images.data[1], expected, atol=1e-6)
-    assert load_images(tmp_path, _manifest()).files == ["a.jpg", "b.png", "c.PNG"]
+    assert load_images(tmp_path, _input()).files == ["a.jpg", "b.png", "c.PNG"]
 
 
 def test_load_images_errors(tmp_path) -> None:
     with pytest.raises(UserError, match="holds no images"):
-        load_images(tmp_path, _manifest())
+        load_images(tmp_path, _input())
     with pytest.raises(UserError, match="does not exist"):
-        load_images(tmp_path / "missing", _manifest())
+        load_images(tmp_path / "missing", _input())
     (tmp_path / "broken.png").write_bytes(b"definitely not a png")
     with pytest.raises(UserError, match="broken.png"):
-        load_images(tmp_path, _manifest())
+        load_images(tmp_path, _input())
     with pytest.raises(UserError, match="at least 1"):
-        load_images(tmp_path, _manifest(), samples=0)
+        load_images(tmp_path, _input(), samples=0)
 
 
 def test_batches_fill_fixed_batches_by_repeating_from_the_start() -> None:

@@ -36,7 +36,7 @@ def test_modelopt_int8_is_tensorrt_style_qdq(bundle: Path, photos: Path) -> None
     from hrdeploy.precision.int8 import qdq_summary
 
     path = quantize_bundle(bundle, "int8", calib_dir=photos, calib_samples=4, backend="modelopt", val_samples=3,
-                           sensitivity=False)
+                           sensitivity=False).path
     entry = json.loads((bundle / "manifest.json").read_text())["artifacts"]["int8"]
     assert entry["backend"] == "modelopt" and entry["method"] == "entropy"
     assert entry["converter"] == "modelopt.onnx.quantization"
@@ -55,7 +55,7 @@ def test_modelopt_int8_is_tensorrt_style_qdq(bundle: Path, photos: Path) -> None
 def test_modelopt_fp16_autocast_matches_eager(bundle: Path, photos: Path) -> None:
     from hrdeploy.precision import quantize_bundle
 
-    path = quantize_bundle(bundle, "fp16", calib_dir=photos, backend="modelopt", val_samples=4)
+    path = quantize_bundle(bundle, "fp16", calib_dir=photos, backend="modelopt", val_samples=4).path
     model = onnx.load(path)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT

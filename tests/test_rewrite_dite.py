@@ -318,7 +318,7 @@ def test_dite_hrnet_18_bundle_with_dynamic_batch(models, tmp_path) -> None:
 
     result = export_bundle("dite_hrnet_18", tmp_path / "d18", dynamic_batch=True)
     check_parity("dite_hrnet_18", result.parity, result.simplify_error)
-    assert set(result.manifest["rewrites"]) >= set(DITE_REWRITES)
+    assert set(result.manifest.rewrites) >= set(DITE_REWRITES)
     proto = onnx.load(str(tmp_path / "d18" / "model.onnx"))
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 256, 192]

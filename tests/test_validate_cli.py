@@ -154,7 +154,7 @@ def test_torchscript_bundle_localises_the_tampered_conv_to_its_module(cli_runner
 def _rerecord(bundle: Path) -> None:
     """Record the changed model.onnx as the bundle's own: a recorded artifact that computes the wrong thing."""
     b = Bundle.open(bundle)
-    info = {k: v for k, v in b.artifacts["onnx"].info.items() if k not in ("file", "sha256")}
+    info = b.artifacts["onnx"].info.model_dump(exclude={"file", "sha256"}, exclude_none=True)
     b.record_artifact("onnx", "model.onnx", **info)
 
 

@@ -41,7 +41,7 @@ def tiny_manifest(*, dynamic_batch: bool = True, height: int = 64, width: int = 
         "model": {"name": name, "family": "test", "task": "pose_topdown", "dataset": "coco", "upstream": None,
                   "checkpoint": None, "seed": 0},
         "input": {"name": "input", "shape": ["batch" if dynamic_batch else 1, 3, height, width], "layout": "NCHW",
-                  "color": "RGB", "scale": 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
                   "height": height, "width": width, "dynamic_batch": dynamic_batch, "dynamic_shape": False,
                   "stride": 32},
         "outputs": [{"name": "heatmaps", "stride": 4, "channels": 17}],

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hrdeploy.bundle import Bundle
-from hrdeploy.io import write_json, write_text
+from hrdeploy.io import write_json
 
 COLUMNS = ("artifact", "precision", "backend", "batch", "AP", "AP50", "AP75", "AR", "mean OKS", "dAP",
            "dAP 95% CI", "crops/s", "gate")
@@ -72,12 +72,10 @@ def write_reports(report: dict[str, Any], extra_json: str | os.PathLike | None =
     """Write eval.json / eval.md / eval.<key>.results.json into the bundle and record the summary."""
     b = Bundle.open(report["bundle"])
     predictions = report.pop("predictions", {})
-    for key, results in predictions.items():
-        write_json(b.root / predictions_file(key), results)
     report["predictions"] = {k: predictions_file(k) for k in predictions}
+    b.write_reports({**{predictions_file(k): results for k, results in predictions.items()},
+                     "eval.json": report, "eval.md": to_markdown(report)})
     json_path, md_path = b.root / "eval.json", b.root / "eval.md"
-    write_json(json_path, report)
-    write_text(md_path, to_markdown(report))
     if extra_json is not None:
         write_json(extra_json, report)
     b.record_section("eval", {

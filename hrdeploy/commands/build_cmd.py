@@ -35,7 +35,8 @@ from hrdeploy.commands.stage_presets import bundle_argument
 @click.option("--print-trtexec", is_flag=True, help="Print the equivalent trtexec command(s) and exit.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Engine file [default: DIR/model.<precision>.engine].")
-def build_cmd(source: Path, trt_gen: str | None, print_trtexec: bool, **options) -> None:  # noqa: ANN003
+def build_cmd(source: Path, trt_gen: str | None, print_trtexec: bool,
+              **options) -> None:  # noqa: ANN003
     """Build a TensorRT engine from bundle DIR (or MODEL.onnx).
 
     Writes model.<precision>.engine atomically, <engine>.json with the TensorRT version, GPU, profile and
@@ -85,3 +86,4 @@ def build_cmd(source: Path, trt_gen: str | None, print_trtexec: bool, **options)
         f"{result.engine} ({meta['size_bytes'] / 1e6:.1f} MB, {meta['precision']}, TensorRT {meta['tensorrt']}, "
         f"{meta['gpu']} sm_{meta['compute_capability'].replace('.', '')}, {result.seconds:.1f} s); profile {profile}"
     )
+

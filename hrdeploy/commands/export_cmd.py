@@ -65,13 +65,13 @@ def _print_summary(console, result) -> None:  # noqa: ANN001 - rich Console / Ex
     from rich.table import Table
 
     m, parity = result.manifest, result.parity
-    onnx = m["artifacts"]["onnx"]
+    onnx = m.artifacts["onnx"]
     console.print(
-        f"[bold]{m['model']['name']}[/] -> {result.bundle / onnx['file']} "
-        f"({onnx['size_bytes'] / 1e6:.1f} MB, {m['export']['exporter']} opset {m['export']['opset']}, "
-        f"input {m['input']['shape']}, {result.seconds:.1f} s)"
+        f"[bold]{m.model.name}[/] -> {result.bundle / onnx.file} "
+        f"({onnx.size_bytes / 1e6:.1f} MB, {m.export['exporter']} opset {m.export['opset']}, "
+        f"input {list(m.input.shape)}, {result.seconds:.1f} s)"
     )
-    console.print(f"rewrites applied: {', '.join(m['rewrites']) or 'none'}")
+    console.print(f"rewrites applied: {', '.join(m.rewrites) or 'none'}")
     if result.simplify_error:
         console.print(f"[yellow]warning:[/] onnxsim failed ({result.simplify_error}); kept the unsimplified model")
     table = Table(title=f"parity: onnxruntime CPU vs eager (max rel <= {parity['tolerance']['max_rel']:g})")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from hrdeploy.commands.stage_presets import bundle_argument
+from hrdeploy.commands.stage_presets import OPENED, bundle_argument
 from hrdeploy.parity.tolerances import BOOTSTRAP_RESAMPLES
 from hrdeploy.precision.targets import (
     DEFAULT_MAX_AP_DROP,
@@ -13,6 +15,9 @@ from hrdeploy.precision.targets import (
     DEFAULT_SEED,
     DEFAULT_TUNE_SHARE,
 )
+
+if TYPE_CHECKING:
+    from hrdeploy.precision.result import QuantizeResult
 
 
 @click.command("quantize")
@@ -85,76 +90,75 @@ def quantize_cmd(
     Exit status 0 when the variant is within tolerance, 1 when it drifts beyond it (the file is kept and
     recorded as failed), 2 on bad input (the bundle is left unchanged).
     """
+    from hrdeploy.bundle import Bundle
     from hrdeploy.errors import UserError
     from hrdeploy.io import console as make_console
     from hrdeploy.parity.tolerances import parse_tolerances
-    from hrdeploy.precision.quantize import PRECISIONS, quantize_bundle
+    from hrdeploy.precision.quantize import QUANTIZED, quantize_bundle
 
     if precision is None:
         raise UserError("pass --precision fp16 or --precision int8 (the bundle's preset names none)")
     precision = str(precision).lower()
-    tol = parse_tolerances(tolerances).get(precision) if precision in PRECISIONS else None
+    tol = parse_tolerances(tolerances).get(precision) if precision in QUANTIZED else None
     console = make_console()
+    b = ctx.meta.get(OPENED) or Bundle.open(bundle)
     with console.status(f"quantizing {bundle} to {precision} ..."):
-        path = quantize_bundle(
-            bundle, precision, calib_dir=calib_dir, calib_samples=calib_samples, method=method, backend=backend,
+        result = quantize_bundle(
+            b, precision, calib_dir=calib_dir, calib_samples=calib_samples, method=method, backend=backend,
             exclude=exclude, calib_ann=calib_ann, auto_exclude=auto_exclude, val_dir=val_dir,
             val_samples=val_samples, ann=ann, images=images, tolerance=tol, sensitivity=sensitivity, search=search,
             max_ap_drop=max_ap_drop, min_oks=min_oks, tune_share=tune_share, seed=seed, bootstrap=bootstrap,
             threads=threads, log=console.log,
         )
-    passed = _print_summary(console, bundle, precision, path)
-    if not passed:
+    _print_summary(console, bundle, result)
+    if not result.passed:
         ctx.exit(1)
 
 
-def _print_summary(console, bundle: str, precision: str, path) -> bool:  # noqa: ANN001 - rich Console, Path
+def _print_summary(console, bundle: str, r: QuantizeResult) -> None:  # noqa: ANN001 - rich Console
     from rich.table import Table
 
     from hrdeploy.accuracy.report import UNITS
-    from hrdeploy.bundle import Bundle
 
-    entry = dict(Bundle.open(bundle).artifact(precision).info)
-    console.print(f"[bold]{precision}[/] -> {path} ({entry['size_bytes'] / 1e6:.1f} MB, {entry['converter']})")
-    cal = entry["calibration"]
-    console.print(f"images: {cal['count']} of {cal['available']} from {cal['source']}")
-    if precision == "int8":
+    console.print(f"[bold]{r.precision}[/] -> {r.path} ({r.size_bytes / 1e6:.1f} MB, {r.converter})")
+    cal = r.calibration
+    console.print(f"images: {cal.count} of {cal.available} from {cal.source}")
+    if r.precision == "int8":
         console.print(
-            f"method {entry['method']}; convs quantized {entry['convs_quantized']}, left fp32 "
-            f"{entry['convs_unquantized']} (excluded {len(entry['excluded_nodes'])}, wide-range depthwise "
-            f"{len(entry['auto_excluded'])}, run-time weights {len(entry['runtime_weight_convs'])})"
+            f"method {r.method}; convs quantized {r.convs_quantized}, left fp32 {r.convs_unquantized} (excluded "
+            f"{len(r.excluded_nodes)}, wide-range depthwise {len(r.auto_excluded or {})}, run-time weights "
+            f"{len(r.runtime_weight_convs or [])})"
         )
     else:
         console.print(
-            f"fp16 compute nodes {entry['fp16_compute_nodes']}; kept fp32 {entry['kept_fp32_count']} "
-            f"(overflow {entry['overflow_count']}, excluded {len(entry['excluded_nodes'])})"
+            f"fp16 compute nodes {r.fp16_compute_nodes}; kept fp32 {r.kept_fp32_count} "
+            f"(overflow {r.overflow_count}, excluded {len(r.excluded_nodes)})"
         )
-    if entry.get("search"):
-        _print_search(console, entry["search"])
-    val = entry.get("validation")
+    if r.search:
+        _print_search(console, r.search)
+    val = r.validation
     if val is None:
-        return True
+        return
     what = {"coco-ap": "COCO AP drop on annotated people", "crop-agreement": "keypoint agreement on person crops",
-            "tensor": "output tensors"}[val["mode"]]
-    table = Table(title=f"{precision} on onnxruntime CPU vs eager fp32: {what} ({val['inputs']} inputs)")
-    cells = dict(val["gated"])
+            "tensor": "output tensors"}[val.mode]
+    table = Table(title=f"{r.precision} on onnxruntime CPU vs eager fp32: {what} ({val.inputs} inputs)")
+    cells = dict(val.gated)
     cells.pop("non_finite", None)
-    if "ap" in val:
-        cells = {"eager AP": val["eager_ap"], f"{precision} AP": val["ap"], **cells}
+    if val.ap is not None:
+        cells = {"eager AP": val.eager_ap, f"{r.precision} AP": val.ap, **cells}
     for col in (*cells, "ok"):
         table.add_column(col, justify="right")
-    table.add_row(*(f"{v:.4g}" for v in cells.values()), "[green]yes[/]" if val["passed"] else "[red]NO[/]")
+    table.add_row(*(f"{v:.4g}" for v in cells.values()), "[green]yes[/]" if val.passed else "[red]NO[/]")
     console.print(table)
-    ci = val.get("interval")
+    ci = val.interval
     if ci:
         console.print(f"AP drop {-ci['dap']:.2f}, paired 95% interval of dAP [{ci['low']:+.2f}, {ci['high']:+.2f}] "
                       f"over {ci['units']} {UNITS[ci['unit']]} ({ci['resamples']} resamples): {ci['call']} against the "
                       f"bar {ci['bar']:g}")
-    bounds = ", ".join(f"{k} {v:g}" for k, v in val["tolerance"].items())
-    for failure in val["failures"]:
+    bounds = ", ".join(f"{k} {v:g}" for k, v in val.tolerance.items())
+    for failure in val.failures:
         console.print(f"[red]FAIL[/] {failure} (bounds {bounds}; override with --tolerance)")
-    console.print(f"report: {bundle}/{entry['report']}")
-    return bool(val["passed"])
+    console.print(f"report: {bundle}/{r.report}")
 
 
 def _print_search(console, search: dict) -> None:  # noqa: ANN001 - rich Console

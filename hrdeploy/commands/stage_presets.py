@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+OPENED = "hrdeploy.bundle"  # ctx.meta key of the Bundle the argument opened, for the command to reuse
 # Preset keys whose option stores under another name.
 PARAM_OF = {"build": {"workspace": "workspace_gib"}}
 
@@ -25,7 +26,8 @@ def bundle_argument(name: str, stage: str, **kwargs: Any) -> Any:
 
         if value is None or ctx.resilient_parsing or not is_bundle(value):
             return value
-        preset = Bundle.open(value).section("stages", {}).get(stage) or {}
+        bundle = ctx.meta[OPENED] = Bundle.open(value)
+        preset = getattr(bundle.manifest.stages, stage).given()
         rename = PARAM_OF.get(stage, {})
         ctx.default_map = {**(ctx.default_map or {}), **{rename.get(k, k): v for k, v in preset.items()}}
         return value

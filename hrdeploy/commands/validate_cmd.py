@@ -51,18 +51,20 @@ def validate_cmd(
     Writes parity.json / parity.md into the bundle (beside export's check) and prints a table.
     Exit status 0 when every artifact is within tolerance, 1 when one is not, 2 on bad input.
     """
+    from hrdeploy.bundle import Bundle
     from hrdeploy.io import console as make_console
     from hrdeploy.validate.report import write_reports
     from hrdeploy.validate.run import validate_bundle
 
     console = make_console()
+    b = Bundle.open(bundle)
     with console.status(f"validating {bundle} ...") as status:
         report = validate_bundle(
-            bundle, backends=backends, images=images, batch=batch, tolerances=tolerances, seeded=seeded,
+            b, backends=backends, images=images, batch=batch, tolerances=tolerances, seeded=seeded,
             photos=not no_photos, localize_failures=not no_localize, threads=threads, ann=ann,
             log=lambda msg: status.update(msg),
         )
-    json_path, md_path = write_reports(bundle, report)
+    json_path, md_path = write_reports(b, report)
     print_report(console, report)
     console.print(f"wrote {json_path} and {md_path}")
     if not report["passed"]:

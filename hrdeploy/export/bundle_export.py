@@ -17,7 +17,7 @@ from typing import Any
 import onnx
 
 from hrdeploy import __version__
-from hrdeploy.bundle import FORMAT, MANIFEST, Bundle, hold_lock, is_bundle
+from hrdeploy.bundle import Bundle, hold_lock, is_bundle
 from hrdeploy.errors import UserError
 from hrdeploy.export.metadata import manifest_metadata, set_metadata
 from hrdeploy.export.onnx_export import INPUT_NAME, ExporterError, check_and_infer, export_onnx, simplify
@@ -26,6 +26,7 @@ from hrdeploy.export.parity import ParityCase, compare, to_markdown
 from hrdeploy.export.phases import PhaseClock
 from hrdeploy.export.threads import torch_threads
 from hrdeploy.io import check_writable, not_a_file, os_reason, sha256, write_json, write_text
+from hrdeploy.manifest import ArtifactEntry, Manifest
 from hrdeploy.registry import ModelSpec, get_spec
 from hrdeploy.zoo import build_model, check_dataset, check_input_size
 
@@ -36,7 +37,7 @@ PARITY_DYNAMIC_BATCH = 4
 @dataclass
 class ExportResult:
     bundle: Path
-    manifest: dict
+    manifest: Manifest
     parity: dict
     simplify_error: str | None
     seconds: float
@@ -135,8 +136,10 @@ def _parity_cases(opts: ExportOptions, size: tuple[int, int], stride: int) -> li
     return cases
 
 
-def build_manifest(spec: ModelSpec, opts: ExportOptions, dataset: str, size: tuple[int, int], rewrites: list[str]):
-    """The manifest of a freshly exported bundle (artifacts are added by the caller)."""
+def build_manifest(
+    spec: ModelSpec, opts: ExportOptions, dataset: str, size: tuple[int, int], rewrites: list[str], export: dict,
+) -> Manifest:
+    """The manifest of a freshly exported bundle, without artifacts (the caller adds them)."""
     kps = spec.keypoint_set(dataset)
     batch_dim = "batch" if opts.dynamic_batch else opts.batch
     shape = [batch_dim, 3, "height" if opts.dynamic_shape else size[0], "width" if opts.dynamic_shape else size[1]]
@@ -146,33 +149,29 @@ def build_manifest(spec: ModelSpec, opts: ExportOptions, dataset: str, size: tup
         # HigherHRNet's 1/4 map carries heatmaps and associative-embedding tags (2K channels).
         ch = 2 * channels if name == "heatmaps_tags" else channels
         outputs.append({"name": name, "stride": stride, "channels": ch})
-    return {
-        "format": FORMAT,
-        "model": {
+    return Manifest(
+        model={
             "name": spec.name, "family": spec.family, "task": spec.task, "dataset": dataset,
             "upstream": spec.upstream, "seed": opts.seed,
             # absolute, so later stages rebuild the eager reference from any working folder
             "checkpoint": os.path.abspath(opts.checkpoint) if opts.checkpoint else None,
         },
-        "input": {
-            "name": INPUT_NAME, "shape": shape, "layout": "NCHW", "color": "RGB", "scale": 255.0,
-            "mean": list(spec.mean), "std": list(spec.std), "height": size[0], "width": size[1],
-            "dynamic_batch": opts.dynamic_batch, "dynamic_shape": opts.dynamic_shape, "stride": spec.stride,
+        input={
+            "name": INPUT_NAME, "shape": shape, "layout": "NCHW", "mean": list(spec.mean), "std": list(spec.std),
+            "height": size[0], "width": size[1], "dynamic_batch": opts.dynamic_batch,
+            "dynamic_shape": opts.dynamic_shape, "stride": spec.stride,
         },
-        "outputs": outputs,
-        "keypoints": None if kps is None else {
+        outputs=outputs,
+        keypoints=None if kps is None else {
             "dataset": kps.name, "names": list(kps.keypoints),
             "flip_pairs": [list(p) for p in kps.flip_pairs], "skeleton": [list(p) for p in kps.skeleton],
         },
-        "rewrites": rewrites,
-        "export": {
-            "exporter": opts.first_exporter, "opset": opts.opset, "batch": None if opts.dynamic_batch else opts.batch,
-            "simplified": None,
-        },
-        "stages": opts.stages,
-        "artifacts": {},
-        "versions": _versions(),
-    }
+        rewrites=rewrites,
+        export={"exporter": opts.first_exporter, "opset": opts.opset,
+                "batch": None if opts.dynamic_batch else opts.batch, **export},
+        stages=opts.stages,
+        versions=_versions(),
+    )
 
 
 def export_bundle(
@@ -248,7 +247,7 @@ def _parity(eager: Any, spec: ModelSpec, onnx_path: Path, cases: list[ParityCase
 def _export_into(
     work: Path, name: str, spec: ModelSpec, opts: ExportOptions, dataset: str, size: tuple[int, int],
     start: float, step: Callable[[str], None],
-) -> tuple[dict, dict, str | None]:
+) -> tuple[Manifest, dict, str | None]:
     """Build, rewrite, export, simplify, optimise and parity-check `name` into folder `work`."""
     clock = PhaseClock()
     step(f"building {name} ({dataset}, {'checkpoint ' + opts.checkpoint if opts.checkpoint else 'seeded weights'})")
@@ -302,13 +301,13 @@ def _export_into(
         step("exact graph passes")
         with clock.phase("graph_passes"):
             model, graph_passes = optimize_graph(model)
-    manifest = build_manifest(spec, replace(opts, exporter=exporter), dataset, size, rewrites)
-    if fallback:
-        manifest["export"]["fallback_from"] = fallback
-    manifest["export"]["simplified"] = opts.simplify and simplify_error is None
-    if simplify_error:
-        manifest["export"]["simplify_error"] = simplify_error
-    manifest["export"]["graph_passes"] = graph_passes
+    export_info = {
+        "simplified": opts.simplify and simplify_error is None,
+        **({"fallback_from": fallback} if fallback else {}),
+        **({"simplify_error": simplify_error} if simplify_error else {}),
+        "graph_passes": graph_passes,
+    }
+    manifest = build_manifest(spec, replace(opts, exporter=exporter), dataset, size, rewrites, export_info)
     set_metadata(model, manifest_metadata(manifest))
     onnx.save(model, os.fspath(onnx_path))
     export_seconds = time.perf_counter() - start
@@ -317,14 +316,13 @@ def _export_into(
     with clock.phase("parity"):
         parity = _parity(eager, spec, onnx_path, _parity_cases(opts, size, spec.stride), exporter)
     parity["stage"] = "export"
-    manifest["export"]["seconds"] = round(export_seconds, 2)
-    manifest["export"]["phases"] = clock.to_dict()
-    manifest["artifacts"]["onnx"] = {
-        "file": ONNX_FILE, "precision": "fp32", "sha256": sha256(onnx_path), "size_bytes": onnx_path.stat().st_size,
-    }
-    manifest["parity"] = {"export": {"passed": parity["passed"], "file": "parity.json"}}
-    Bundle(work, manifest)  # the manifest must open as a bundle before it is written
+    manifest = manifest.model_copy(update={
+        "export": {**manifest.export, "seconds": round(export_seconds, 2), "phases": clock.to_dict()},
+        "artifacts": {"onnx": ArtifactEntry(file=ONNX_FILE, precision="fp32", sha256=sha256(onnx_path),
+                                            size_bytes=onnx_path.stat().st_size)},
+        "parity": {"export": {"passed": parity["passed"], "file": "parity.json"}},
+    })
     write_json(work / "parity.json", {"export": parity})
     write_text(work / "parity.md", to_markdown(parity, f"Export parity: {name} (fp32 ONNX vs eager)"))
-    write_json(work / MANIFEST, manifest)
+    Bundle.write_new(work, manifest)
     return manifest, parity, simplify_error

@@ -6,29 +6,28 @@ import json
 
 import onnx
 
+from hrdeploy.manifest import Manifest
+
 PREFIX = "hrdeploy."
 
 
-def manifest_metadata(manifest: dict) -> dict[str, str]:
+def manifest_metadata(manifest: Manifest) -> dict[str, str]:
     """The metadata_props an exported ONNX carries: enough to preprocess and decode without the bundle."""
-    inp, model = manifest["input"], manifest["model"]
-    kps = manifest.get("keypoints") or {}
+    inp, model, kps = manifest.input, manifest.model, manifest.keypoints
     props = {
-        "model": model["name"],
-        "task": model["task"],
-        "dataset": model["dataset"],
-        "input_name": inp["name"],
-        "input_shape": inp["shape"],
-        "mean": inp["mean"],
-        "std": inp["std"],
-        "pixel_scale": inp["scale"],
-        "color": inp["color"],
-        "outputs": [o["name"] for o in manifest["outputs"]],
-        "output_strides": [o["stride"] for o in manifest["outputs"]],
-        "keypoint_names": kps.get("names", []),
-        "flip_pairs": kps.get("flip_pairs", []),
-        "rewrites": manifest["rewrites"],
-        "version": manifest["versions"]["hrdeploy"],
+        "model": model.name,
+        "task": model.task,
+        "dataset": model.dataset,
+        "input_name": inp.name,
+        "input_shape": list(inp.shape),
+        "mean": list(inp.mean),
+        "std": list(inp.std),
+        "outputs": [o.name for o in manifest.outputs],
+        "output_strides": [o.stride for o in manifest.outputs],
+        "keypoint_names": list(kps.names) if kps else [],
+        "flip_pairs": [list(p) for p in kps.flip_pairs] if kps else [],
+        "rewrites": list(manifest.rewrites),
+        "version": manifest.versions["hrdeploy"],
     }
     return {PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()}
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from hrdeploy.errors import UserError
 from hrdeploy.limits import MAX_BATCH, MAX_SEED
-from hrdeploy.presets import sections_problem
+from hrdeploy.presets import Stages, load_preset_data
 
 EXPORTERS = ("torchscript", "dynamo")
 # Without an explicit choice the TorchScript exporter runs (several times faster, and after onnxsim and the graph
@@ -37,7 +36,7 @@ class ExportOptions:
     rewrite: bool = True
     graph_passes: bool = True  # hrdeploy.optimize on the ONNX; only with rewrite (upstream form stays as-is)
     seed: int = 0
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # preset sections for later stages
+    stages: Stages = Stages()  # preset sections for later stages
 
     @property
     def first_exporter(self) -> str:
@@ -87,10 +86,8 @@ def load_preset(path: str | os.PathLike) -> ExportOptions:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise UserError(f"cannot read config {path}: {str(err).splitlines()[0]}") from err
-    if problem := sections_problem(data):
-        raise UserError(f"config {path}: {problem}")
-    export = dict(data.get("export", {}))
+    preset = load_preset_data(data, f"config {path}")
+    export = preset.export.given()
     if "input_size" in export:
         export["input_size"] = parse_size(export["input_size"])
-    stages = {k: v for k, v in data.items() if k != "export"}
-    return ExportOptions(**export, stages=stages)
+    return ExportOptions(**export, stages=Stages(quantize=preset.quantize, build=preset.build))

@@ -10,7 +10,8 @@ from typing import Any
 
 _LAZY = {
     "quantize_bundle": "hrdeploy.precision.quantize",
-    "PRECISIONS": "hrdeploy.precision.quantize",
+    "QUANTIZED": "hrdeploy.precision.quantize",
+    "QuantizeResult": "hrdeploy.precision.result",
     "BACKENDS": "hrdeploy.precision.quantize",
     "FILES": "hrdeploy.precision.quantize",
     "modelopt_available": "hrdeploy.precision.quantize",

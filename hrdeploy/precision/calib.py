@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from hrdeploy.errors import UserError
+from hrdeploy.manifest import InputSpec
 
 
 @dataclass
@@ -34,13 +35,7 @@ class ImageSet:
         return {"source": self.source, "count": self.count, "available": self.available, "files": self.files}
 
 
-def input_spec(manifest: dict[str, Any]) -> tuple[tuple[int, int], list[float], list[float]]:
-    """(h, w), mean, std of a bundle's input, from its manifest."""
-    spec = manifest["input"]
-    return (int(spec["height"]), int(spec["width"])), list(spec["mean"]), list(spec["std"])
-
-
-def load_images(folder: str | os.PathLike, manifest: dict[str, Any], samples: int | None = None) -> ImageSet:
+def load_images(folder: str | os.PathLike, inp: InputSpec, samples: int | None = None) -> ImageSet:
     """The first `samples` images of `folder` (sorted by name), preprocessed for the bundle.
 
     UserError for a missing folder, a folder without images, an unreadable image, or samples < 1.
@@ -53,25 +48,23 @@ def load_images(folder: str | os.PathLike, manifest: dict[str, Any], samples: in
     folder = Path(folder)
     files = image_files(folder)
     chosen = files[:samples] if samples else files
-    hw, mean, std = input_spec(manifest)
-    arrays = [preprocess(read_image(path), hw, mean, std, box=None)[0] for path in chosen]
+    arrays = [preprocess(read_image(path), inp.size, inp.mean, inp.std, box=None)[0] for path in chosen]
     return ImageSet(np.stack(arrays), [p.name for p in chosen], str(folder), len(files))
 
 
-def default_images(manifest: dict[str, Any], workdir: str | os.PathLike, samples: int = 6) -> ImageSet:
+def default_images(inp: InputSpec, workdir: str | os.PathLike, samples: int = 6) -> ImageSet:
     """Images for validation when the user gave none: scikit-image's sample photos, else seeded noise."""
     try:
         from hrdeploy.pose.samples import write_sample_photos
 
         folder = Path(workdir) / "samples"
         write_sample_photos(folder)
-        images = load_images(folder, manifest, samples)
+        images = load_images(folder, inp, samples)
         images.source = "skimage sample photos"
         return images
     except (UserError, ImportError):
-        hw, _, _ = input_spec(manifest)
         rng = np.random.default_rng(0)
-        data = rng.standard_normal((min(samples, 4), 3, *hw)).astype(np.float32)
+        data = rng.standard_normal((min(samples, 4), 3, *inp.size)).astype(np.float32)
         return ImageSet(data, [], "random", data.shape[0])
 
 

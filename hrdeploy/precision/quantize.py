@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from hrdeploy.bundle import Bundle
+from hrdeploy.bundle import PRECISIONS, Bundle
 from hrdeploy.errors import UserError, missing_dependency
 from hrdeploy.io import atomic_path, write_json, write_text
 from hrdeploy.parity.bootstrap import DEFAULT_RESAMPLES
@@ -34,6 +34,7 @@ from hrdeploy.precision import graph as G
 from hrdeploy.precision.calib import ImageSet, batches, default_images, load_images, static_batch
 from hrdeploy.precision.evaluate import block_sensitivity, input_noise_reference, layer_drift
 from hrdeploy.precision.int8 import DEFAULT_METHOD, METHODS
+from hrdeploy.precision.result import QuantizeResult
 from hrdeploy.precision.targets import DEFAULT_MAX_AP_DROP, DEFAULT_SEED, DEFAULT_TUNE_SHARE, default_min_oks
 from hrdeploy.precision.tuning import (
     check_tuning_size,
@@ -45,7 +46,7 @@ from hrdeploy.precision.tuning import (
 from hrdeploy.runtime.base import Runner
 from hrdeploy.runtime.factory import eager_runner, open_runner
 
-PRECISIONS = ("fp16", "int8")
+QUANTIZED = PRECISIONS[1:]  # the precisions quantize makes (fp32 is the export)
 BACKENDS = ("auto", "modelopt", "ort")
 FILES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 DEFAULT_VAL_SAMPLES = 16
@@ -214,8 +215,8 @@ class QuantizeConfig:
 
     def check(self) -> None:
         """UserError for a value or a combination that no bundle can satisfy."""
-        if self.precision not in PRECISIONS:
-            raise UserError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if self.precision not in QUANTIZED:
+            raise UserError(f"unknown precision {self.precision!r}; use one of {', '.join(QUANTIZED)}")
         if self.method is not None and self.method not in METHODS:
             raise UserError(f"unknown calibration method {self.method!r}; use one of {', '.join(METHODS)}")
         if (self.ann is None) != (self.images is None):
@@ -239,9 +240,10 @@ class _People:
     split: str = ""
 
 
-def quantize_bundle(bundle: str | os.PathLike, precision: str, *, log: Callable[[str], None] | None = None,
-                    **options: Any) -> Path:
-    """Write `model.<precision>.onnx` into `bundle`, validate it, record it in the manifest; return its path.
+def quantize_bundle(bundle: str | os.PathLike | Bundle, precision: str, *, log: Callable[[str], None] | None = None,
+                    **options: Any) -> QuantizeResult:
+    """Write `model.<precision>.onnx` into `bundle`, validate it, record it in the manifest; return what it made
+    and the verdict.
 
     `options` are the fields of QuantizeConfig:
     precision: "fp16" (mixed precision, fp32 I/O) or "int8" (Q/DQ; needs `calib_dir`).
@@ -265,9 +267,9 @@ def quantize_bundle(bundle: str | os.PathLike, precision: str, *, log: Callable[
     val_dir / val_samples: without `ann`, photos whose person crops the keypoint-agreement gate runs on
         [default: the tuning people, else the calibration crops, else scikit-image's photos].
     tolerance: the gate [default: hrdeploy.parity.tolerances.TOLERANCES[precision]].
-    The manifest entry `artifacts.<precision>` carries backend, method, samples, excluded nodes, quantized /
-    unquantized conv counts and the validation summary; the full report is `quantize.<precision>.md/.json`,
-    and `parity.json` gains a `<precision>` section.
+    The manifest entry `artifacts.<precision>` is the result's `manifest_entry()`: backend, method, samples,
+    excluded nodes, quantized / unquantized conv counts and the validation summary; the full report is
+    `quantize.<precision>.md/.json`, and `parity.json` gains a `<precision>` section.
     """
     return Quantizer(bundle, QuantizeConfig(precision, **options), log).run()
 
@@ -275,11 +277,11 @@ def quantize_bundle(bundle: str | os.PathLike, precision: str, *, log: Callable[
 class Quantizer:
     """The quantize stage: prepare, calibration people, validation set, convert, judge, commit into the bundle."""
 
-    def __init__(self, bundle: str | os.PathLike, cfg: QuantizeConfig,
+    def __init__(self, bundle: str | os.PathLike | Bundle, cfg: QuantizeConfig,
                  log: Callable[[str], None] | None = None) -> None:
         cfg.check()
         self.cfg, self.say = cfg, log or (lambda _msg: None)
-        self.b = Bundle.open(bundle)
+        self.b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         self.backend = resolve_backend(cfg.backend, cfg.precision)
         self.method = cfg.method or DEFAULT_METHOD[self.backend]
         if self.backend == "modelopt" and cfg.precision == "int8" and self.method == "percentile":
@@ -297,7 +299,7 @@ class Quantizer:
             raise UserError(f"--ann scores top-down pose models; {self.b.model.name} is a {self.b.model.task} "
                             "model, so drop --ann/--images (it is checked on tensors)")
 
-    def run(self) -> Path:
+    def run(self) -> QuantizeResult:
         start = time.perf_counter()
         self._prepare()
         work = Path(tempfile.mkdtemp(prefix="hrdeploy-quantize-"))
@@ -305,21 +307,20 @@ class Quantizer:
             people = self._calibration_people()
             val, val_crops = self._validation_set(work, people)
             calib_set = people.calib if people.calib is not None else val
-            info, float_ref_path = self._convert(work, calib_set, people)
+            conv, float_ref_path = self._convert(work, calib_set, people)
             self.say(f"{self.cfg.precision}: converted in {time.perf_counter() - start:.1f} s; validating on "
                      f"{val.count} input(s)")
             report: dict[str, Any] = {
                 "precision": self.cfg.precision, "backend": self.backend,
                 "method": self.method if self.cfg.precision == "int8" else None,
-                "calibration": calib_set.describe(), "validation_images": val.describe(), "conversion": info,
+                "calibration": calib_set.describe(), "validation_images": val.describe(), "conversion": conv,
             }
             if self.cfg.validate:
                 report["validation"] = self._judge(work, val, val_crops, float_ref_path)
             report["seconds"] = round(time.perf_counter() - start, 2)
-            self._commit(work, report)
+            return self._commit(work, report)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        return self.b.root / FILES[self.cfg.precision]
 
     def _prepare(self) -> None:
         """The fp32 graph and its module scopes, the eager and fp32 runners, and checks of the photos given."""
@@ -350,7 +351,7 @@ class Quantizer:
         if cfg.calib_dir is None:
             return _People()
         if not self.topdown:
-            return _People(calib=load_images(cfg.calib_dir, b.manifest, cfg.calib_samples))
+            return _People(calib=load_images(cfg.calib_dir, b.input, cfg.calib_samples))
         self.say(f"{cfg.precision}: finding people in {cfg.calib_dir}" if cfg.calib_ann is None
                  else f"{cfg.precision}: cropping")
         boxes, available, how = _people(b, cfg.calib_dir, cfg.calib_samples, cfg.calib_ann, self.finder, self.photos)
@@ -375,7 +376,7 @@ class Quantizer:
                             len(crops)), crops
         if cfg.val_dir is not None:
             if not self.topdown:
-                return load_images(cfg.val_dir, b.manifest, cfg.val_samples), None
+                return load_images(cfg.val_dir, b.input, cfg.val_samples), None
             boxes, available, how = _people(b, cfg.val_dir, cfg.val_samples, None, self.finder)
             crops, val = _crop_set(b, boxes, f"{cfg.val_dir} ({how})", available)
             return val, crops
@@ -396,7 +397,7 @@ class Quantizer:
             crops, val = _crop_set(b, boxes, "skimage sample photos (person crops found by the fp32 model)",
                                    available)
             return val, crops
-        return default_images(b.manifest, work, samples=cfg.val_samples), None
+        return default_images(b.input, work, samples=cfg.val_samples), None
 
     def _convert(self, work: Path, calib_set: ImageSet, people: _People) -> tuple[dict[str, Any], str | None]:
         """Write the variant to work/; its conversion record, and the float reference graph (int8)."""
@@ -429,19 +430,19 @@ class Quantizer:
 
         cfg = self.cfg
         quantizer = quantize_modelopt if self.backend == "modelopt" else quantize_ort
-        info = quantizer(self.src, out_path, calib_batches, self.method, list(cfg.exclude), self.scopes, work,
+        conv = quantizer(self.src, out_path, calib_batches, self.method, list(cfg.exclude), self.scopes, work,
                          cfg.auto_exclude and not self.searching)
-        self.scopes = info.pop("scopes")
-        float_ref_path = info.pop("float_reference")
+        self.scopes = conv.pop("scopes")
+        float_ref_path = conv.pop("float_reference")
         if self.searching:
             assert people.tune_crops is not None
             found = search_int8(out_path, float_ref_path, self.scopes, people.tune_crops, people.tune_coco,
                                 max_ap_drop=cfg.max_ap_drop, min_oks=cfg.target_oks, batch=self.batch,
                                 threads=cfg.threads, log=self.say)
             onnx.save(found.model, os.fspath(out_path))
-            info["search"] = {**found.record, "split": people.split, "seed": cfg.seed, "tune_share": cfg.tune_share}
-        info.update(qdq_summary(onnx.load(os.fspath(out_path))))
-        return info, float_ref_path
+            conv["search"] = {**found.record, "split": people.split, "seed": cfg.seed, "tune_share": cfg.tune_share}
+        conv.update(qdq_summary(onnx.load(os.fspath(out_path))))
+        return conv, float_ref_path
 
     def _judge(self, work: Path, val: ImageSet, val_crops: CropSet | None,
                float_ref_path: str | None) -> dict[str, Any]:
@@ -461,58 +462,60 @@ class Quantizer:
                                                               threads=cfg.threads)
         return comparison
 
-    def _commit(self, work: Path, report: dict[str, Any]) -> None:
+    def _commit(self, work: Path, report: dict[str, Any]) -> QuantizeResult:
         """Reports written, then the files moved into the bundle, then parity.json and the manifest updated."""
         from hrdeploy.precision.report import to_markdown
 
         precision, b = self.cfg.precision, self.b
         write_json(work / f"quantize.{precision}.json", report)
-        write_text(work / f"quantize.{precision}.md", to_markdown(b.manifest, report))
+        write_text(work / f"quantize.{precision}.md", to_markdown(b.model.name, report))
         for name in (FILES[precision], f"quantize.{precision}.json", f"quantize.{precision}.md"):
             with atomic_path(b.root / name) as tmp:
                 shutil.copyfile(work / name, tmp)
-        b.record_artifact(precision, FILES[precision], **_manifest_entry(b.root, precision, self.backend,
-                                                                         self.method, report))
+        result = _result(b.root, precision, self.backend, self.method, report)
+        b.record_artifact(precision, FILES[precision], **result.manifest_entry())
         if "validation" in report:
             val_report = report["validation"]
             b.update_report("parity.json", precision, {"stage": "quantize", "reference": "eager", **{
                 k: val_report[k] for k in ("mode", "tolerance", "gated", "failures", "passed")}})
             b.record_section("parity", {"passed": val_report["passed"], "file": "parity.json"}, key=precision)
+        return result
 
 
-def _manifest_entry(bundle: Path, precision: str, backend: str, method: str, report: dict[str, Any]) -> dict[str, Any]:
-    """The artifact's manifest fields besides file and sha256 (Bundle.record_artifact adds those)."""
-    info = report["conversion"]
+def _result(bundle: Path, precision: str, backend: str, method: str, report: dict[str, Any]) -> QuantizeResult:
+    """The run's typed result, from its report (the conversion record and the gate's verdict)."""
+    conv = report["conversion"]
     entry: dict[str, Any] = {
         "precision": precision,
+        "path": bundle / FILES[precision],
         "size_bytes": (bundle / FILES[precision]).stat().st_size,
         "backend": backend,
-        "converter": info["converter"],
+        "converter": conv["converter"],
         "calibration": {k: v for k, v in report["calibration"].items() if k != "files"},
-        "excluded_nodes": info.get("excluded_nodes", []),
+        "excluded_nodes": conv.get("excluded_nodes", []),
         "report": f"quantize.{precision}.md",
     }
     if precision == "int8":
         entry.update({
             "method": method,
             "samples": report["calibration"]["count"],
-            "convs_quantized": info["convs_quantized"],
-            "convs_unquantized": info["convs_unquantized"],
-            "unquantized_convs": info["unquantized_convs"],
-            "auto_excluded": info.get("auto_excluded", {}),
-            "runtime_weight_convs": info.get("runtime_weight_convs", []),
+            "convs_quantized": conv["convs_quantized"],
+            "convs_unquantized": conv["convs_unquantized"],
+            "unquantized_convs": conv["unquantized_convs"],
+            "auto_excluded": conv.get("auto_excluded", {}),
+            "runtime_weight_convs": conv.get("runtime_weight_convs", []),
         })
-        if "search" in info:
-            entry["search"] = {k: v for k, v in info["search"].items() if k != "blocks"}  # the report has them
+        if "search" in conv:
+            entry["search"] = {k: v for k, v in conv["search"].items() if k != "blocks"}  # the report has them
     else:
         entry.update({
-            "kept_fp32_count": len(info["kept_fp32_nodes"]),
-            "kept_fp32_nodes": info["kept_fp32_nodes"][:50],  # quantize.fp16.json lists them all
-            "kept_fp32_by_op": info["kept_fp32_by_op"],
-            "overflow_count": len(info["overflow_nodes"]),
+            "kept_fp32_count": len(conv["kept_fp32_nodes"]),
+            "kept_fp32_nodes": conv["kept_fp32_nodes"][:50],  # quantize.fp16.json lists them all
+            "kept_fp32_by_op": conv["kept_fp32_by_op"],
+            "overflow_count": len(conv["overflow_nodes"]),
             # the largest ones; quantize.fp16.json lists them all
-            "overflow_nodes": dict(list(info["overflow_nodes"].items())[:20]),
-            "fp16_compute_nodes": info["fp16_compute_nodes"],
+            "overflow_nodes": dict(list(conv["overflow_nodes"].items())[:20]),
+            "fp16_compute_nodes": conv["fp16_compute_nodes"],
         })
     if "validation" in report:
         val = report["validation"]
@@ -529,4 +532,4 @@ def _manifest_entry(bundle: Path, precision: str, backend: str, method: str, rep
             entry["validation"]["input_noise_cosine"] = val["input_noise"]["cosine"]
         if "interval" in val:
             entry["validation"]["interval"] = val["interval"]
-    return entry
+    return QuantizeResult(**entry)

@@ -11,44 +11,44 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
-def to_markdown(manifest: dict[str, Any], report: dict[str, Any]) -> str:
+def to_markdown(model_name: str, report: dict[str, Any]) -> str:
     """Conversion facts, parity against eager fp32, the layers that drift most, block sensitivity."""
-    p, info = report["precision"], report["conversion"]
+    p, conv = report["precision"], report["conversion"]
     cal, val_imgs = report["calibration"], report["validation_images"]
     lines = [
-        f"# {manifest['model']['name']}: {p} ONNX ({report['backend']} backend)",
+        f"# {model_name}: {p} ONNX ({report['backend']} backend)",
         "",
-        f"- converter: {info.get('converter', report['backend'])}",
+        f"- converter: {conv.get('converter', report['backend'])}",
         f"- calibration: {cal['count']} of {cal['available']} image(s) from {cal['source']}"
         + (f", method {report['method']}" if report.get("method") else ""),
         f"- validation: {val_imgs['count']} image(s) from {val_imgs['source']}, onnxruntime CPU vs eager fp32",
     ]
     if p == "int8":
         lines += [
-            f"- convolutions quantized: {info['convs_quantized']}, left in fp32: {info['convs_unquantized']}",
-            f"- Q/DQ nodes: {info['quantize_nodes']} Q, {info['dequantize_nodes']} DQ; per-channel weights: "
-            f"{info['per_channel_weights']}; non-zero zero points: {info['nonzero_zero_points']}; "
-            f"quantized outputs: {len(info['outputs_quantized'])}",
+            f"- convolutions quantized: {conv['convs_quantized']}, left in fp32: {conv['convs_unquantized']}",
+            f"- Q/DQ nodes: {conv['quantize_nodes']} Q, {conv['dequantize_nodes']} DQ; per-channel weights: "
+            f"{conv['per_channel_weights']}; non-zero zero points: {conv['nonzero_zero_points']}; "
+            f"quantized outputs: {len(conv['outputs_quantized'])}",
         ]
-        if info.get("auto_excluded"):
-            auto = info["auto_excluded"]
+        if conv.get("auto_excluded"):
+            auto = conv["auto_excluded"]
             shown = ", ".join(f"{k} {v:g}x" for k, v in list(auto.items())[:4]) + (", ..." if len(auto) > 4 else "")
             lines.append(
                 f"- depthwise convs left fp32 for wide-range inputs (loudest / median channel > 8): "
                 f"{len(auto)} ({shown})"
             )
-        if info.get("runtime_weight_convs"):
-            lines.append(f"- convs with run-time weights (not quantizable): {len(info['runtime_weight_convs'])}")
+        if conv.get("runtime_weight_convs"):
+            lines.append(f"- convs with run-time weights (not quantizable): {len(conv['runtime_weight_convs'])}")
     else:
-        kept = ", ".join(f"{op} x{n}" for op, n in info["kept_fp32_by_op"].items()) or "none"
+        kept = ", ".join(f"{op} x{n}" for op, n in conv["kept_fp32_by_op"].items()) or "none"
         lines += [
-            f"- fp16 compute nodes: {info['fp16_compute_nodes']}; "
-            f"kept in fp32: {len(info['kept_fp32_nodes'])} ({kept})",
-            f"- overflow guard: nodes reading or writing |x| > {info['fp16_safe_max']:g} on the images stay fp32: "
-            f"{len(info['overflow_nodes'])} (largest activation seen {info['max_activation']:g})",
+            f"- fp16 compute nodes: {conv['fp16_compute_nodes']}; "
+            f"kept in fp32: {len(conv['kept_fp32_nodes'])} ({kept})",
+            f"- overflow guard: nodes reading or writing |x| > {conv['fp16_safe_max']:g} on the images stay fp32: "
+            f"{len(conv['overflow_nodes'])} (largest activation seen {conv['max_activation']:g})",
         ]
-    if info.get("excluded_nodes"):
-        lines.append(f"- excluded by --exclude: {len(info['excluded_nodes'])} node(s)")
+    if conv.get("excluded_nodes"):
+        lines.append(f"- excluded by --exclude: {len(conv['excluded_nodes'])} node(s)")
     val = report.get("validation")
     if val is None:
         return "\n".join(lines) + "\n"

@@ -6,7 +6,6 @@ measurements that chose them, so every stage that opens the bundle's ONNX runs i
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,27 +59,24 @@ class OrtSettings:
                    graph_optimization=level)
 
 
-def settings_from_manifest(manifest: dict[str, Any]) -> OrtSettings | None:
-    """The tuned settings recorded in a manifest, or None when the bundle was never tuned."""
-    section = manifest
-    for key in MANIFEST_SECTION:
-        section = section.get(key) if isinstance(section, dict) else None
-    return OrtSettings.from_dict(section) if isinstance(section, dict) else None
+def settings_from_section(section: Any) -> OrtSettings | None:
+    """The tuned settings of a bundle's `runtime` section, or None when the bundle was never tuned."""
+    entry = section.get(MANIFEST_SECTION[1]) if isinstance(section, dict) else None
+    return OrtSettings.from_dict(entry) if isinstance(entry, dict) else None
 
 
 def settings_for_onnx(path: str | os.PathLike) -> OrtSettings | None:
-    """Tuned settings for an ONNX that is an artifact of a bundle (its directory's manifest lists it)."""
-    from hrdeploy.bundle import FORMAT, MANIFEST
+    """Tuned settings for an ONNX that is an artifact of a bundle (its folder is a bundle that lists it)."""
+    from hrdeploy.bundle import Bundle, is_bundle
+    from hrdeploy.errors import UserError
 
     path = Path(path)
-    manifest_path = path.parent / MANIFEST
-    if not manifest_path.is_file():
+    if not is_bundle(path.parent):
         return None
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError):
+        bundle = Bundle.open(path.parent)
+    except UserError:  # a damaged manifest: the runner of a lone file runs with the defaults
         return None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if path.name not in {a.file for a in bundle.artifacts.values()}:
         return None
-    files = {a.get("file") for a in manifest.get("artifacts", {}).values() if isinstance(a, dict)}
-    return settings_from_manifest(manifest) if path.name in files else None
+    return settings_from_section(bundle.section(MANIFEST_SECTION[0]))

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+
+from hrdeploy.manifest import InputSpec
 
 
 @dataclass(frozen=True)
@@ -33,14 +34,12 @@ def second_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
 
 
 def photo_inputs(
-    manifest: dict[str, Any], images: str | os.PathLike | None = None, limit: int | None = None
+    inp: InputSpec, images: str | os.PathLike | None = None, limit: int | None = None
 ) -> list[ValidationInput]:
-    """Preprocessed photos from `images` (a folder) or scikit-image's samples, at the manifest's size."""
+    """Preprocessed photos from `images` (a folder) or scikit-image's samples, at the bundle's input size."""
     from hrdeploy.images import image_files, read_image
     from hrdeploy.pose.preprocess import preprocess
 
-    inp = manifest["input"]
-    size = (int(inp["height"]), int(inp["width"]))
     if images is None:
         from hrdeploy.pose.samples import write_sample_photos
 
@@ -51,7 +50,7 @@ def photo_inputs(
         pixels = [(p.name, read_image(p)) for p in image_files(images)]
     pixels = pixels[:limit] if limit else pixels
     return [
-        ValidationInput(name, "photo", preprocess(img, size, inp["mean"], inp["std"])[0]) for name, img in pixels
+        ValidationInput(name, "photo", preprocess(img, inp.size, inp.mean, inp.std)[0]) for name, img in pixels
     ]
 
 
@@ -65,7 +64,7 @@ def seeded_inputs(size: tuple[int, int], count: int, first_seed: int = 0) -> lis
 
 
 def validation_inputs(
-    manifest: dict[str, Any],
+    inp: InputSpec,
     images: str | os.PathLike | None = None,
     *,
     photos: bool = True,
@@ -73,12 +72,10 @@ def validation_inputs(
     photo_limit: int | None = None,
 ) -> list[ValidationInput]:
     """Photos, then seeded inputs at the manifest size, then (dynamic shape) seeded ones at a second size."""
-    inp = manifest["input"]
-    size = (int(inp["height"]), int(inp["width"]))
-    out = photo_inputs(manifest, images, photo_limit) if photos or images is not None else []
-    out += seeded_inputs(size, seeded)
-    if inp.get("dynamic_shape") and seeded:
-        out += seeded_inputs(second_size(size, int(inp.get("stride", 32))), 1, first_seed=seeded)
+    out = photo_inputs(inp, images, photo_limit) if photos or images is not None else []
+    out += seeded_inputs(inp.size, seeded)
+    if inp.dynamic_shape and seeded:
+        out += seeded_inputs(second_size(inp.size, inp.stride), 1, first_seed=seeded)
     return out
 
 

@@ -9,12 +9,10 @@ The manifest's "parity" entry gets a "validate" summary beside export's.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from hrdeploy.bundle import Bundle
-from hrdeploy.io import write_text
 
 PARITY_JSON = "parity.json"
 PARITY_MD = "parity.md"
@@ -119,17 +117,19 @@ def _section_markdown(key: str, section: dict[str, Any], model: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(bundle: str | os.PathLike, report: dict[str, Any]) -> tuple[Path, Path]:
-    """Merge `report` into the bundle's parity.json / parity.md and record it in the manifest."""
-    bundle = Path(bundle)
-    path = bundle / PARITY_JSON
-    merged = Bundle.open(bundle).update_report(PARITY_JSON, "validate", report)
-    md = to_markdown(report)
-    for key, section in merged.items():
-        if key != "validate" and isinstance(section, dict) and (isinstance(section.get("rows"), list)
-                                                                or "gated" in section):
-            md += "\n" + _section_markdown(key, section, report["model"])
-    write_text(bundle / PARITY_MD, md)
-    Bundle.open(bundle).record_section(
-        "parity", {"passed": report["passed"], "file": PARITY_JSON, "date": report["date"]}, key="validate")
-    return path, bundle / PARITY_MD
+def write_reports(b: Bundle, report: dict[str, Any]) -> tuple[Path, Path]:
+    """Merge `report` into the bundle's parity.json, render parity.md from the merged report (both under the
+    bundle's lock), and record it in the manifest."""
+
+    def render(merged: dict[str, Any]) -> str:
+        md = to_markdown(report)
+        for key, section in merged.items():
+            if key != "validate" and isinstance(section, dict) and (isinstance(section.get("rows"), list)
+                                                                    or "gated" in section):
+                md += "\n" + _section_markdown(key, section, report["model"])
+        return md
+
+    b.update_report(PARITY_JSON, "validate", report, render)
+    b.record_section("parity", {"passed": report["passed"], "file": PARITY_JSON, "date": report["date"]},
+                     key="validate")
+    return b.root / PARITY_JSON, b.root / PARITY_MD

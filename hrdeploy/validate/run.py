@@ -27,6 +27,7 @@ import numpy as np
 
 from hrdeploy.bundle import Bundle
 from hrdeploy.errors import UserError
+from hrdeploy.manifest import Manifest
 from hrdeploy.parity.compare import argmax_agreement, label_agreement, tensor_stats
 from hrdeploy.parity.tolerances import LOCALIZE, Tolerance, parse_tolerances
 from hrdeploy.validate.inputs import ValidationInput, group_by_size, validation_inputs
@@ -105,16 +106,16 @@ def compare_output(
     name: str,
     refs: list[np.ndarray],
     outs: list[np.ndarray],
-    manifest: dict[str, Any],
+    manifest: Manifest,
 ) -> dict[str, float]:
     """Tensor statistics over all inputs of every size; heatmap-peak / label agreement where they apply."""
     metrics = tensor_stats(np.concatenate([r.ravel() for r in refs]), np.concatenate([o.ravel() for o in outs]))
-    task = manifest["model"]["task"]
-    kps = manifest.get("keypoints")
+    task = manifest.model.task
+    kps = manifest.keypoints
     if metrics["non_finite"]:
         return metrics
     if task.startswith("pose") and kps:
-        k = len(kps["names"])
+        k = len(kps.names)
         parts = [argmax_agreement(r[:, :k], o[:, :k]) for r, o in zip(refs, outs, strict=True)]
         weights = [len(r) for r in refs]
         for key in parts[0]:
@@ -155,7 +156,7 @@ def _open_target(target: Target, b: Bundle, eager: Any, threads: int | None) -> 
     if target.backend == "eager":
         from hrdeploy.rewrite import apply
 
-        rewritten, _ = apply(eager, b.manifest.get("rewrites") or [])
+        rewritten, _ = apply(eager, list(b.manifest.rewrites))
         return eager_runner(rewritten, b.output_names).activate()
     return open_runner(b.artifacts[target.key], threads if target.backend == "ort" else None).activate()
 
@@ -174,7 +175,7 @@ def trt_unavailable() -> str | None:
 def _localize_target(
     target: Target,
     bundle: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     eager: Any,
     x: np.ndarray,
     precision: str,
@@ -182,24 +183,22 @@ def _localize_target(
 ) -> dict[str, Any]:
     if target.backend != "ort":
         return {"error": f"localisation runs on ONNX artifacts; compare the engine's source ONNX ({target.backend})"}
-    artifacts = manifest["artifacts"]
     max_rel, min_cosine = LOCALIZE[precision]
     kw = {"max_rel": max_rel, "min_cosine": min_cosine, "threads": threads}
     path = bundle / str(target.file)
-    fp32 = artifacts.get("onnx")
+    fp32 = manifest.artifacts.get("onnx")
     try:
-        if target.key != "onnx" and fp32 and (bundle / fp32["file"]).is_file():
-            return localize(path, x, reference_onnx=bundle / fp32["file"], **kw)
-        export = manifest.get("export", {})
+        if target.key != "onnx" and fp32 and (bundle / fp32.file).is_file():
+            return localize(path, x, reference_onnx=bundle / fp32.file, **kw)
+        export = manifest.export
         from hrdeploy.rewrite import apply
 
-        rewritten, _ = apply(eager, manifest.get("rewrites") or [])
-        inp = manifest["input"]
+        rewritten, _ = apply(eager, list(manifest.rewrites))
+        inp = manifest.input
         return localize(
             path, x, eager_model=rewritten, opset=int(export.get("opset", 18)),
             exporter=str(export.get("exporter", "dynamo")),
-            dynamic_batch=bool(inp.get("dynamic_batch")), dynamic_shape=bool(inp.get("dynamic_shape")),
-            stride=int(inp.get("stride", 32)), **kw,
+            dynamic_batch=inp.dynamic_batch, dynamic_shape=inp.dynamic_shape, stride=inp.stride, **kw,
         )
     except Exception as err:  # localisation is a diagnostic: its failure must not hide the parity result
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
@@ -256,7 +255,7 @@ def restored_torch_threads() -> Iterator[None]:
 
 
 def validate_bundle(
-    bundle: str | os.PathLike,
+    bundle: str | os.PathLike | Bundle,
     *,
     backends: str | Sequence[str] | None = None,
     images: str | os.PathLike | None = None,
@@ -270,7 +269,8 @@ def validate_bundle(
     ann: str | os.PathLike | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
-    """Validate every artifact of `bundle`; return the report (see hrdeploy.validate.report for files).
+    """Validate every artifact of `bundle` (a path or an opened Bundle); return the report (files: see
+    hrdeploy.validate.report).
 
     `batch` None runs each artifact at its own batch (1 for dynamic ones). A batch an artifact cannot take
     is a UserError; a backend that cannot run here (no TensorRT, no GPU, no engine) is a skipped row.
@@ -306,7 +306,7 @@ class _Run:
 
 
 def _validate_bundle(
-    bundle: str | os.PathLike,
+    bundle: str | os.PathLike | Bundle,
     backends: str | Sequence[str] | None,
     images: str | os.PathLike | None,
     batch: int | None,
@@ -330,7 +330,7 @@ def _validate_bundle(
         skipped.append({"backend": "trt", "target": "-", "reason": f"bundle has no TensorRT engine "
                         f"(build one with `hrdeploy build {b.root}` on a CUDA host)"})
     batches = _target_batches(b, targets, batch)
-    inputs = validation_inputs(b.manifest, images, photos=photos, seeded=seeded)
+    inputs = validation_inputs(b.input, images, photos=photos, seeded=seeded)
     if not inputs:
         raise UserError("no validation inputs: pass --images DIR or keep the seeded inputs (--seeded N > 0)")
     start = time.perf_counter()
@@ -390,7 +390,7 @@ def _reference(
 
 def _target_runner(t: Target, run: _Run, skipped: list[dict[str, Any]]) -> Any:
     """The target's runner, or None with the reason in `skipped` (no rewrites to check, TensorRT unusable here)."""
-    if t.backend == "eager" and not run.b.manifest.get("rewrites"):
+    if t.backend == "eager" and not run.b.manifest.rewrites:
         skipped.append({"backend": "eager", "target": "eager", "reason": "no rewrites: the export-friendly "
                         "model is the reference itself"})
         return None
