@@ -18,7 +18,8 @@ from hrdeploy.runtime.base import Runner
 def open_runner(target: Any, threads: int | None = None) -> Runner:
     """An OrtRunner for an .onnx, a TrtRunner for an .engine/.plan/.trt; `target` is a path or a bundle's
     `Artifact` (whose file is then checked as the bundle checks it). A corrupt ONNX is a UserError here."""
-    from hrdeploy.bundle import ENGINE_SUFFIXES, Artifact, load_onnx
+    from hrdeploy.bundle import Artifact, load_onnx
+    from hrdeploy.manifest import ENGINE_SUFFIXES
 
     if isinstance(target, Artifact):
         path = target.path

@@ -319,7 +319,7 @@ def _validate_bundle(
     ann: str | os.PathLike | None,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    b = Bundle.open(bundle)
+    b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     names = parse_backends(backends)
     tol = parse_tolerances(tolerances)
     if batch is not None and batch < 1:
