@@ -13,6 +13,14 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
 
 def to_markdown(model_name: str, report: dict[str, Any]) -> str:
     """Conversion facts, parity against eager fp32, the layers that drift most, block sensitivity."""
+    lines = _conversion(model_name, report)
+    val = report.get("validation")
+    if val is not None:
+        lines += _parity(report["precision"], val) + _drift(val) + _sensitivity(val)
+    return "\n".join(lines) + "\n"
+
+
+def _conversion(model_name: str, report: dict[str, Any]) -> list[str]:
     p, conv = report["precision"], report["conversion"]
     cal, val_imgs = report["calibration"], report["validation_images"]
     lines = [
@@ -49,10 +57,11 @@ def to_markdown(model_name: str, report: dict[str, Any]) -> str:
         ]
     if conv.get("excluded_nodes"):
         lines.append(f"- excluded by --exclude: {len(conv['excluded_nodes'])} node(s)")
-    val = report.get("validation")
-    if val is None:
-        return "\n".join(lines) + "\n"
-    lines += ["", f"## Parity vs eager fp32 ({val['mode']}): **{'PASS' if val['passed'] else 'FAIL'}**", ""]
+    return lines
+
+
+def _parity(p: str, val: dict[str, Any]) -> list[str]:
+    lines = ["", f"## Parity vs eager fp32 ({val['mode']}): **{'PASS' if val['passed'] else 'FAIL'}**", ""]
     lines.append("Gate (hrdeploy.parity tolerance table): "
                  + ", ".join(f"{k} {v:g}" for k, v in val["tolerance"].items()) + "; measured: "
                  + ", ".join(f"{k} {_fmt(v)}" for k, v in val["gated"].items()) + ".")
@@ -87,6 +96,11 @@ def to_markdown(model_name: str, report: dict[str, Any]) -> str:
             "from 1 the network itself amplifies small perturbations (typical of untrained, seeded weights) and no "
             "Q/DQ placement can keep int8 close to fp32.",
         ]
+    return lines
+
+
+def _drift(val: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if val.get("drift"):
         lines += [
             "",
@@ -97,19 +111,24 @@ def to_markdown(model_name: str, report: dict[str, Any]) -> str:
         ]
         for r in val["drift"]:
             lines.append(f"| {r['tensor']} | {r['op']} | {r['scope'] or '-'} | {r['rel_l2']:.3e} | {r['cosine']:.6f} |")
+    return lines
+
+
+def _sensitivity(val: dict[str, Any]) -> list[str]:
     sens = val.get("sensitivity")
-    if sens:
-        lines += [
-            "",
-            "## Block sensitivity (only this block quantized, the rest fp32)",
-            "",
-            f"Output `{sens['output']}`: whole model int8 rel L2 {sens['full_rel_l2']:.3e} (cosine "
-            f"{sens['full_cosine']:.6f}); all Q/DQ bypassed {sens['bypass_rel_l2']:.1e}. Exclude the top blocks "
-            "with `--exclude '<block>*'` to trade speed for accuracy.",
-            "",
-            "| rank | block | convs | rel L2 added | cosine |",
-            "|---|---|---|---|---|",
-        ]
-        for i, r in enumerate(sens["blocks"], 1):
-            lines.append(f"| {i} | {r['block']} | {r['convs']} | {r['rel_l2']:.3e} | {r['cosine']:.6f} |")
-    return "\n".join(lines) + "\n"
+    if not sens:
+        return []
+    lines = [
+        "",
+        "## Block sensitivity (only this block quantized, the rest fp32)",
+        "",
+        f"Output `{sens['output']}`: whole model int8 rel L2 {sens['full_rel_l2']:.3e} (cosine "
+        f"{sens['full_cosine']:.6f}); all Q/DQ bypassed {sens['bypass_rel_l2']:.1e}. Exclude the top blocks "
+        "with `--exclude '<block>*'` to trade speed for accuracy.",
+        "",
+        "| rank | block | convs | rel L2 added | cosine |",
+        "|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(sens["blocks"], 1):
+        lines.append(f"| {i} | {r['block']} | {r['convs']} | {r['rel_l2']:.3e} | {r['cosine']:.6f} |")
+    return lines
