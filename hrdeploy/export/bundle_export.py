@@ -244,6 +244,59 @@ def _parity(eager: Any, spec: ModelSpec, onnx_path: Path, cases: list[ParityCase
             ) from err
 
 
+def _export_graph(
+    deployable: Any, onnx_path: Path, spec: ModelSpec, opts: ExportOptions, size: tuple[int, int],
+    clock: PhaseClock, step: Callable[[str], None],
+) -> tuple[str, dict[str, str] | None]:
+    """Export with the first exporter, or with the fallback when the automatic choice cannot export the model.
+    Returns the exporter used and, after a fallback, what the first one reported."""
+
+    def export(exporter: str) -> None:
+        with clock.phase(f"export_{exporter}"):
+            export_onnx(
+                deployable, onnx_path, size, list(spec.output_names), batch=opts.batch,
+                dynamic_batch=opts.dynamic_batch, dynamic_shape=opts.dynamic_shape, stride=spec.stride,
+                opset=opts.opset, exporter=exporter,
+            )
+
+    exporter = opts.first_exporter
+    why = " for a dynamic height and width" if opts.exporter is None and opts.dynamic_shape else ""
+    step(f"exporting ONNX ({exporter}{why}, opset {opts.opset}, input {size[0]}x{size[1]})")
+    try:
+        export(exporter)
+        return exporter, None
+    except ExporterError as err:
+        if opts.exporter is not None or exporter == FALLBACK_EXPORTER:  # nothing else to try
+            raise
+        fallback = {"exporter": err.exporter, "error": err.reason}
+        check_opset(opts.opset, FALLBACK_EXPORTER, f"the {err.exporter} exporter could not export this model "
+                                                   f"({err.reason}) and its fallback cannot run: ")
+        step(f"{err.exporter} could not export this model ({err.reason[:120]}); exporting with "
+             f"{FALLBACK_EXPORTER} instead")
+    onnx_path.unlink(missing_ok=True)
+    export(FALLBACK_EXPORTER)
+    return FALLBACK_EXPORTER, fallback
+
+
+def _clean_graph(
+    model: onnx.ModelProto, opts: ExportOptions, clock: PhaseClock, step: Callable[[str], None],
+) -> tuple[onnx.ModelProto, str | None, Any]:
+    """onnxsim (its error kept, not raised) and the exact graph passes, as the options ask."""
+    simplify_error = None
+    if opts.simplify:
+        step("simplifying (onnxsim)")
+        with clock.phase("onnxsim"):
+            model, simplify_error = simplify(model)
+    graph_passes = None
+    if opts.rewrite and opts.graph_passes:
+        from hrdeploy.optimize import optimize_graph
+
+        step("exact graph passes")
+        with clock.phase("graph_passes"):
+            model, graph_passes = optimize_graph(model)
+    return model, simplify_error, graph_passes
+
+
 def _export_into(
     work: Path, name: str, spec: ModelSpec, opts: ExportOptions, dataset: str, size: tuple[int, int],
     start: float, step: Callable[[str], None],
@@ -263,44 +316,10 @@ def _export_into(
         deployable, rewrites = eager, []
 
     onnx_path = work / ONNX_FILE
-
-    def export(exporter: str) -> None:
-        with clock.phase(f"export_{exporter}"):
-            export_onnx(
-                deployable, onnx_path, size, list(spec.output_names), batch=opts.batch,
-                dynamic_batch=opts.dynamic_batch, dynamic_shape=opts.dynamic_shape, stride=spec.stride,
-                opset=opts.opset, exporter=exporter,
-            )
-
-    exporter, fallback = opts.first_exporter, None
-    why = " for a dynamic height and width" if opts.exporter is None and opts.dynamic_shape else ""
-    step(f"exporting ONNX ({exporter}{why}, opset {opts.opset}, input {size[0]}x{size[1]})")
-    try:
-        export(exporter)
-    except ExporterError as err:
-        if opts.exporter is not None or exporter == FALLBACK_EXPORTER:  # nothing else to try
-            raise
-        fallback = {"exporter": err.exporter, "error": err.reason}
-        exporter = FALLBACK_EXPORTER
-        check_opset(opts.opset, exporter, f"the {err.exporter} exporter could not export this model ({err.reason}) "
-                                          f"and its fallback cannot run: ")
-        step(f"{err.exporter} could not export this model ({err.reason[:120]}); exporting with {exporter} instead")
-        onnx_path.unlink(missing_ok=True)
-        export(exporter)
+    exporter, fallback = _export_graph(deployable, onnx_path, spec, opts, size, clock, step)
     with clock.phase("check"):
         model = check_and_infer(onnx_path)
-    simplify_error = None
-    if opts.simplify:
-        step("simplifying (onnxsim)")
-        with clock.phase("onnxsim"):
-            model, simplify_error = simplify(model)
-    graph_passes = None
-    if opts.rewrite and opts.graph_passes:
-        from hrdeploy.optimize import optimize_graph
-
-        step("exact graph passes")
-        with clock.phase("graph_passes"):
-            model, graph_passes = optimize_graph(model)
+    model, simplify_error, graph_passes = _clean_graph(model, opts, clock, step)
     export_info = {
         "simplified": opts.simplify and simplify_error is None,
         **({"fallback_from": fallback} if fallback else {}),
