@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hrdeploy.commands.stage_presets import bundle_argument
+from hrdeploy.commands.stage_presets import OPENED, bundle_argument
 
 
 @click.command("build")
@@ -35,7 +35,8 @@ from hrdeploy.commands.stage_presets import bundle_argument
 @click.option("--print-trtexec", is_flag=True, help="Print the equivalent trtexec command(s) and exit.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Engine file [default: DIR/model.<precision>.engine].")
-def build_cmd(source: Path, trt_gen: str | None, print_trtexec: bool,
+@click.pass_context
+def build_cmd(ctx: click.Context, source: Path, trt_gen: str | None, print_trtexec: bool,
               **options) -> None:  # noqa: ANN003
     """Build a TensorRT engine from bundle DIR (or MODEL.onnx).
 
@@ -51,7 +52,7 @@ def build_cmd(source: Path, trt_gen: str | None, print_trtexec: bool,
     from hrdeploy.errors import UserError
 
     opts = BuildOptions(**options)
-    src = describe_source(source)
+    src = describe_source(ctx.meta.get(OPENED) or source)  # the bundle the argument opened, recorded into later
     installed = installed_tensorrt_version()
     if print_trtexec:
         if trt_gen:
