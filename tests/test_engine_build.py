@@ -172,6 +172,28 @@ def test_build_writes_engine_metadata_and_manifest(bundle, cli_runner, fake_trt_
     assert not [p for p in bundle.iterdir() if p.name.endswith(".tmp")]  # atomic write left no temp file
 
 
+def test_build_opens_the_bundle_once_and_records_under_its_lock(bundle, cli_runner, fake_trt_host, monkeypatch):
+    real_open = Bundle.open
+    opened = []
+
+    def counting_open(cls, path):
+        opened.append(Path(path))
+        return real_open(path)
+
+    def serialize(plan, trt):  # another writer changes the manifest while the engine builds
+        real_open(bundle).record_section("eval", {"passed": True})
+        return b"FAKE-SERIALIZED-ENGINE"
+
+    monkeypatch.setattr(Bundle, "open", classmethod(counting_open))
+    monkeypatch.setattr(builder, "build_serialized", serialize)
+    res = cli_runner.invoke(cli, ["build", str(bundle), "--precision", "fp16", "--max-batch", "4"])
+    assert res.exit_code == 0, res.output
+    assert opened == [bundle]
+    after = real_open(bundle)
+    assert after.artifacts["engine_fp16"].info.sha256 == sha256(bundle / "model.fp16.engine")
+    assert after.section("eval") == {"passed": True}  # recording re-read the manifest under the lock
+
+
 def test_trt11_makes_the_missing_precision_onnx_first(bundle, cli_runner, fake_trt_host, monkeypatch):
     fake_trt_host["version"] = "11.1.0.5"
     monkeypatch.setattr(builder, "_quantize_function", lambda: None)
@@ -182,10 +204,10 @@ def test_trt11_makes_the_missing_precision_onnx_first(bundle, cli_runner, fake_t
 
     calls = []
 
-    def quantize_bundle(path, precision, log=None):
-        calls.append((Path(path), precision))
-        (Path(path) / "model.fp16.onnx").write_bytes((Path(path) / "model.onnx").read_bytes())
-        Bundle.open(path).record_artifact("fp16", "model.fp16.onnx", precision="fp16")
+    def quantize_bundle(b, precision, log=None):  # given the Bundle the build opened, it records through it
+        calls.append((b.root, precision))
+        (b.root / "model.fp16.onnx").write_bytes((b.root / "model.onnx").read_bytes())
+        b.record_artifact("fp16", "model.fp16.onnx", precision="fp16")
 
     monkeypatch.setattr(builder, "_quantize_function", lambda: quantize_bundle)
     res = cli_runner.invoke(cli, ["build", str(bundle), "--precision", "fp16"])

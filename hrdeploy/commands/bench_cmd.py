@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -49,20 +51,10 @@ def bench_cmd(
     Several backends run side by side (for a bundle: the eager model, every ONNX on onnxruntime, every
     engine on TensorRT). Writes bench.json, bench.md and bench.png (latency and throughput vs batch).
     """
-    from hrdeploy.bench.targets import (
-        bundle_targets,
-        file_target,
-        model_target,
-        parse_backend_list,
-        parse_batches,
-    )
+    from hrdeploy.bench.targets import parse_backend_list, parse_batches
     from hrdeploy.errors import UserError
 
-    chosen = [n for n, v in (("DIR", bundle), ("--onnx", onnx_file), ("--engine", engine_file),
-                             ("--model", model_name)) if v is not None]
-    if len(chosen) != 1:
-        raise UserError("give exactly one of DIR, --onnx FILE, --engine FILE or --model NAME"
-                        + (f" (got {', '.join(chosen)})" if chosen else ""))
+    chosen = _chosen_source(bundle=bundle, onnx=onnx_file, engine=engine_file, model=model_name)
     batch_list = parse_batches(batches)
     if tune:
         if bundle is None:
@@ -70,55 +62,106 @@ def bench_cmd(
         _tune(bundle, batch_list[0], threads, iterations)
         return
     backend_list = parse_backend_list(backends)
-    size = None
-    if input_size is not None:
-        from hrdeploy.export.options import parse_size
-
-        size = parse_size(input_size)
+    size = _parse_size(input_size)
     if json_file is not None and json_file.suffix.lower() in (".md", ".png"):
         raise UserError(f"--json {json_file}: the .md and .png are written beside it; give a .json path")
-
-    skipped: list[dict[str, str]] = []
     if bundle is not None:
-        from hrdeploy.bundle import Bundle
-
-        opened = Bundle.open(bundle)
-        targets, skipped, size_ = bundle_targets(opened, backend_list, threads)
-        size, name, kind = size or size_, opened.model.name, "bundle"
-        if size != size_ and not opened.input.dynamic_shape:
-            raise UserError(f"bundle {bundle} has a static input size {size_[0]}x{size_[1]}; drop --input-size")
-        out = json_file or bundle / "bench.json"
+        job = _bundle_job(bundle, backend_list, size, threads, json_file)
     else:
-        wanted = {"eager"} if model_name else {"ort"} if onnx_file else {"trt"}
-        if backend_list and set(backend_list) != wanted:
-            raise UserError(f"--backend {backends} does not apply to {chosen[0]} (it runs on {wanted.pop()}); "
-                            "pass a bundle DIR to compare backends side by side")
-        if model_name:
-            target, size = model_target(model_name, dataset, size, threads)
-            name, kind = model_name, "model"
-        else:
-            path = onnx_file or engine_file
-            assert path is not None
-            target, size = file_target(path, "onnx" if onnx_file else "engine", size, threads)
-            name, kind = path.name, "onnx" if onnx_file else "engine"
-        targets = [target]
-        out = json_file or Path("bench.json")
-    if not targets:
-        reasons = "; ".join(s["reason"] for s in skipped) or "no artifacts for the chosen backends"
+        _check_single_backend(chosen, backends, backend_list)
+        job = _single_job(onnx_file, engine_file, model_name, dataset, size, threads, json_file)
+    if not job.targets:
+        reasons = "; ".join(s["reason"] for s in job.skipped) or "no artifacts for the chosen backends"
         raise UserError(f"nothing to benchmark ({reasons})")
+    _measure(job, batch_list, iterations, warmup, threads)
 
+
+@dataclass
+class _Job:
+    """What one bench run measures and where its report goes."""
+
+    targets: list[Any]  # hrdeploy.bench.targets.BenchTarget
+    size: tuple[int, int]
+    name: str
+    kind: str  # "bundle" | "model" | "onnx" | "engine"
+    out: Path
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def _chosen_source(**sources: Any) -> str:
+    """The one source option given (DIR, --onnx, --engine or --model); a UserError for none or several."""
+    from hrdeploy.errors import UserError
+
+    flags = {"bundle": "DIR", "onnx": "--onnx", "engine": "--engine", "model": "--model"}
+    chosen = [flags[k] for k, v in sources.items() if v is not None]
+    if len(chosen) != 1:
+        raise UserError("give exactly one of DIR, --onnx FILE, --engine FILE or --model NAME"
+                        + (f" (got {', '.join(chosen)})" if chosen else ""))
+    return chosen[0]
+
+
+def _parse_size(input_size: str | None) -> tuple[int, int] | None:
+    if input_size is None:
+        return None
+    from hrdeploy.export.options import parse_size
+
+    return parse_size(input_size)
+
+
+def _bundle_job(bundle: Path, backend_list: list[str] | None, size: tuple[int, int] | None,
+                threads: int | None, json_file: Path | None) -> _Job:
+    """Every artifact of the bundle on the chosen backends (an --input-size only for a dynamic-shape bundle)."""
+    from hrdeploy.bench.targets import bundle_targets
+    from hrdeploy.bundle import Bundle
+    from hrdeploy.errors import UserError
+
+    opened = Bundle.open(bundle)
+    targets, skipped, own_size = bundle_targets(opened, backend_list, threads)
+    size = size or own_size
+    if size != own_size and not opened.input.dynamic_shape:
+        raise UserError(f"bundle {bundle} has a static input size {own_size[0]}x{own_size[1]}; drop --input-size")
+    return _Job(targets, size, opened.model.name, "bundle", json_file or bundle / "bench.json", skipped)
+
+
+def _check_single_backend(chosen: str, backends: str | None, backend_list: list[str] | None) -> None:
+    """A file or model runs on one backend: a --backend naming others is a UserError."""
+    from hrdeploy.errors import UserError
+
+    wanted = {"--model": "eager", "--onnx": "ort", "--engine": "trt"}[chosen]
+    if backend_list and set(backend_list) != {wanted}:
+        raise UserError(f"--backend {backends} does not apply to {chosen} (it runs on {wanted}); "
+                        "pass a bundle DIR to compare backends side by side")
+
+
+def _single_job(onnx_file: Path | None, engine_file: Path | None, model_name: str | None, dataset: str | None,
+                size: tuple[int, int] | None, threads: int | None, json_file: Path | None) -> _Job:
+    """The eager --model, or the --onnx / --engine file, as the one target."""
+    from hrdeploy.bench.targets import file_target, model_target
+
+    out = json_file or Path("bench.json")
+    if model_name:
+        target, size = model_target(model_name, dataset, size, threads)
+        return _Job([target], size, model_name, "model", out)
+    path = onnx_file or engine_file
+    assert path is not None
+    kind = "onnx" if onnx_file else "engine"
+    target, size = file_target(path, kind, size, threads)
+    return _Job([target], size, path.name, kind, out)
+
+
+def _measure(job: _Job, batches: list[int], iterations: int, warmup: int, threads: int | None) -> None:
+    """Run the job, write bench.json/.md/.png and print the table."""
+    from hrdeploy.bench.report import write_reports
     from hrdeploy.io import check_writable
 
-    check_writable(out, "--json")
-    report = _run_with_progress(targets, batch_list, size, iterations, warmup, threads, name, kind, skipped)
-    from hrdeploy.bench.report import write_reports
-
-    paths = write_reports(report, out)
+    check_writable(job.out, "--json")
+    report = _run_with_progress(job, batches, iterations, warmup, threads)
+    paths = write_reports(report, job.out)
     _print(report)
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
-def _run_with_progress(targets, batches, size, iterations, warmup, threads, name, kind, skipped):  # noqa: ANN001, ANN202
+def _run_with_progress(job: _Job, batches: list[int], iterations: int, warmup: int, threads: int | None) -> dict:
     """run_bench with a progress bar on a terminal, and one plain line per row in logs."""
     import contextlib
 
@@ -146,8 +189,9 @@ def _run_with_progress(targets, batches, size, iterations, warmup, threads, name
                 console.print(f"[bench] {label} batch {batch}: {calls} calls", highlight=False, markup=False)
 
             on_step = None
-        return run_bench(targets, batches, tuple(size), iterations=iterations, warmup=warmup, threads=threads,
-                         name=name, kind=kind, skipped=skipped, on_start=on_start, on_step=on_step)
+        return run_bench(job.targets, batches, tuple(job.size), iterations=iterations, warmup=warmup,
+                         threads=threads, name=job.name, kind=job.kind, skipped=job.skipped, on_start=on_start,
+                         on_step=on_step)
 
 
 def _print(report: dict) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from hrdeploy.commands.stage_presets import bundle_argument
+from hrdeploy.commands.stage_presets import OPENED, bundle_argument
+
+if TYPE_CHECKING:
+    from hrdeploy.engine.plan import BuildOptions, Source
 
 
 @click.command("build")
@@ -35,7 +39,8 @@ from hrdeploy.commands.stage_presets import bundle_argument
 @click.option("--print-trtexec", is_flag=True, help="Print the equivalent trtexec command(s) and exit.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Engine file [default: DIR/model.<precision>.engine].")
-def build_cmd(source: Path, trt_gen: str | None, print_trtexec: bool,
+@click.pass_context
+def build_cmd(ctx: click.Context, source: Path, trt_gen: str | None, print_trtexec: bool,
               **options) -> None:  # noqa: ANN003
     """Build a TensorRT engine from bundle DIR (or MODEL.onnx).
 
@@ -44,38 +49,54 @@ def build_cmd(source: Path, trt_gen: str | None, print_trtexec: bool,
     command instead; that needs neither TensorRT nor a GPU. Options not given on the command line come
     from the `build` section of the preset the bundle was exported with (`hrdeploy export --config`).
     """
-    from hrdeploy.engine.builder import build_engine, check_build_host
-    from hrdeploy.engine.plan import BuildOptions, describe_source, make_plan
-    from hrdeploy.engine.trtexec import trtexec_script
-    from hrdeploy.engine.version import generation_of, installed_tensorrt_version
-    from hrdeploy.errors import UserError
+    from hrdeploy.engine.plan import BuildOptions, describe_source
+    from hrdeploy.engine.version import installed_tensorrt_version
 
     opts = BuildOptions(**options)
-    src = describe_source(source)
+    src = describe_source(ctx.meta.get(OPENED) or source)  # the bundle the argument opened, recorded into later
     installed = installed_tensorrt_version()
     if print_trtexec:
-        if trt_gen:
-            gens = [int(trt_gen)]
-        else:
-            gens = [generation_of(installed)] if installed else [10, 11]
-        scripts, errors = [], []
-        for gen in gens:
-            version = installed if installed and generation_of(installed) == gen else None
-            try:
-                scripts.append(trtexec_script(make_plan(src, opts, gen, version)))
-            except UserError as err:
-                if len(gens) == 1:
-                    raise
-                errors.append(f"# TensorRT {gen}.x: not possible: {err}")
-        if not scripts:
-            raise UserError("; ".join(e.split(": not possible: ", 1)[1] for e in errors))
-        click.echo("\n\n".join(scripts + errors))
-        return
-    # A real build: say what is missing (TensorRT, a GPU) before anything else.
-    _, version, _ = check_build_host(int(trt_gen) if trt_gen else None)
-    plan = make_plan(src, opts, generation_of(version), version)
+        _print_trtexec(src, opts, trt_gen, installed)
+    else:
+        _build(src, opts, trt_gen)
+
+
+def _print_trtexec(src: Source, opts: BuildOptions, trt_gen: str | None, installed: str | None) -> None:
+    """Print the trtexec command of each generation asked for (both when none is asked or installed); one
+    that cannot do the build is a comment, unless it is the only one."""
+    from hrdeploy.engine.plan import make_plan
+    from hrdeploy.engine.trtexec import trtexec_script
+    from hrdeploy.engine.version import generation_of
+    from hrdeploy.errors import UserError
+
+    if trt_gen:
+        gens = [int(trt_gen)]
+    else:
+        gens = [generation_of(installed)] if installed else [10, 11]
+    scripts, errors = [], []
+    for gen in gens:
+        version = installed if installed and generation_of(installed) == gen else None
+        try:
+            scripts.append(trtexec_script(make_plan(src, opts, gen, version)))
+        except UserError as err:
+            if len(gens) == 1:
+                raise
+            errors.append(f"# TensorRT {gen}.x: not possible: {err}")
+    if not scripts:
+        raise UserError("; ".join(e.split(": not possible: ", 1)[1] for e in errors))
+    click.echo("\n\n".join(scripts + errors))
+
+
+def _build(src: Source, opts: BuildOptions, trt_gen: str | None) -> None:
+    """Build the engine on this host and print what was made."""
+    from hrdeploy.engine.builder import build_engine, check_build_host
+    from hrdeploy.engine.plan import make_plan
+    from hrdeploy.engine.version import generation_of
     from hrdeploy.io import check_writable
 
+    # Say what is missing (TensorRT, a GPU) before anything else.
+    _, version, _ = check_build_host(int(trt_gen) if trt_gen else None)
+    plan = make_plan(src, opts, generation_of(version), version)
     check_writable(plan.engine, "the engine")
     for note in plan.notes:
         click.echo(f"note: {note}")
@@ -86,4 +107,3 @@ def build_cmd(source: Path, trt_gen: str | None, print_trtexec: bool,
         f"{result.engine} ({meta['size_bytes'] / 1e6:.1f} MB, {meta['precision']}, TensorRT {meta['tensorrt']}, "
         f"{meta['gpu']} sm_{meta['compute_capability'].replace('.', '')}, {result.seconds:.1f} s); profile {profile}"
     )
-

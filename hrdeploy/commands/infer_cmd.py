@@ -130,9 +130,16 @@ def _resolve(
     dataset: str | None, input_size: tuple[int, int] | None, artifact: str, threads: int | None, has_boxes: bool,
 ) -> _Source:
     """The model the images run through, with its PoseConfig (a non-pose model is a UserError)."""
-    from hrdeploy.bundle import Bundle
-    from hrdeploy.pose.pipeline import config_from_bundle, config_from_onnx_metadata, config_from_spec
+    _check_sources(bundles, onnx, engine, model)
+    if bundles:
+        return _bundle_source(bundles[0], input_size, artifact, threads, has_boxes)
+    if onnx or engine:
+        return _file_source(onnx, engine, model, dataset, input_size, threads, has_boxes)
+    return _eager_source(model, checkpoint, dataset, input_size, threads, has_boxes)  # type: ignore[arg-type]
 
+
+def _check_sources(bundles: list[Path], onnx: str | None, engine: str | None, model: str | None) -> None:
+    """UserError unless exactly one model source is given (--model may name what a file is)."""
     given = len(bundles) + bool(onnx) + bool(engine)
     if len(bundles) > 1:
         raise UserError(f"{len(bundles)} bundle directories given ({', '.join(map(str, bundles))}); pass one")
@@ -144,45 +151,66 @@ def _resolve(
     if bundles and model:
         raise UserError("--model is for --onnx/--engine files or eager inference; a bundle already names its model")
 
-    if bundles:
-        opened = Bundle.open(bundles[0])
-        cfg = _check_boxes(_override_size(config_from_bundle(opened), opened, input_size), has_boxes)
-        art = opened.artifact(artifact)
-        runner = _open_deployed(art, threads)
-        return _Source(runner, cfg, f"{runner.name} {art.path.name}", str(art.path), opened)
 
-    if onnx or engine:
-        path = Path(onnx or engine)  # type: ignore[arg-type]
-        if not path.is_file():
-            raise UserError(f"{path} {not_a_file(path)}; pass an existing {'ONNX file' if onnx else 'TensorRT engine'}")
-        sibling = _sibling_bundle(path)
-        if model:
-            cfg = config_from_spec(model, dataset, input_size)
-        elif sibling is not None:
-            cfg = _override_size(config_from_bundle(sibling), sibling, input_size)
-        elif onnx:
-            from hrdeploy.bundle import load_onnx
-            from hrdeploy.export.metadata import read_metadata
+def _bundle_source(root: Path, input_size: tuple[int, int] | None, artifact: str, threads: int | None,
+                   has_boxes: bool) -> _Source:
+    """Artifact `artifact` of the bundle at `root`, configured from its manifest."""
+    from hrdeploy.bundle import Bundle
+    from hrdeploy.pose.pipeline import config_from_bundle
 
-            cfg = config_from_onnx_metadata(read_metadata(load_onnx(path)), input_size)
-        else:
-            raise UserError(f"{path} is not inside a bundle; pass --model NAME (and --dataset) to say what it is")
-        _check_boxes(cfg, has_boxes)
-        runner = _open_deployed(path, threads)
-        fixed = _static_input_hw(runner)
-        if fixed is not None and fixed != tuple(cfg.input_hw):
-            if input_size is not None:
-                raise UserError(f"{path.name} takes a fixed {fixed[0]}x{fixed[1]} input; drop --input-size")
-            cfg = replace(cfg, input_hw=fixed)
-        return _Source(runner, cfg, f"{runner.name} {path.name}", str(path), sibling)
+    opened = Bundle.open(root)
+    cfg = _check_boxes(_override_size(config_from_bundle(opened), opened, input_size), has_boxes)
+    art = opened.artifact(artifact)
+    runner = _open_deployed(art, threads)
+    return _Source(runner, cfg, f"{runner.name} {art.path.name}", str(art.path), opened)
 
+
+def _file_source(onnx: str | None, engine: str | None, model: str | None, dataset: str | None,
+                 input_size: tuple[int, int] | None, threads: int | None, has_boxes: bool) -> _Source:
+    """An --onnx or --engine file; a fixed input size of the file overrides the configured one."""
+    path = Path(onnx or engine)  # type: ignore[arg-type]
+    if not path.is_file():
+        raise UserError(f"{path} {not_a_file(path)}; pass an existing {'ONNX file' if onnx else 'TensorRT engine'}")
+    sibling = _sibling_bundle(path)
+    cfg = _file_config(path, bool(onnx), model, dataset, input_size, sibling)
+    _check_boxes(cfg, has_boxes)
+    runner = _open_deployed(path, threads)
+    fixed = _static_input_hw(runner)
+    if fixed is not None and fixed != tuple(cfg.input_hw):
+        if input_size is not None:
+            raise UserError(f"{path.name} takes a fixed {fixed[0]}x{fixed[1]} input; drop --input-size")
+        cfg = replace(cfg, input_hw=fixed)
+    return _Source(runner, cfg, f"{runner.name} {path.name}", str(path), sibling)
+
+
+def _file_config(path: Path, is_onnx: bool, model: str | None, dataset: str | None,
+                 input_size: tuple[int, int] | None, sibling: Any) -> Any:
+    """A file's PoseConfig: from --model, else the bundle it sits in, else an ONNX's hrdeploy metadata."""
+    from hrdeploy.pose.pipeline import config_from_bundle, config_from_onnx_metadata, config_from_spec
+
+    if model:
+        return config_from_spec(model, dataset, input_size)
+    if sibling is not None:
+        return _override_size(config_from_bundle(sibling), sibling, input_size)
+    if is_onnx:
+        from hrdeploy.bundle import load_onnx
+        from hrdeploy.export.metadata import read_metadata
+
+        return config_from_onnx_metadata(read_metadata(load_onnx(path)), input_size)
+    raise UserError(f"{path} is not inside a bundle; pass --model NAME (and --dataset) to say what it is")
+
+
+def _eager_source(model: str, checkpoint: str | None, dataset: str | None, input_size: tuple[int, int] | None,
+                  threads: int | None, has_boxes: bool) -> _Source:
+    """The registered eager model `model` (seeded weights unless a checkpoint is given)."""
+    from hrdeploy.pose.pipeline import config_from_spec
     from hrdeploy.registry import get_spec
     from hrdeploy.runtime.factory import eager_runner
     from hrdeploy.zoo import build_model
 
-    cfg = _check_boxes(config_from_spec(model, dataset, input_size), has_boxes)  # type: ignore[arg-type]
-    net = build_model(model, dataset=cfg.dataset, checkpoint=checkpoint)  # type: ignore[arg-type]
-    return _Source(eager_runner(net, get_spec(model).output_names, threads), cfg, "eager", None, None)  # type: ignore[arg-type]
+    cfg = _check_boxes(config_from_spec(model, dataset, input_size), has_boxes)
+    net = build_model(model, dataset=cfg.dataset, checkpoint=checkpoint)
+    return _Source(eager_runner(net, get_spec(model).output_names, threads), cfg, "eager", None, None)
 
 
 def _eager_reference(src: _Source, model: str | None, checkpoint: str | None, threads: int | None) -> Any:
@@ -237,11 +265,7 @@ def infer_cmd(
     HigherHRNet (bottom-up) finds and groups all people. Writes <out>/<image>.png and <out>/<image>.json.
     """
     from hrdeploy.export.options import parse_size
-    from hrdeploy.images import read_image
-    from hrdeploy.io import check_writable, write_json
-    from hrdeploy.pose.draw import draw_people, side_by_side
-    from hrdeploy.pose.pipeline import keypoint_distance, predict
-    from hrdeploy.pose.preprocess import check_box
+    from hrdeploy.io import check_writable
 
     check_writable(Path(out_dir), "--out")
     images, bundles = _split_paths(paths)
@@ -253,61 +277,113 @@ def infer_cmd(
         raise UserError("--compare needs a deployed model to compare with eager: pass a bundle DIR, --onnx or --engine")
     src = _resolve(bundles, onnx, engine, model, checkpoint, dataset, size, artifact, threads, bool(boxes))
     click.get_current_context().call_on_close(src.runner.close)
-    cfg = src.cfg
     reference = _eager_reference(src, model, checkpoint, threads) if compare else None
-    post_process = "dark" if dark else "default"
-    out = Path(out_dir)
+    run = _Run(src, reference, boxes, flip_test, "dark" if dark else "default", kpt_thr, Path(out_dir))
+    h, w = src.cfg.input_hw
+    header = f"{src.cfg.model} ({src.cfg.task.replace('pose_', '')}, {src.cfg.dataset}, input {h}x{w}) on {src.label}"
     used: set[str] = set()
-    distances = []
-    h, w = cfg.input_hw
-    header = f"{cfg.model} ({cfg.task.replace('pose_', '')}, {cfg.dataset}, input {h}x{w}) on {src.label}"
+    distances: list[dict[str, Any]] = []
     for path in images:
-        image = read_image(path)
-        for box in boxes:
-            check_box(box, image.shape[:2])
-        run_boxes = boxes or [None]
-        people = predict(src.runner, image, cfg, run_boxes, flip_test=flip_test, post_process=post_process)
-        stem = path.stem
-        i = 1
-        while stem in used:
-            stem, i = f"{path.stem}_{i}", i + 1
-        used.add(stem)
-        record: dict[str, Any] = {
-            "image": str(path), "width": int(image.shape[1]), "height": int(image.shape[0]),
-            "model": cfg.model, "task": cfg.task, "dataset": cfg.dataset, "backend": src.runner.name,
-            "artifact": src.artifact, "input_size": list(cfg.input_hw), "flip_test": flip_test,
-            "post_process": post_process if cfg.task == "pose_topdown" else "associative_embedding",
-            "people": [p.to_json(cfg.keypoint_names) for p in people],
-        }
-        drawn = draw_people(image, people, cfg.keypoint_names, cfg.skeleton, kpt_thr,
-                            title=src.label if reference else None)
-        if reference is not None:
-            ref_people = predict(reference, image, cfg, run_boxes, flip_test=flip_test, post_process=post_process)
-            dist = keypoint_distance(ref_people, people, in_order=cfg.task == "pose_topdown")
+        dist = _infer_image(run, path, _unique_stem(path, used), header)
+        header = ""  # printed once the first image went through, so a bad first image gives one error line
+        if dist is not None:
             distances.append(dist)
-            record["compare"] = {
-                "reference": "eager", "people": [p.to_json(cfg.keypoint_names) for p in ref_people],
-                "mean_keypoint_distance_px": _finite(dist["mean_px"]),
-                "max_keypoint_distance_px": _finite(dist["max_px"]),
-                "paired_people": dist["pairs"], "unpaired_people": dist["unpaired"],
-            }
-            ref_drawn = draw_people(image, ref_people, cfg.keypoint_names, cfg.skeleton, kpt_thr, title="eager")
-            drawn = side_by_side([ref_drawn, drawn])
-        png, js = out / f"{stem}.png", out / f"{stem}.json"
-        _save_png(drawn, png)
-        write_json(js, record)
-        n = len(people)
-        if header:  # printed once the first image went through, so a bad first image gives one error line
-            click.echo(header)
-            header = ""
-        click.echo(f"{path.name}: {n} {'person' if n == 1 else 'people'} -> {png}, {js}")
-        if reference is not None:
-            click.echo(f"  mean keypoint distance eager vs {src.runner.name}: {dist['mean_px']:.4f} px "
-                       f"(max {dist['max_px']:.4f} px, {dist['pairs']} people paired)")
     if len(distances) > 1:
         means = [d["mean_px"] for d in distances if math.isfinite(d["mean_px"])]
         if means:
             click.echo(f"mean keypoint distance over {len(means)} images: {sum(means) / len(means):.4f} px")
+
+
+@dataclass
+class _Run:
+    """What every image of one `infer` call goes through."""
+
+    src: _Source
+    reference: Any  # the eager runner of --compare, or None
+    boxes: list[tuple[float, float, float, float]]
+    flip_test: bool
+    post_process: str  # "dark" | "default"
+    kpt_thr: float
+    out: Path
+
+
+def _unique_stem(path: Path, used: set[str]) -> str:
+    """`path`'s stem, with _1, _2, ... when an earlier image of the same name took it."""
+    stem = path.stem
+    i = 1
+    while stem in used:
+        stem, i = f"{path.stem}_{i}", i + 1
+    used.add(stem)
+    return stem
+
+
+def _infer_image(run: _Run, path: Path, stem: str, header: str) -> dict[str, Any] | None:
+    """Predict, draw and write one image's PNG and JSON, print its line; the distance to eager with --compare."""
+    from hrdeploy.images import read_image
+    from hrdeploy.io import write_json
+    from hrdeploy.pose.draw import draw_people
+    from hrdeploy.pose.preprocess import check_box
+
+    src, cfg = run.src, run.src.cfg
+    image = read_image(path)
+    for box in run.boxes:
+        check_box(box, image.shape[:2])
+    people = _predict(run, src.runner, image)
+    record = _record(run, path, image, people)
+    drawn = draw_people(image, people, cfg.keypoint_names, cfg.skeleton, run.kpt_thr,
+                        title=src.label if run.reference else None)
+    dist = None
+    if run.reference is not None:
+        dist, record["compare"], drawn = _compare(run, image, people, drawn)
+    png, js = run.out / f"{stem}.png", run.out / f"{stem}.json"
+    _save_png(drawn, png)
+    write_json(js, record)
+    n = len(people)
+    if header:
+        click.echo(header)
+    click.echo(f"{path.name}: {n} {'person' if n == 1 else 'people'} -> {png}, {js}")
+    if dist is not None:
+        click.echo(f"  mean keypoint distance eager vs {src.runner.name}: {dist['mean_px']:.4f} px "
+                   f"(max {dist['max_px']:.4f} px, {dist['pairs']} people paired)")
+    return dist
+
+
+def _predict(run: _Run, runner: Any, image: Any) -> list[Any]:
+    """The people `runner` finds in `image` with the run's boxes, flip test and post-processing."""
+    from hrdeploy.pose.pipeline import predict
+
+    return predict(runner, image, run.src.cfg, run.boxes or [None], flip_test=run.flip_test,
+                   post_process=run.post_process)
+
+
+def _record(run: _Run, path: Path, image: Any, people: list[Any]) -> dict[str, Any]:
+    """The image's JSON: the image, the model and how it ran, and each person's keypoints."""
+    cfg = run.src.cfg
+    return {
+        "image": str(path), "width": int(image.shape[1]), "height": int(image.shape[0]),
+        "model": cfg.model, "task": cfg.task, "dataset": cfg.dataset, "backend": run.src.runner.name,
+        "artifact": run.src.artifact, "input_size": list(cfg.input_hw), "flip_test": run.flip_test,
+        "post_process": run.post_process if cfg.task == "pose_topdown" else "associative_embedding",
+        "people": [p.to_json(cfg.keypoint_names) for p in people],
+    }
+
+
+def _compare(run: _Run, image: Any, people: list[Any], drawn: Any) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Run the eager reference on `image`: (keypoint distance, the JSON's "compare" entry, eager | deployed)."""
+    from hrdeploy.pose.draw import draw_people, side_by_side
+    from hrdeploy.pose.pipeline import keypoint_distance
+
+    cfg = run.src.cfg
+    ref_people = _predict(run, run.reference, image)
+    dist = keypoint_distance(ref_people, people, in_order=cfg.task == "pose_topdown")
+    entry = {
+        "reference": "eager", "people": [p.to_json(cfg.keypoint_names) for p in ref_people],
+        "mean_keypoint_distance_px": _finite(dist["mean_px"]),
+        "max_keypoint_distance_px": _finite(dist["max_px"]),
+        "paired_people": dist["pairs"], "unpaired_people": dist["unpaired"],
+    }
+    ref_drawn = draw_people(image, ref_people, cfg.keypoint_names, cfg.skeleton, run.kpt_thr, title="eager")
+    return dist, entry, side_by_side([ref_drawn, drawn])
 
 
 def _save_png(img: Any, path: Path) -> None:

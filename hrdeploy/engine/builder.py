@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from hrdeploy.bundle import Bundle
 from hrdeploy.engine.device import DeviceInfo, require_gpu
 from hrdeploy.engine.engine_info import engine_metadata
 from hrdeploy.engine.plan import BuildPlan, Source, describe_source
@@ -56,30 +57,37 @@ def _quantize_function() -> Callable[..., Any] | None:
     return getattr(precision, "quantize_bundle", None)
 
 
-def make_precision_onnx(bundle: Path, precision: str, log: Callable[[str], None] = print) -> None:
-    """Create the bundle's fp16 ONNX with hrdeploy.precision.quantize_bundle (INT8 needs calibration photos,
-    so a missing int8 ONNX is an error that says how to make it)."""
+def make_precision_onnx(bundle: Bundle, precision: str, log: Callable[[str], None] = print) -> None:
+    """Create the bundle's fp16 ONNX with hrdeploy.precision.quantize_bundle, recorded through `bundle` (INT8
+    needs calibration photos, so a missing int8 ONNX is an error that says how to make it)."""
+    root = bundle.root
     if precision == "int8":
         raise UserError(
-            f"bundle {bundle} has no int8 (Q/DQ) ONNX; make it with calibration photos first: "
-            f"`hrdeploy quantize {bundle} --precision int8 --calib-dir PHOTOS`"
+            f"bundle {root} has no int8 (Q/DQ) ONNX; make it with calibration photos first: "
+            f"`hrdeploy quantize {root} --precision int8 --calib-dir PHOTOS`"
         )
     quantize_bundle = _quantize_function()
     if quantize_bundle is None:
         raise UserError(
-            f"bundle {bundle} has no {precision} ONNX and this hrdeploy cannot make one here; run "
-            f"`hrdeploy quantize {bundle} --precision {precision}` first"
+            f"bundle {root} has no {precision} ONNX and this hrdeploy cannot make one here; run "
+            f"`hrdeploy quantize {root} --precision {precision}` first"
         )
     quantize_bundle(bundle, precision=precision, log=log)
 
 
 def resolve_made_onnx(plan: BuildPlan, source: Source) -> BuildPlan:
     """After `make_precision_onnx`, point the plan at the artifact the manifest now records."""
-    fresh = describe_source(source.path)
+    fresh = describe_source(_bundle_of(source))
     if plan.make_first not in fresh.onnx_files:
         raise UserError(f"making the {plan.make_first} ONNX left no '{plan.onnx_key}' artifact in {source.path}; "
                         f"run `hrdeploy quantize {source.path} --precision {plan.make_first}` and check its output")
     return replace(plan, onnx=fresh.onnx_files[plan.make_first], make_first=None)
+
+
+def _bundle_of(source: Source) -> Bundle:
+    """The source's bundle: the one describe_source opened (and stages since updated), else opened here."""
+    assert source.bundle is not None
+    return source.opened if source.opened is not None else Bundle.open(source.bundle)
 
 
 def _polygraphy() -> Any:
@@ -144,9 +152,8 @@ def build_engine(plan: BuildPlan, source: Source, *, log: Callable[[str], None] 
     if plan.trt_version is None:
         plan = replace(plan, trt_version=version)
     if plan.make_first is not None:
-        assert plan.bundle is not None
         log(f"the bundle has no {plan.make_first} ONNX: making it first (hrdeploy quantize)")
-        make_precision_onnx(plan.bundle, plan.make_first, log=log)
+        make_precision_onnx(_bundle_of(source), plan.make_first, log=log)
         plan = resolve_made_onnx(plan, source)
     log(f"building {plan.engine.name} with TensorRT {version} on {device.name} ({device.sm}) ...")
     start = time.perf_counter()
@@ -159,10 +166,9 @@ def build_engine(plan: BuildPlan, source: Source, *, log: Callable[[str], None] 
     )
     write_json(plan.metadata, meta)
     if plan.artifact_key is not None and plan.bundle is not None:
-        from hrdeploy.bundle import Bundle
-
+        # record_artifact re-reads the manifest under the bundle's lock, so writes since it was opened are kept
         rel = os.path.relpath(plan.engine, plan.bundle)
-        Bundle.open(plan.bundle).record_artifact(
+        _bundle_of(source).record_artifact(
             plan.artifact_key, rel, precision=plan.precision, tensorrt=version, gpu=device.name,
             compute_capability=device.compute_capability, metadata=os.path.relpath(plan.metadata, plan.bundle),
             profiles=meta["profiles"], flags=meta["flags"], build_seconds=meta["build_seconds"],

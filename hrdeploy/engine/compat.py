@@ -21,7 +21,7 @@ or a limit the user should know, "info" is context.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from hrdeploy.engine.operators import TRT10_0_MAX_OPSET, operator_table
+from hrdeploy.engine.operators import TRT10_0_MAX_OPSET, OperatorTable, operator_table
 
 SEVERITIES = ("error", "warning", "info")
 
@@ -211,12 +211,30 @@ def lint_model(
         from onnx import inliner
 
         model = inliner.inline_local_functions(model)
-    gr = _Graph(model)
     opset = _opset(model)
     report = LintReport(path=path, generation=generation, opset=opset, nodes=len(model.graph.node))
-    add = report.findings.append
+    lint = _Lint(model, _Graph(model), table, generation, opset, profile_shapes or {}, report.findings.append)
+    for rule in _RULES:
+        rule(lint)
+    return report
 
-    # --- opset ---
+
+@dataclass
+class _Lint:
+    """One lint run, as the rules see it: the model, its graph facts, the parser's table, where findings go."""
+
+    model: onnx.ModelProto
+    gr: _Graph
+    table: OperatorTable
+    generation: int
+    opset: int | None
+    profile_shapes: Mapping[str, Sequence[int | None]]
+    add: Callable[[Finding], None]
+
+
+def _lint_opset(lint: _Lint) -> None:
+    """The default-domain opset against the parser's range (and TensorRT 10.0's older limit)."""
+    opset, table, generation, add = lint.opset, lint.table, lint.generation, lint.add
     if opset is None:
         add(Finding("error", "opset", "the model imports no default-domain opset; re-export it"))
     elif opset < table.min_opset or opset > table.max_opset:
@@ -229,64 +247,80 @@ def lint_model(
                     f"10.15 up to {table.max_opset}); export with --opset {TRT10_0_MAX_OPSET} or lower "
                     "for older 10.x (JetPack 6)"))
 
-    # --- inputs and outputs ---
-    batch_dims: list[int | str | None] = []
-    for inp in gr.inputs:
-        shape = gr.shapes.get(inp.name, [])
-        hint = list(profile_shapes.get(inp.name, [])) if profile_shapes else []
-        for axis, dim in enumerate(shape):
-            if axis == 0:
-                batch_dims.append(dim)
+
+def _lint_dynamic_inputs(lint: _Lint) -> None:
+    """Dynamic input dims: the batch (a profile from the build options), others covered by a profile or not."""
+    for inp in lint.gr.inputs:
+        hint = list(lint.profile_shapes.get(inp.name, []))
+        for axis, dim in enumerate(lint.gr.shapes.get(inp.name, [])):
             if isinstance(dim, int):
                 continue
             label = f"'{dim}'" if dim else "unnamed"
             if axis == 0:
-                add(Finding("info", "dynamic-batch",
-                            f"input '{inp.name}' has a dynamic batch ({label}); the engine needs an optimization "
-                            "profile: hrdeploy build makes one from --min/--opt/--max-batch"))
+                lint.add(Finding("info", "dynamic-batch",
+                                 f"input '{inp.name}' has a dynamic batch ({label}); the engine needs an "
+                                 "optimization profile: hrdeploy build makes one from --min/--opt/--max-batch"))
             elif axis < len(hint) and hint[axis]:
-                add(Finding("info", "dynamic-dim",
-                            f"input '{inp.name}' dim {axis} ({label}) is dynamic; the profile fixes it to "
-                            f"{hint[axis]} (the bundle's input size)"))
+                lint.add(Finding("info", "dynamic-dim",
+                                 f"input '{inp.name}' dim {axis} ({label}) is dynamic; the profile fixes it to "
+                                 f"{hint[axis]} (the bundle's input size)"))
             else:
-                add(Finding("warning", "dynamic-dim-no-profile",
-                            f"input '{inp.name}' dim {axis} ({label}) is dynamic and nothing gives it a profile "
-                            "size; build from the bundle directory (its manifest has the size) or pass trtexec "
-                            "--minShapes/--optShapes/--maxShapes"))
-    for vi in [*gr.inputs, *model.graph.output]:
-        if vi.type.tensor_type.elem_type == TensorProto.INT64:
-            add(Finding("warning", "int64-io",
-                        f"network {'input' if vi in gr.inputs else 'output'} '{vi.name}' is INT64; TensorRT "
-                        "wants INT32 here (DLA and many kernels have no INT64); cast to INT32 in the model"))
+                lint.add(Finding("warning", "dynamic-dim-no-profile",
+                                 f"input '{inp.name}' dim {axis} ({label}) is dynamic and nothing gives it a "
+                                 "profile size; build from the bundle directory (its manifest has the size) or "
+                                 "pass trtexec --minShapes/--optShapes/--maxShapes"))
 
+
+def _lint_io_types(lint: _Lint) -> None:
+    """INT64 network inputs and outputs."""
+    inputs = lint.gr.inputs
+    for vi in [*inputs, *lint.model.graph.output]:
+        if vi.type.tensor_type.elem_type == TensorProto.INT64:
+            lint.add(Finding("warning", "int64-io",
+                             f"network {'input' if vi in inputs else 'output'} '{vi.name}' is INT64; TensorRT "
+                             "wants INT32 here (DLA and many kernels have no INT64); cast to INT32 in the model"))
+
+
+def _lint_nodes(lint: _Lint) -> None:
+    """Every node: parser support, input types, and the per-operator restrictions."""
+    gr = lint.gr
+    batch_dims = [shape[0] for shape in (gr.shapes.get(i.name, []) for i in gr.inputs) if shape]
     static_batch = next((d for d in batch_dims if isinstance(d, int)), None)
     dynamic_batch = any(not isinstance(d, int) for d in batch_dims)
+    for idx, node in enumerate(lint.model.graph.node):
+        label = _node_label(idx, node)
+        if _lint_support(lint, node, label):
+            _check_types(gr, lint.table.supported.get(node.op_type), label, node, lint.add)
+            _check_node(gr, node, label, lint.add, static_batch=static_batch, dynamic_batch=dynamic_batch)
 
-    # --- nodes ---
-    for idx, node in enumerate(model.graph.node):
-        label, op = _node_label(idx, node), node.op_type
-        if node.domain not in ("", "ai.onnx"):
-            add(Finding("error", "custom-op",
-                        f"operator {node.domain}::{op} is not an ONNX operator; TensorRT needs a plugin for it",
-                        label, op))
-            continue
-        status = table.status(op)
-        if status == "unsupported":
+
+def _lint_support(lint: _Lint, node: onnx.NodeProto, label: str) -> bool:
+    """Whether the parser knows `node`'s operator (and those of its subgraphs); False when it cannot parse it."""
+    op, generation, add = node.op_type, lint.generation, lint.add
+    if node.domain not in ("", "ai.onnx"):
+        add(Finding("error", "custom-op",
+                    f"operator {node.domain}::{op} is not an ONNX operator; TensorRT needs a plugin for it",
+                    label, op))
+        return False
+    status = lint.table.status(op)
+    if status == "unsupported":
+        add(Finding("error", "unsupported-op",
+                    f"{op} is not supported by the TensorRT {generation}.x ONNX parser", label, op))
+        return False
+    if status == "unknown":
+        add(Finding("warning", "unknown-op",
+                    f"{op} is not in TensorRT {generation}.x's operator table; the parser may reject it",
+                    label, op))
+    for sub_name, sub_op, sub_domain in _subgraph_ops(node):
+        if sub_domain not in ("", "ai.onnx") or lint.table.status(sub_op) == "unsupported":
             add(Finding("error", "unsupported-op",
-                        f"{op} is not supported by the TensorRT {generation}.x ONNX parser", label, op))
-            continue
-        if status == "unknown":
-            add(Finding("warning", "unknown-op",
-                        f"{op} is not in TensorRT {generation}.x's operator table; the parser may reject it",
-                        label, op))
-        for sub_name, sub_op, sub_domain in _subgraph_ops(node):
-            if sub_domain not in ("", "ai.onnx") or table.status(sub_op) == "unsupported":
-                add(Finding("error", "unsupported-op",
-                            f"{sub_op} (in a subgraph, node {sub_name}) is not supported by TensorRT "
-                            f"{generation}.x", label, op))
-        _check_types(gr, table.supported.get(op), label, node, add)
-        _check_node(gr, node, label, add, static_batch=static_batch, dynamic_batch=dynamic_batch)
-    return report
+                        f"{sub_op} (in a subgraph, node {sub_name}) is not supported by TensorRT "
+                        f"{generation}.x", label, op))
+    return True
+
+
+# The graph's rules, in the order their findings are reported.
+_RULES: tuple[Callable[[_Lint], None], ...] = (_lint_opset, _lint_dynamic_inputs, _lint_io_types, _lint_nodes)
 
 
 def _check_types(gr: _Graph, types: tuple[str, ...] | None, label: str, node: onnx.NodeProto, add) -> None:  # noqa: ANN001

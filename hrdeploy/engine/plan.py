@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hrdeploy.bundle import PRECISIONS
+from hrdeploy.bundle import PRECISIONS, Bundle
 from hrdeploy.engine.version import version_at_least
 from hrdeploy.errors import UserError
 
@@ -51,6 +51,7 @@ class Source:
     size: tuple[int, int] | None = None  # (H, W) from the manifest, for dynamic height/width
     onnx_precision: str | None = None  # precision of a bare ONNX graph (fp32 / fp16 / int8)
     model: str | None = None
+    opened: Bundle | None = field(default=None, repr=False, compare=False)  # the bundle, opened once per build
 
 
 @dataclass(frozen=True)
@@ -158,20 +159,16 @@ def _inputs(model: Any) -> tuple[OnnxInput, ...]:
     return tuple(out)
 
 
-def describe_source(path: str | os.PathLike) -> Source:
-    """Read a bundle directory or a bare .onnx into a `Source` (reads headers only, no weights)."""
-    from hrdeploy.bundle import Bundle, load_onnx
+def describe_source(source: str | os.PathLike | Bundle) -> Source:
+    """Read a bundle (its directory, or the Bundle already opened) or a bare .onnx into a `Source` (reads
+    headers only, no weights)."""
+    from hrdeploy.bundle import load_onnx
 
-    path = Path(path)
+    if isinstance(source, Bundle):
+        return _bundle_source(source)
+    path = Path(source)
     if path.is_dir():
-        bundle = Bundle.open(path)
-        files = {a.precision: bundle.artifact(k).path for k, a in bundle.onnx_artifacts().items()
-                 if a.exists and k == ONNX_KEYS.get(a.precision)}
-        if "fp32" not in files:
-            raise UserError(f"bundle {path} has no ONNX model; re-create it with `hrdeploy export MODEL -o {path}`")
-        model = bundle.artifact("onnx").onnx_model()
-        return Source(path=path, inputs=_inputs(model), bundle=path, onnx_files=files, size=bundle.input.size,
-                      model=bundle.model.name)
+        return _bundle_source(Bundle.open(path))
     if path.is_file() and path.suffix == ".onnx":
         model = load_onnx(path)
         precision = onnx_graph_precision(model)
@@ -179,6 +176,18 @@ def describe_source(path: str | os.PathLike) -> Source:
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a bundle directory (hrdeploy export) or an .onnx file")
     raise UserError(f"{path} is neither a bundle directory nor an .onnx file")
+
+
+def _bundle_source(bundle: Bundle) -> Source:
+    """A bundle's ONNX files by precision, input and size; the Source keeps the Bundle for the builder."""
+    path = bundle.root
+    files = {a.precision: bundle.artifact(k).path for k, a in bundle.onnx_artifacts().items()
+             if a.exists and k == ONNX_KEYS.get(a.precision)}
+    if "fp32" not in files:
+        raise UserError(f"bundle {path} has no ONNX model; re-create it with `hrdeploy export MODEL -o {path}`")
+    model = bundle.artifact("onnx").onnx_model()
+    return Source(path=path, inputs=_inputs(model), bundle=path, onnx_files=files, size=bundle.input.size,
+                  model=bundle.model.name, opened=bundle)
 
 
 # ------------------------------------------------------------------------------------------ plan

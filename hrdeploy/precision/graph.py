@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -87,65 +87,73 @@ def node_scopes(model: onnx.ModelProto) -> dict[str, str]:
     but keeps parameter names).
     """
     inits = initializer_names(model)
-    prod = producers(model)
-    scopes: dict[str, str] = {}
-    for node in model.graph.node:
-        scope = ""
-        meta = {p.key: p.value for p in node.metadata_props}
-        if _SCOPE_KEY in meta:
-            try:
-                parts = ast.literal_eval(meta[_SCOPE_KEY])
-                scope = next((p for p in reversed(parts[:-1]) if p), "")
-            except (ValueError, SyntaxError):
-                scope = ""
-        if not scope and node.name.startswith("/") and node.name.count("/") > 1:
-            scope = _torchscript_scope(node.name)
-        if not scope:
-            for name in node.input[1:]:
-                if name in inits and (mod := _module_of_weight(name)):
-                    scope = mod
-                    break
-        scopes[node.name] = scope
+    own = {node.name: _own_scope(node, inits) for node in model.graph.node}
     # nodes still without a scope (e.g. convs whose folded weights were renamed `_v_123`): the common module
     # prefix of the nearest scoped node upstream and the nearest one downstream
-    cons = consumers(model)
-    own = dict(scopes)
+    index = GraphIndex(model.graph)
+    prod, cons = index.producer, index.consumers
 
-    def nearest(start: onnx.NodeProto, upstream: bool) -> str:
-        frontier, seen = [start], {start.name}
-        for _ in range(8):
-            nxt = []
-            for node in frontier:
-                names = node.input if upstream else node.output
-                for tensor in names:
-                    if upstream:
-                        near = [prod[tensor]] if tensor in prod else []
-                    else:
-                        near = cons.get(tensor, [])
-                    for other in near:
-                        if other.name in seen:
-                            continue
-                        if own.get(other.name):
-                            return own[other.name]
-                        seen.add(other.name)
-                        nxt.append(other)
-            frontier = nxt
-        return ""
+    def upstream(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        return [prod[tensor] for tensor in node.input if tensor in prod]
 
+    def downstream(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        return [other for tensor in node.output for other in cons.get(tensor, [])]
+
+    scopes = dict(own)
     for node in model.graph.node:
-        if scopes[node.name]:
-            continue
-        up, down = nearest(node, True), nearest(node, False)
-        if up and down:
-            common = []
-            for a, b in zip(up.split("."), down.split("."), strict=False):
-                if a != b:
-                    break
-                common.append(a)
-            scopes[node.name] = ".".join(common)
-        else:
-            scopes[node.name] = _parent(up or down)
+        if not scopes[node.name]:
+            up, down = _nearest_scope(node, own, upstream), _nearest_scope(node, own, downstream)
+            scopes[node.name] = _common_scope(up, down) if up and down else _parent(up or down)
     return scopes
+
+
+def _own_scope(node: onnx.NodeProto, inits: set[str]) -> str:
+    """A node's module path from its own metadata, TorchScript-style name or weight name ("" when none)."""
+    meta = {p.key: p.value for p in node.metadata_props}
+    if _SCOPE_KEY in meta:
+        try:
+            parts = ast.literal_eval(meta[_SCOPE_KEY])
+            scope = next((p for p in reversed(parts[:-1]) if p), "")
+        except (ValueError, SyntaxError):
+            scope = ""
+        if scope:
+            return scope
+    if node.name.startswith("/") and node.name.count("/") > 1:
+        scope = _torchscript_scope(node.name)
+        if scope:
+            return scope
+    for name in node.input[1:]:
+        if name in inits and (mod := _module_of_weight(name)):
+            return mod
+    return ""
+
+
+def _nearest_scope(start: onnx.NodeProto, own: dict[str, str],
+                   neighbours: Callable[[onnx.NodeProto], list[onnx.NodeProto]]) -> str:
+    """The own scope of the nearest node, at most 8 `neighbours` steps from `start`, that has one ("" if none)."""
+    frontier, seen = [start], {start.name}
+    for _ in range(8):
+        nxt = []
+        for node in frontier:
+            for other in neighbours(node):
+                if other.name in seen:
+                    continue
+                if own.get(other.name):
+                    return own[other.name]
+                seen.add(other.name)
+                nxt.append(other)
+        frontier = nxt
+    return ""
+
+
+def _common_scope(a: str, b: str) -> str:
+    """The module path both `a` and `b` lie in ("stage2.0.x" and "stage2.0.y" -> "stage2.0")."""
+    common = []
+    for x, y in zip(a.split("."), b.split("."), strict=False):
+        if x != y:
+            break
+        common.append(x)
+    return ".".join(common)
 
 
 def _parent(scope: str) -> str:

@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -113,6 +113,10 @@ class ExposedSession:
         return {n: np.asarray(o, dtype=np.float32) for n, o in zip(names, outs, strict=True)}
 
 
+# names -> {name: [(reference name, tensor as numpy, module path), ...]}, candidates in order
+Reference = Callable[[set[str]], dict[str, list[tuple[str, Any, str]]]]
+
+
 def fx_reference(
     model: Any,
     x: np.ndarray,
@@ -121,7 +125,7 @@ def fx_reference(
     dynamic_batch: bool = False,
     dynamic_shape: bool = False,
     stride: int = 32,
-) -> Callable[[set[str]], dict[str, list[tuple[str, Any, str]]]]:
+) -> Reference:
     """A function names -> {name: [(fx name, tensor as numpy, module path), ...]} from the eager model.
 
     The trace is the one the dynamo exporter makes (torch.export with the same dynamic dims as
@@ -131,15 +135,41 @@ def fx_reference(
     successors as alternative candidates, in order.
     """
     import torch
-    from torch.onnx._internal.exporter import _fx_passes, _registration
 
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    ep = _export_decomposed(model, xt, opset, _export_dims(dynamic_batch, dynamic_shape, stride))
+    modules, successors = _fx_index(ep)
+    graph_module = ep.module()
+
+    def fetch(names: set[str]) -> dict[str, list[tuple[str, Any, str]]]:
+        found = _run_fx(graph_module, xt, set(names).union(*(successors.get(n, []) for n in names)))
+        return {
+            n: [(c, found[c], modules.get(c, "")) for c in [n, *successors.get(n, [])] if c in found]
+            for n in names
+            if n in found
+        }
+
+    return fetch
+
+
+def _export_dims(dynamic_batch: bool, dynamic_shape: bool, stride: int) -> dict[int, Any]:
+    """torch.export dynamic dims of the input, as hrdeploy.export.onnx_export declares them."""
+    import torch
+
     dims: dict[int, Any] = {}
     if dynamic_batch or dynamic_shape:
         dims[0] = torch.export.Dim("batch", min=1, max=1024)
     if dynamic_shape:
         dims[2] = stride * torch.export.Dim("h_blocks", min=2, max=4096 // stride)
         dims[3] = stride * torch.export.Dim("w_blocks", min=2, max=4096 // stride)
+    return dims
+
+
+def _export_decomposed(model: Any, xt: Any, opset: int, dims: dict[int, Any]) -> Any:
+    """The ExportedProgram the dynamo exporter translates: torch.export, then the ONNX registry's decompositions."""
+    import torch
+    from torch.onnx._internal.exporter import _fx_passes, _registration
+
     registry_log = logging.getLogger(_registration.__name__)  # "torchvision is not installed" notices
     level = registry_log.level
     registry_log.setLevel(logging.ERROR)
@@ -147,9 +177,13 @@ def fx_reference(
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.export's internal pytree deprecation notices
             ep = torch.export.export(model.eval(), (xt,), dynamic_shapes=(dims,) if dims else None, strict=False)
-            ep = _fx_passes.decompose_with_registry(ep, _registration.ONNXRegistry.from_torchlib(opset))
+            return _fx_passes.decompose_with_registry(ep, _registration.ONNXRegistry.from_torchlib(opset))
     finally:
         registry_log.setLevel(level)
+
+
+def _fx_index(ep: Any) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Per FX node: the module path that produced it, and its successors up to FUSION_DEPTH calls away."""
     modules: dict[str, str] = {}
     successors: dict[str, list[str]] = {}
     for node in ep.graph.nodes:
@@ -160,28 +194,25 @@ def fx_reference(
             frontier = [u for f in frontier for u in f.users if u.op == "call_function"]
             chain += [u.name for u in frontier]
         successors[node.name] = chain
-    graph_module = ep.module()
+    return modules, successors
 
-    def fetch(names: set[str]) -> dict[str, list[tuple[str, Any, str]]]:
-        wanted = set(names).union(*(successors.get(n, []) for n in names))
-        found: dict[str, Any] = {}
 
-        class Recorder(torch.fx.Interpreter):
-            def run_node(self, n: torch.fx.Node) -> Any:
-                result = super().run_node(n)
-                if n.name in wanted and isinstance(result, torch.Tensor) and result.is_floating_point():
-                    found[n.name] = result.detach().float().numpy().copy()
-                return result
+def _run_fx(graph_module: Any, xt: Any, wanted: set[str]) -> dict[str, np.ndarray]:
+    """Run the FX graph node by node; the float values of the nodes named in `wanted`."""
+    import torch
 
-        with torch.no_grad():
-            Recorder(graph_module).run(xt)
-        return {
-            n: [(c, found[c], modules.get(c, "")) for c in [n, *successors.get(n, [])] if c in found]
-            for n in names
-            if n in found
-        }
+    found: dict[str, np.ndarray] = {}
 
-    return fetch
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n: torch.fx.Node) -> Any:
+            result = super().run_node(n)
+            if n.name in wanted and isinstance(result, torch.Tensor) and result.is_floating_point():
+                found[n.name] = result.detach().float().numpy().copy()
+            return result
+
+    with torch.no_grad():
+        Recorder(graph_module).run(xt)
+    return found
 
 
 def _scope_segment(path: str) -> str:
@@ -194,9 +225,7 @@ def _scope_segment(path: str) -> str:
     return path
 
 
-def scope_reference(
-    model: Any, deployed: Any, x: np.ndarray
-) -> Callable[[set[str]], dict[str, list[tuple[str, Any, str]]]]:
+def scope_reference(model: Any, deployed: Any, x: np.ndarray) -> Reference:
     """A function names -> {name: [(scope, tensor as numpy, module path), ...]} from the eager model, for
     an ONNX graph exported by the TorchScript exporter (node names are module scopes).
 
@@ -206,47 +235,9 @@ def scope_reference(
     the following BatchNorm's output: each call comes with the outputs of the next FUSION_DEPTH calls to
     finish as alternative candidates, in order.
     """
-    import torch
-
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    segments = {m: _scope_segment(p) for p, m in model.named_modules() if p}
-    paths = {m: p for p, m in model.named_modules() if p}
-
-    def run(keep: set[int]) -> tuple[list[tuple[str, str]], dict[int, Any]]:
-        """Run the model; return each call's (scope, module path) in finishing order and the kept outputs."""
-        stack: list[str] = [""]
-        seen: dict[str, int] = {}
-        calls: list[tuple[str, str]] = []
-        outputs: dict[int, Any] = {}
-
-        def pre(module: Any, args: Any) -> None:
-            scope = f"{stack[-1]}/{segments[module]}"
-            count = seen.get(scope, 0)
-            seen[scope] = count + 1
-            stack.append(scope if count == 0 else f"{scope}_{count}")
-
-        def post(module: Any, args: Any, out: Any) -> None:
-            if len(calls) in keep and isinstance(out, torch.Tensor) and out.is_floating_point():
-                outputs[len(calls)] = out.detach().float().numpy().copy()  # later in-place ops may change it
-            calls.append((stack.pop(), paths[module]))
-
-        handles = [h for m in segments for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
-        try:
-            with torch.no_grad():
-                model.eval()(xt)
-        finally:
-            for h in handles:
-                h.remove()
-        return calls, outputs
-
-    calls, _ = run(set())
-    last: dict[str, str] = {}  # scope -> value of the last node (graph order) inside it
-    for node in deployed.graph.node:
-        if not node.name.startswith("/") or not node.output:
-            continue
-        parts = node.name.split("/")[1:-1]
-        for depth in range(1, len(parts) + 1):
-            last["/" + "/".join(parts[:depth])] = node.output[0]
+    tracer = _ScopeTracer(model, x)
+    calls, _ = tracer.run(set())
+    last = _last_values(deployed)
     by_value: dict[str, list[int]] = {}
     for i, (scope, _) in enumerate(calls):
         if scope in last:
@@ -260,11 +251,65 @@ def scope_reference(
 
     def fetch(names: set[str]) -> dict[str, list[tuple[str, Any, str]]]:
         wanted = {n: candidates(n) for n in names if n in by_value}
-        _, outputs = run({i for c in wanted.values() for i in c})
+        _, outputs = tracer.run({i for c in wanted.values() for i in c})
         found = {n: [(calls[i][0], outputs[i], calls[i][1]) for i in c if i in outputs] for n, c in wanted.items()}
         return {n: c for n, c in found.items() if c}
 
     return fetch
+
+
+class _ScopeTracer:
+    """Runs the eager model with forward hooks that name each module call by its TorchScript scope."""
+
+    def __init__(self, model: Any, x: np.ndarray) -> None:
+        import torch
+
+        self.model = model
+        self.xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self.segments = {m: _scope_segment(p) for p, m in model.named_modules() if p}
+        self.paths = {m: p for p, m in model.named_modules() if p}
+
+    def run(self, keep: set[int]) -> tuple[list[tuple[str, str]], dict[int, Any]]:
+        """Run the model; return each call's (scope, module path) in finishing order and the kept outputs."""
+        import torch
+
+        stack: list[str] = [""]
+        seen: dict[str, int] = {}
+        calls: list[tuple[str, str]] = []
+        outputs: dict[int, Any] = {}
+
+        def pre(module: Any, args: Any) -> None:
+            scope = f"{stack[-1]}/{self.segments[module]}"
+            count = seen.get(scope, 0)
+            seen[scope] = count + 1
+            stack.append(scope if count == 0 else f"{scope}_{count}")
+
+        def post(module: Any, args: Any, out: Any) -> None:
+            if len(calls) in keep and isinstance(out, torch.Tensor) and out.is_floating_point():
+                outputs[len(calls)] = out.detach().float().numpy().copy()  # later in-place ops may change it
+            calls.append((stack.pop(), self.paths[module]))
+
+        handles = [h for m in self.segments
+                   for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+        try:
+            with torch.no_grad():
+                self.model.eval()(self.xt)
+        finally:
+            for h in handles:
+                h.remove()
+        return calls, outputs
+
+
+def _last_values(deployed: Any) -> dict[str, str]:
+    """Scope -> the value of the last node (graph order) inside it, from TorchScript-style node names."""
+    last: dict[str, str] = {}
+    for node in deployed.graph.node:
+        if not node.name.startswith("/") or not node.output:
+            continue
+        parts = node.name.split("/")[1:-1]
+        for depth in range(1, len(parts) + 1):
+            last["/" + "/".join(parts[:depth])] = node.output[0]
+    return last
 
 
 def _entry(t: dict[str, Any], metrics: dict[str, float], module: str = "") -> dict[str, Any]:
@@ -304,58 +349,84 @@ def localize(
     matched intermediate is within tolerance.
     """
     deployed = static_shapes(_load(onnx_path), tuple(x.shape))
-    tensors = float_intermediates(deployed)
-    session = ExposedSession(deployed, threads)
-    Reference = Callable[[set[str]], dict[str, list[tuple[str, Any, str]]]]
-    if reference_onnx is not None:
-        ref_session = ExposedSession(static_shapes(_load(reference_onnx), tuple(x.shape)), threads)
-        tensors = [t for t in tensors if t["tensor"] in ref_session.value_info]
-        method = f"intermediates vs {os.path.basename(os.fspath(reference_onnx))} (onnxruntime, same tensor names)"
-
-        def onnx_reference(names: set[str]) -> dict[str, list[tuple[str, Any, str]]]:
-            return {k: [(k, v, "")] for k, v in ref_session.run(sorted(names), x).items()}
-
-        reference: Reference = onnx_reference
-    elif eager_model is not None and exporter == "torchscript":
-        reference = scope_reference(eager_model, deployed, x)
-        method = "intermediates vs eager (module outputs by forward hooks, matched to TorchScript node scopes)"
-    elif eager_model is not None:
-        reference = fx_reference(
-            eager_model, x, opset, dynamic_batch=dynamic_batch, dynamic_shape=dynamic_shape, stride=stride
-        )
-        method = "intermediates vs eager (torch.export FX nodes, named as the dynamo exporter names values)"
-    else:
-        raise ValueError("localize needs reference_onnx or eager_model")
-
+    reference, method, tensors = _pick_reference(
+        deployed, x, float_intermediates(deployed), reference_onnx=reference_onnx, eager_model=eager_model,
+        exporter=exporter, threads=threads, opset=opset, dynamic_batch=dynamic_batch, dynamic_shape=dynamic_shape,
+        stride=stride,
+    )
     result: dict[str, Any] = {
         "reference": "onnx" if reference_onnx is not None else "eager",
         "method": method, "compared": 0, "first_divergence": None, "last_agreeing": None, "worst": None,
     }
-    worst_rel = -1.0
-    for chunk in _chunks(tensors, budget_bytes):
+    pairs = _matched(tensors, reference, ExposedSession(deployed, threads), x, budget_bytes)
+    return _scan(pairs, result, max_rel, min_cosine)
+
+
+def _pick_reference(
+    deployed: Any, x: np.ndarray, tensors: list[dict[str, Any]], *, reference_onnx: str | os.PathLike | None,
+    eager_model: Any, exporter: str, threads: int | None, **export: Any,
+) -> tuple[Reference, str, list[dict[str, Any]]]:
+    """The reference to compare with, how it matches tensors, and the intermediates it can match.
+
+    `export` holds fx_reference's opset and dynamic dims (the dynamo exporter's trace).
+    """
+    if reference_onnx is not None:
+        ref_session = ExposedSession(static_shapes(_load(reference_onnx), tuple(x.shape)), threads)
+
+        def onnx_reference(names: set[str]) -> dict[str, list[tuple[str, Any, str]]]:
+            return {k: [(k, v, "")] for k, v in ref_session.run(sorted(names), x).items()}
+
+        name = os.path.basename(os.fspath(reference_onnx))
+        return (onnx_reference, f"intermediates vs {name} (onnxruntime, same tensor names)",
+                [t for t in tensors if t["tensor"] in ref_session.value_info])
+    if eager_model is None:
+        raise ValueError("localize needs reference_onnx or eager_model")
+    if exporter == "torchscript":
+        return (scope_reference(eager_model, deployed, x),
+                "intermediates vs eager (module outputs by forward hooks, matched to TorchScript node scopes)", tensors)
+    return (fx_reference(eager_model, x, **export),
+            "intermediates vs eager (torch.export FX nodes, named as the dynamo exporter names values)", tensors)
+
+
+def _matched(
+    tensors: list[dict[str, Any]], reference: Reference, session: ExposedSession, x: np.ndarray, budget: int
+) -> Iterator[tuple[dict[str, Any], np.ndarray, list[tuple[str, Any, str]]]]:
+    """Each intermediate the reference has, with its deployed value and the reference candidates, in order.
+
+    Fetched a chunk of at most `budget` bytes at a time, lazily: a scan that stops fetches no further chunk.
+    """
+    for chunk in _chunks(tensors, budget):
         refs = reference({t["tensor"] for t in chunk})
         chunk = [t for t in chunk if t["tensor"] in refs]
         if not chunk:
             continue
         outs = session.run([t["tensor"] for t in chunk], x)
         for t in chunk:
-            out = outs[t["tensor"]]
-            candidates = [(m, c) for _, ref, c in refs[t["tensor"]] if ref.shape == out.shape
-                          for m in [tensor_metrics(ref, out)]]
-            if not candidates:
-                continue
-            result["compared"] += 1
-            agreeing = [(m, c) for m, c in candidates if not _diverges(m, max_rel, min_cosine)]
-            metrics, module = agreeing[0] if agreeing else candidates[0]
-            entry = _entry(t, metrics, module)
-            rel = metrics["max_rel"] if math.isfinite(metrics["max_rel"]) else math.inf
-            if rel > worst_rel:
-                worst_rel, result["worst"] = rel, entry
-            if not agreeing:
-                entry["position"] = result["compared"] - 1  # 0: the first tensor compared already differs
-                result["first_divergence"] = entry
-                return result
-            result["last_agreeing"] = entry
+            yield t, outs[t["tensor"]], refs[t["tensor"]]
+
+
+def _scan(
+    pairs: Iterable[tuple[dict[str, Any], np.ndarray, list[tuple[str, Any, str]]]], result: dict[str, Any],
+    max_rel: float, min_cosine: float,
+) -> dict[str, Any]:
+    """Fill `result` from the pairs in order, stopping at the first one out of tolerance."""
+    worst_rel = -1.0
+    for t, out, refs in pairs:
+        candidates = [(m, c) for _, ref, c in refs if ref.shape == out.shape for m in [tensor_metrics(ref, out)]]
+        if not candidates:
+            continue
+        result["compared"] += 1
+        agreeing = [(m, c) for m, c in candidates if not _diverges(m, max_rel, min_cosine)]
+        metrics, module = agreeing[0] if agreeing else candidates[0]
+        entry = _entry(t, metrics, module)
+        rel = metrics["max_rel"] if math.isfinite(metrics["max_rel"]) else math.inf
+        if rel > worst_rel:
+            worst_rel, result["worst"] = rel, entry
+        if not agreeing:
+            entry["position"] = result["compared"] - 1  # 0: the first tensor compared already differs
+            result["first_divergence"] = entry
+            return result
+        result["last_agreeing"] = entry
     return result
 
 
