@@ -15,7 +15,7 @@ from tiny_bundles import tiny_bundle, tiny_onnx
 from hrdeploy.bundle import Bundle
 from hrdeploy.errors import UserError
 from hrdeploy.parity.comparator import Comparator, TensorCompare, compare_ap, judge_tensors
-from hrdeploy.parity.loaders import SeededInputs, seeded_batch
+from hrdeploy.parity.loaders import Batches, GroupedInputs, SeededInputs, seeded_batch
 from hrdeploy.parity.tolerances import TOLERANCES
 from hrdeploy.runtime.base import RunnerBase
 from hrdeploy.runtime.factory import eager_runner, open_runner
@@ -55,6 +55,26 @@ def test_seeded_inputs_are_the_same_for_a_seed_and_differ_between_seeds() -> Non
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     np.testing.assert_array_equal(seeded_batch(1, (8, 6), 0), first[0])
     assert not np.array_equal(seeded_batch(1, (8, 6), 1), first[0])
+
+
+def test_batches_pad_the_last_one_only_when_asked() -> None:
+    data = np.arange(5, dtype=np.float32)[:, None]
+    assert [len(b) for b in Batches(data, 2)] == [2, 2, 1] and len(Batches(data, 2)) == 3
+    last = list(Batches(data, 2, pad=True))[-1]
+    np.testing.assert_array_equal(last[:, 0], [4, 4])
+
+
+def test_grouped_inputs_batch_each_size_and_give_back_each_input() -> None:
+    sizes = [(4, 4), (4, 4), (6, 2), (4, 4)]
+    arrays = [np.full((3, *hw), i, np.float32) for i, hw in enumerate(sizes)]
+    loader = GroupedInputs(arrays, 2)
+    assert loader.groups == {(4, 4): [0, 1, 3], (6, 2): [2]}
+    batches = list(loader)
+    assert [b.shape for b in batches] == [(2, 3, 4, 4), (2, 3, 4, 4), (2, 3, 6, 2)] and len(loader) == 3
+    assert batches[1][:, 0, 0, 0].tolist() == [3, 3]  # the last batch of a size is padded with its last input
+    by_size = loader.by_size(Comparator.run([_Offset("eager", 0.5)], loader).outputs["eager"])
+    assert by_size[(4, 4)]["y"][:, 0, 0, 0].tolist() == [0.5, 1.5, 3.5]
+    assert by_size[(6, 2)]["y"].shape == (1, 3, 6, 2)
 
 
 def test_comparator_runs_every_runner_on_every_batch_and_closes_what_it_activated() -> None:

@@ -285,22 +285,30 @@ def crop_people(
 RunFn = Callable[[np.ndarray], np.ndarray]
 
 
-def run_heatmaps(run: RunFn, x: np.ndarray, batch: int, fixed_batch: bool = False) -> tuple[np.ndarray, float]:
-    """`run` (float32 NCHW -> heatmaps) over `x` in batches of `batch`; also the seconds spent in `run`.
+@dataclass
+class _HeatmapRunner:
+    """A RunFn as a runner of the comparator: its heatmaps as output "heatmaps", and the seconds spent in it."""
 
-    fixed_batch pads the last batch (static-batch graphs and engines take exactly `batch`).
-    """
-    parts, seconds = [], 0.0
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch]
-        n = len(chunk)
-        if fixed_batch and n < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+    fn: RunFn
+    name: str = "heatmaps"
+    seconds: float = 0.0
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
-        out = run(np.ascontiguousarray(chunk, dtype=np.float32))
-        seconds += time.perf_counter() - t0
-        parts.append(np.asarray(out, dtype=np.float32)[:n])
-    return np.concatenate(parts), seconds
+        out = self.fn(np.ascontiguousarray(x, dtype=np.float32))
+        self.seconds += time.perf_counter() - t0
+        return {self.name: np.asarray(out, dtype=np.float32)}
+
+
+def run_heatmaps(run: RunFn, x: np.ndarray, batch: int, fixed_batch: bool = False) -> tuple[np.ndarray, float]:
+    """`run` (float32 NCHW -> heatmaps) over `x` in batches of `batch`, by the comparator's run; also the seconds
+    spent in `run`. fixed_batch pads the last batch (static-batch graphs and engines take exactly `batch`)."""
+    from hrdeploy.parity.comparator import Comparator
+    from hrdeploy.parity.loaders import Batches
+
+    runner = _HeatmapRunner(run)
+    results = Comparator.run([runner], Batches(x, batch, pad=fixed_batch))
+    return results.joined(runner.name, len(x))[runner.name], runner.seconds
 
 
 def decode_people(

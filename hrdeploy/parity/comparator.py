@@ -7,7 +7,8 @@ function to the reference's outputs and each other runner's, batch by batch. The
 - `TensorCompare`: tensor statistics of each output (max abs / rel, cosine, ...; heatmap peaks), judged
   with `judge_tensors`, which holds the one fp32-floor re-judge;
 - `compare_ap`: a COCO keypoint AP drop and its paired bootstrap interval (hrdeploy.parity.bootstrap);
-- keypoint agreement on person crops is `hrdeploy.parity.pose.check_pose` (OKS, PCK, AP with annotations).
+- keypoint agreement on person crops is `hrdeploy.parity.pose.check_pose` (OKS, PCK, AP with annotations); the
+  crops reach the runners by `Comparator.run` too (`CropSet.keypoints`).
 Every verdict is `hrdeploy.parity.compare.judge` against a tolerance of hrdeploy.parity.tolerances.TOLERANCES.
 """
 

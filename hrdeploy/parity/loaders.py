@@ -1,6 +1,8 @@
 """Data loaders of the comparator: what every runner of a comparison is fed.
 
 - `seeded_batch` / `SeededInputs`: standard-normal NCHW batches, one seed each (reproducible anywhere);
+- `Batches`: an [N, ...] array in batches of a size, the last one padded for fixed-batch graphs;
+- `GroupedInputs`: CHW inputs of several sizes (validate's photos and seeded inputs), padded batches per size;
 - `found_people`: person crops of photos, where a model (the fp32 one) is surest of a person
   (hrdeploy.parity.crops.find_people);
 - `annotated_people`: the annotated people of a COCO keypoint json, cropped from its images.
@@ -11,6 +13,7 @@ image->input matrices decode the keypoints the pose compare functions judge.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from hrdeploy.parity.coco import CocoKeypoints, CropSet, ImageCache
+from hrdeploy.parity.comparator import Outputs
 
 
 def seeded_batch(batch: int, size: tuple[int, int], seed: int) -> np.ndarray:
@@ -37,6 +41,64 @@ class SeededInputs:
 
     def __len__(self) -> int:
         return len(self.cases)
+
+
+def _count(items: int, batch: int) -> int:
+    """How many batches of `batch` hold `items` items."""
+    return -(-items // batch)
+
+
+@dataclass(frozen=True)
+class Batches:
+    """`data` [N, ...] in consecutive batches of `batch`; `pad` fills the last one up to `batch` with copies of its
+    last item, because graphs and engines with a fixed batch dimension take exactly that many."""
+
+    data: np.ndarray
+    batch: int
+    pad: bool = False
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for start in range(0, len(self.data), self.batch):
+            chunk = self.data[start:start + self.batch]
+            if self.pad and len(chunk) < self.batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - len(chunk), axis=0)])
+            yield chunk
+
+    def __len__(self) -> int:
+        return _count(len(self.data), self.batch)
+
+
+@dataclass(frozen=True)
+class GroupedInputs:
+    """CHW inputs of several sizes, fed one size group after another (sizes in first-seen order) as padded
+    `Batches` of `batch`: a batch holds one size only, and exactly `batch` items for fixed-batch graphs."""
+
+    arrays: Sequence[np.ndarray]
+    batch: int
+
+    @property
+    def groups(self) -> dict[tuple[int, int], list[int]]:
+        """The inputs' indices by (H, W)."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, array in enumerate(self.arrays):
+            groups.setdefault((int(array.shape[1]), int(array.shape[2])), []).append(i)
+        return groups
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return itertools.chain.from_iterable(
+            Batches(np.stack([self.arrays[i] for i in idx]), self.batch, pad=True) for idx in self.groups.values())
+
+    def __len__(self) -> int:
+        return sum(_count(len(idx), self.batch) for idx in self.groups.values())
+
+    def by_size(self, outputs: Sequence[Outputs]) -> dict[tuple[int, int], Outputs]:
+        """A runner's outputs on these batches (in order) by size: float32, concatenated per name, unpadded."""
+        runs = iter(outputs)
+        out: dict[tuple[int, int], Outputs] = {}
+        for size, idx in self.groups.items():
+            part = [next(runs) for _ in range(_count(len(idx), self.batch))]
+            out[size] = {n: np.concatenate([np.asarray(p[n], np.float32) for p in part])[:len(idx)] for n in part[0]}
+        return out
 
 
 def found_people(

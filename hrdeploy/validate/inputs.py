@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hrdeploy.manifest import InputSpec
+from hrdeploy.parity.loaders import seeded_batch
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,8 @@ def photo_inputs(
 
 def seeded_inputs(size: tuple[int, int], count: int, first_seed: int = 0) -> list[ValidationInput]:
     """`count` standard-normal CHW inputs, one seed each (reproducible across runs and machines)."""
-    out = []
-    for seed in range(first_seed, first_seed + count):
-        rng = np.random.default_rng(seed)
-        out.append(ValidationInput(f"seeded:{seed}", "seeded", rng.standard_normal((3, *size), dtype=np.float32)))
-    return out
+    seeds = range(first_seed, first_seed + count)
+    return [ValidationInput(f"seeded:{seed}", "seeded", seeded_batch(1, size, seed)[0]) for seed in seeds]
 
 
 def validation_inputs(
@@ -78,9 +76,3 @@ def validation_inputs(
         out += seeded_inputs(second_size(inp.size, inp.stride), 1, first_seed=seeded)
     return out
 
-
-def group_by_size(inputs: list[ValidationInput]) -> dict[tuple[int, int], list[ValidationInput]]:
-    groups: dict[tuple[int, int], list[ValidationInput]] = {}
-    for item in inputs:
-        groups.setdefault(item.size, []).append(item)
-    return groups

@@ -1,9 +1,10 @@
 """`validate_bundle`: every artifact of a bundle, on every available backend, against eager fp32.
 
-The reference is the upstream-form eager model the bundle was exported from (hrdeploy.bundle). Each
-target (the rewritten eager model, each ONNX artifact on onnxruntime, each TensorRT engine) runs the
-same inputs (hrdeploy.validate.inputs) in batches, and hrdeploy.parity judges it with the tolerance of its
-precision (the table export, quantize and eval use):
+The reference is the upstream-form eager model the bundle was exported from (hrdeploy.bundle). It and each
+target (the rewritten eager model, each ONNX artifact on onnxruntime, each TensorRT engine) run the same
+inputs (hrdeploy.validate.inputs) through the comparator (`Comparator.run` on a `GroupedInputs` loader:
+batches of one input size, at the target's batch), and hrdeploy.parity judges each target with the
+tolerance of its precision (the table export, quantize and eval use):
 - fp32 targets, and every target of a model without keypoints: tensor statistics of the outputs;
 - fp16/int8 targets of top-down pose models: on person crops, the COCO AP drop when annotations are given,
   else keypoint agreement with eager on the crops the eager model finds in the photos (tensor statistics
@@ -28,9 +29,11 @@ import numpy as np
 from hrdeploy.bundle import Bundle
 from hrdeploy.errors import UserError
 from hrdeploy.manifest import Manifest
+from hrdeploy.parity.comparator import Comparator, Outputs
 from hrdeploy.parity.compare import argmax_agreement, label_agreement, tensor_stats
+from hrdeploy.parity.loaders import GroupedInputs
 from hrdeploy.parity.tolerances import LOCALIZE, Tolerance, parse_tolerances
-from hrdeploy.validate.inputs import ValidationInput, group_by_size, validation_inputs
+from hrdeploy.validate.inputs import ValidationInput, validation_inputs
 from hrdeploy.validate.localize import describe, localize
 
 BACKENDS = ("eager", "ort", "trt")
@@ -84,24 +87,6 @@ def choose_batch(requested: int | None, lo_hi: tuple[int, int], what: str, stati
     return requested
 
 
-def run_batched(runner: Any, inputs: list[ValidationInput], batch: int) -> dict[str, np.ndarray]:
-    """Run `inputs` (one size) in batches of exactly `batch` (the last padded); outputs stacked per name."""
-    arrays = np.stack([i.array for i in inputs])
-    outs: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(arrays), batch):
-        chunk = arrays[start:start + batch]
-        n = len(chunk)
-        if n < batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
-        for name, value in runner.run(chunk).items():
-            outs.setdefault(name, []).append(np.asarray(value, dtype=np.float32)[:n])
-    return {k: np.concatenate(v) for k, v in outs.items()}
-
-
-def run_groups(runner: Any, groups: dict[tuple[int, int], list[ValidationInput]], batch: int) -> dict:
-    return {size: run_batched(runner, items, batch) for size, items in groups.items()}
-
-
 def compare_output(
     name: str,
     refs: list[np.ndarray],
@@ -139,13 +124,14 @@ def tensor_gate(metrics: dict[str, Any], precision: str, pose_checked: bool) -> 
 
 
 def per_input(
-    groups: dict[tuple[int, int], list[ValidationInput]], ref: dict, out: dict, name: str
+    inputs: list[ValidationInput], groups: dict[tuple[int, int], list[int]], ref: dict, out: dict, name: str
 ) -> list[dict[str, Any]]:
+    """max rel and cosine of output `name` on each input (`groups`: the inputs' indices by size, as `ref`/`out`)."""
     rows = []
-    for size, items in groups.items():
-        for i, item in enumerate(items):
-            m = tensor_stats(ref[size][name][i], out[size][name][i])
-            rows.append({"input": item.name, "size": list(size), "max_rel": m["max_rel"], "cosine": m["cosine"]})
+    for size, idx in groups.items():
+        for k, i in enumerate(idx):
+            m = tensor_stats(ref[size][name][k], out[size][name][k])
+            rows.append({"input": inputs[i].name, "size": list(size), "max_rel": m["max_rel"], "cosine": m["cosine"]})
     return rows
 
 
@@ -288,20 +274,34 @@ class _Run:
     """What every target of one validation shares: the bundle, the inputs and the eager references."""
 
     b: Bundle
-    groups: dict[tuple[int, int], list[ValidationInput]]
-    reference: dict  # eager fp32 outputs by input size
+    inputs: list[ValidationInput]
     eager: Any
     threads: int | None
     batch: int | None
+    reference: dict = field(default_factory=dict)  # eager fp32 outputs by input size
     pose_ref: Any = None
     exact_outputs: dict = field(default_factory=dict)  # float64 eager, when an fp32 row needs it
 
-    def exact(self) -> dict:
+    def loader(self, batch: int) -> GroupedInputs:
+        """The inputs as the comparator's data loader: padded batches of `batch`, one input size at a time."""
+        return GroupedInputs([i.array for i in self.inputs], batch)
+
+    @property
+    def groups(self) -> dict[tuple[int, int], list[int]]:
+        """The inputs' indices by size, in the order every runner's outputs are kept."""
+        return self.loader(1).groups
+
+    def outputs(self, runner: Any, batch: int) -> dict[tuple[int, int], Outputs]:
+        """`runner`'s outputs on every input (the comparator's run on `loader(batch)`), by input size."""
+        loader = self.loader(batch)
+        return loader.by_size(Comparator.run([runner], loader).outputs[runner.name])
+
+    def exact(self) -> dict[tuple[int, int], Outputs]:
+        """The float64 eager model's outputs by input size, computed on first use (an fp32 row's rounding floor)."""
         if not self.exact_outputs:
             from hrdeploy.runtime.factory import eager_runner
 
-            self.exact_outputs.update(run_groups(eager_runner(self.eager, self.b.output_names, exact=True),
-                                                 self.groups, 1))
+            self.exact_outputs.update(self.outputs(eager_runner(self.eager, self.b.output_names, exact=True), 1))
         return self.exact_outputs
 
 
@@ -378,9 +378,9 @@ def _reference(
     from hrdeploy.runtime.factory import eager_runner
 
     log(f"reference: eager {b.model.name} (upstream form) on {len(inputs)} inputs")
-    runner = eager_runner(eager, b.output_names, threads)
-    groups = group_by_size(inputs)
-    run = _Run(b, groups, run_groups(runner, groups, max(batches.values(), default=1)), eager, threads, batch)
+    runner = eager_runner(eager, b.output_names, threads).activate()
+    run = _Run(b, inputs, eager, threads, batch)
+    run.reference = run.outputs(runner, max(batches.values(), default=1))
     if (b.is_pose and b.model.task == "pose_topdown" and any(t.precision != "fp32" for t in targets)
             and (ann is not None or photos or images is not None)):
         log("reference: eager on person crops")
@@ -410,7 +410,7 @@ def _judge_target(t: Target, runner: Any, batch: int, run: _Run, tolerance: Tole
     """One target's row: its outputs on every input against eager's (tensors), and on person crops (pose)."""
     t0 = time.perf_counter()
     with runner:
-        outs = run_groups(runner, run.groups, batch)
+        outs = run.outputs(runner, batch)
         seconds = time.perf_counter() - t0
         row: dict[str, Any] = {
             "target": t.key, "backend": t.backend, "precision": t.precision, "file": t.file,
@@ -421,7 +421,8 @@ def _judge_target(t: Target, runner: Any, batch: int, run: _Run, tolerance: Tole
         if pose_checked:
             _judge_pose(row, t, runner, run, tolerance)
     shape_failed = any("shape" in f for f in row["failures"])
-    row["per_input"] = [] if shape_failed else per_input(run.groups, run.reference, outs, run.b.output_names[0])
+    row["per_input"] = [] if shape_failed else per_input(run.inputs, run.groups, run.reference, outs,
+                                                         run.b.output_names[0])
     row["passed"] = not row["failures"]
     return row
 
