@@ -87,8 +87,14 @@ class InputSpec(_Section):
     @property
     def batch_range(self) -> tuple[int, int]:
         """(min, max) batch of the exported input: its static batch, or 1..MAX_BATCH when dynamic."""
+        b = self.static_batch
+        return (b, b) if b is not None else (1, MAX_BATCH)
+
+    @property
+    def static_batch(self) -> int | None:
+        """The fixed batch of the exported input, None when it is dynamic."""
         b = self.shape[0]
-        return (b, b) if isinstance(b, int) else (1, MAX_BATCH)
+        return b if isinstance(b, int) else None
 
 
 class OutputSpec(_Section):

@@ -282,3 +282,28 @@ def test_localize_in_small_chunks_finds_the_same_node(tiny_bundles, tmp_path) ->
     assert whole["compared"] == chunked["compared"] >= 2
     clean = localize(bundle / "model.onnx", x, eager_model=eager, budget_bytes=1, **kw)
     assert clean["first_divergence"] is None and clean["compared"] >= 5
+
+
+def test_static_batch_bundle_finds_people_one_window_at_a_time(cli_runner, tiny_bundles, tmp_path) -> None:
+    """The person search of the pose check feeds a static batch-1 graph exactly one window per run."""
+    from onnxconverter_common import float16
+
+    bundle = _copy(tiny_bundles[1], tmp_path)
+    assert Bundle.open(bundle).input.static_batch == 1
+    fp16 = float16.convert_float_to_float16(onnx.load(bundle / "model.onnx"), keep_io_types=True)
+    onnx.save(fp16, bundle / "model.fp16.onnx")
+    Bundle.open(bundle).record_artifact("fp16", "model.fp16.onnx", precision="fp16")
+
+    result = cli_runner.invoke(cli, ["validate", str(bundle), "--threads", "1", "--backends", "ort"])
+    assert result.exit_code == 0, result.output
+    rows = {r["target"]: r for r in json.loads((bundle / "parity.json").read_text())["validate"]["rows"]}
+    assert rows["fp16"]["pose"]["people"] > 0, rows["fp16"]
+
+
+def test_quantize_finds_people_with_a_static_batch_graph(cli_runner, tiny_bundles, tmp_path) -> None:
+    """quantize's person search (calibration photos, held-out samples) also feeds a static graph its batch."""
+    bundle = _copy(tiny_bundles[1], tmp_path)
+    result = cli_runner.invoke(cli, ["quantize", str(bundle), "--precision", "fp16", "--backend", "ort",
+                                     "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert Bundle.open(bundle).artifacts["fp16"].exists

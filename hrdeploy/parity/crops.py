@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from hrdeploy.errors import UserError
-from hrdeploy.parity.coco import ImageCache, PersonBox, crop_people, decode_people
+from hrdeploy.parity.coco import ImageCache, PersonBox, crop_people, decode_people, run_heatmaps
 from hrdeploy.parity.tolerances import CONFIDENT_SCORE
 from hrdeploy.parity.tolerances import PERSON_MIN_JOINTS as MIN_JOINTS
 
@@ -39,6 +39,7 @@ TOP_JOINTS = 8
 EXTRA_PERSON_SCORE = 0.6
 MAX_OVERLAP = 0.5
 WINDOWS_TRIED = 8  # the best-scored windows refined per photo when looking for more than one person
+FIND_BATCH = 8  # windows per run of a dynamic-batch finder
 PEOPLE_PER_PHOTO = 3  # INT8 calibration and tuning without annotations
 MPII_PIXEL_STD = 200.0  # MPII's scale unit: scale x 200 px = person height
 
@@ -128,8 +129,11 @@ def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float,
 def find_people(
     files: Sequence[Path], run: Callable[[np.ndarray], np.ndarray], input_hw: tuple[int, int],
     mean: Sequence[float], std: Sequence[float], images: ImageCache | None = None, per_photo: int = 1,
+    fixed_batch: int | None = None,
 ) -> list[PersonBox]:
     """Up to `per_photo` boxes per photo where the model (`run`: NCHW -> heatmaps) is surest of a person.
+
+    `run` gets FIND_BATCH windows at a time, or exactly `fixed_batch` (padded) when its graph has a static batch.
 
     Every candidate window (`candidate_boxes`) is scored by `_person_score`; the best (WINDOWS_TRIED of them
     when more than one person is wanted) are refined REFINE times to the box of their confident joints and kept
@@ -139,7 +143,8 @@ def find_people(
 
     def keypoints(boxes: list[PersonBox]) -> np.ndarray:
         x, mats = crop_people(boxes, input_hw, mean, std, images)
-        return decode_people(np.concatenate([run(x[i:i + 8]) for i in range(0, len(x), 8)]), mats, input_hw)
+        heatmaps, _ = run_heatmaps(run, x, fixed_batch or FIND_BATCH, fixed_batch=fixed_batch is not None)
+        return decode_people(heatmaps, mats, input_hw)
 
     def refine(boxes: list[PersonBox], kps: list[np.ndarray], image_hw: tuple[int, int]) -> list[PersonBox]:
         """Each box REFINE times to the box of its confident joints (all windows of a photo in one batch)."""

@@ -104,12 +104,14 @@ class GroupedInputs:
 def found_people(
     files: Sequence[Path], find: Callable[[np.ndarray], np.ndarray], input_hw: tuple[int, int],
     mean: Sequence[float], std: Sequence[float], per_photo: int = 1, images: ImageCache | None = None,
+    fixed_batch: int | None = None,
 ) -> CropSet:
-    """Crops of up to `per_photo` people per photo, found by `find` (NCHW -> heatmaps)."""
+    """Crops of up to `per_photo` people per photo, found by `find` (NCHW -> heatmaps; exactly `fixed_batch`
+    windows a run when its graph has a static batch)."""
     from hrdeploy.parity.crops import find_people
 
     images = images or ImageCache()
-    boxes = find_people(files, find, input_hw, mean, std, images, per_photo)
+    boxes = find_people(files, find, input_hw, mean, std, images, per_photo, fixed_batch)
     return CropSet.build(boxes, input_hw, mean, std, images)
 
 

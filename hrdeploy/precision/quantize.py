@@ -118,7 +118,8 @@ def _people(
             boxes = [p for p in boxes if p.file in keep]
         return boxes, len(boxes), f"person boxes of {Path(ann).name}"
     files = image_files(folder)
-    boxes = find_people(files[:samples], finder, b.input.size, b.input.mean, b.input.std, photos, PEOPLE_PER_PHOTO)
+    boxes = find_people(files[:samples], finder, b.input.size, b.input.mean, b.input.std, photos, PEOPLE_PER_PHOTO,
+                        b.input.static_batch)
     return boxes, len(files), "person crops found by the fp32 model"
 
 

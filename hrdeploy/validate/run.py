@@ -211,14 +211,15 @@ def pose_reference(b: Bundle, eager: Any, ann: str | os.PathLike | None, images:
 
         def find(x: np.ndarray) -> np.ndarray:
             return fp32.run(x)[b.output_names[0]]
+    found = {"fixed_batch": b.input.static_batch}
     if images is not None:
-        return Reference.compute(run, found_people(image_files(images), find, *spec))
+        return Reference.compute(run, found_people(image_files(images), find, *spec, **found))
     import tempfile
 
     from hrdeploy.pose.samples import write_sample_photos
 
     with tempfile.TemporaryDirectory(prefix="hrdeploy-photos-") as tmp:
-        crops = found_people(write_sample_photos(tmp), find, *spec)
+        crops = found_people(write_sample_photos(tmp), find, *spec, **found)
     return Reference.compute(run, crops)
 
 
