@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hrdeploy.limits import MAX_THREADS
 from hrdeploy.parity.tolerances import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @click.command("eval")
@@ -48,9 +52,7 @@ def eval_cmd(
 
     Exit status 0 when every artifact is within its bar, 1 when one is not, 2 on bad input.
     """
-    from rich.table import Table
-
-    from hrdeploy.accuracy.report import COLUMNS, UNITS, cells, write_reports
+    from hrdeploy.accuracy.report import write_reports
     from hrdeploy.accuracy.run import evaluate_bundle
     from hrdeploy.io import console as make_console
 
@@ -62,6 +64,18 @@ def eval_cmd(
             threads=threads, bootstrap=bootstrap, seed=seed, log=lambda msg: status.update(msg),
         )
     json_path, md_path = write_reports(report, json_file)
+    _print_report(console, report)
+    console.print(f"wrote {json_path} and {md_path}")
+    if not report["passed"]:
+        ctx.exit(1)
+
+
+def _print_report(console: Console, report: dict[str, Any]) -> None:
+    """The AP table, each AP drop's interval on a line of its own, the failures and the skipped artifacts."""
+    from rich.table import Table
+
+    from hrdeploy.accuracy.report import COLUMNS, UNITS, cells
+
     h, w = report["input_size"]
     table = Table(title=f"{report['model']} {h}x{w}: COCO keypoint AP on {report['people']} people ({report['boxes']})")
     shown = [i for i, col in enumerate(COLUMNS) if col != "dAP 95% CI"]  # intervals get a line each, below
@@ -84,6 +98,3 @@ def eval_cmd(
             console.print(f"[red]FAIL[/] {row['artifact']}: {failure}")
     for s in report["skipped"]:
         console.print(f"[dim]skipped {s['artifact']}: {s['reason']}[/]")
-    console.print(f"wrote {json_path} and {md_path}")
-    if not report["passed"]:
-        ctx.exit(1)
