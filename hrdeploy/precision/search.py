@@ -182,53 +182,83 @@ def search_mixed_precision(
     log: Callable[[str], None] = lambda s: None,
 ) -> SearchResult:
     """The fewest conv units in float for which the tuning people meet `target` (see the module doc)."""
-    quantized, _ = G.conv_quant_status(qdq)
-    total = sum(macs.get(n, 0) for n in quantized) or 1
-
-    def share(names: Sequence[str]) -> float:
-        return sum(macs.get(n, 0) for n in names) / total
-
-    def evaluate(step: str, change: str, float_set: set[str]) -> Point:
-        score = tuning.score(with_float_convs(qdq, float_set, float_weights))
-        int8 = [n for n in quantized if n not in float_set]
-        p = Point(step, change, sorted(float_set), len(int8), round(share(int8), 5), round(score.oks, 5),
-                  None if score.ap_drop is None else round(score.ap_drop, 3), target.met(score))
-        if step != "int8":
-            log(_describe(p))
-        return p
-
-    rows = []
-    ranking = tuning.head(SENSITIVITY_PEOPLE)
-    for name, members in candidate_units(qdq, quantized, scopes, max_blocks).items():
-        alone = ranking.score(G.bypass_qdq(qdq, set(members), float_weights))
-        rows.append({"block": name, "convs": len(members), "members": members, "mac_share": round(share(members), 5),
-                     "oks": round(alone.oks, 5)})
-    rows.sort(key=lambda r: -(1.0 - r["oks"]) / (r["mac_share"] + MAC_FLOOR))
-    log(f"int8 search: {len(rows)} units ranked on {len(ranking.crops)} tuning people; first to leave INT8: "
-        + ", ".join(f"{r['block']} (OKS {r['oks']:.3f})" for r in rows[:3]))
-
+    search = _Search(qdq, float_weights, scopes, macs, tuning, target, log)
+    rows = search.rank(max_blocks)
     result = SearchResult(target.describe(), [{k: v for k, v in r.items() if k != "members"} for r in rows])
     float_set: set[str] = set()
-    result.points.append(evaluate("int8", "", float_set))
-    for row in rows:  # walk: the costliest units leave INT8 until the target is met
-        if result.points[-1].within:
-            break
-        float_set |= set(row["members"])
-        result.points.append(evaluate("walk", row["block"], float_set))
-    if result.points[-1].within:  # refine: parts of the MAC-heavy float units go back to INT8 while it holds
-        heavy = sorted((r for r in rows if set(r["members"]) <= float_set and r["mac_share"] >= REFINE_MIN_MACS),
-                       key=lambda r: -r["mac_share"])
-        parts = [members for r in heavy
-                 for members in G.group_blocks(r["members"], scopes, max_blocks=REFINE_PARTS).values()]
-        for members in sorted(parts, key=lambda m: -share(m))[:REFINE_TRIALS]:
-            trial = float_set - set(members)
-            p = evaluate("refine", _common_scope(members, scopes), trial)
-            result.points.append(p)
-            if p.within:
-                float_set = trial
+    result.points.append(search.evaluate("int8", "", float_set))
+    float_set = search.walk(rows, float_set, result.points)
+    if result.points[-1].within:
+        search.refine(rows, float_set, result.points)
     within = [i for i, p in enumerate(result.points) if p.within]
     result.chosen = within[-1] if within else max(range(len(result.points)), key=lambda i: result.points[i].oks)
     return result
+
+
+@dataclass
+class _Search:
+    """The steps of one search over a Q/DQ graph: rank the units, walk them out of INT8, refine."""
+
+    qdq: onnx.ModelProto
+    float_weights: dict[str, onnx.TensorProto]
+    scopes: dict[str, str]
+    macs: dict[str, int]
+    tuning: TuningSet
+    target: Target
+    log: Callable[[str], None]
+
+    def __post_init__(self) -> None:
+        self.quantized, _ = G.conv_quant_status(self.qdq)
+        self.total = sum(self.macs.get(n, 0) for n in self.quantized) or 1
+
+    def share(self, names: Sequence[str]) -> float:
+        """The share of the quantized convs' MACs in `names`."""
+        return sum(self.macs.get(n, 0) for n in names) / self.total
+
+    def evaluate(self, step: str, change: str, float_set: set[str]) -> Point:
+        """The point with `float_set` in float, scored on the tuning people."""
+        score = self.tuning.score(with_float_convs(self.qdq, float_set, self.float_weights))
+        int8 = [n for n in self.quantized if n not in float_set]
+        p = Point(step, change, sorted(float_set), len(int8), round(self.share(int8), 5), round(score.oks, 5),
+                  None if score.ap_drop is None else round(score.ap_drop, 3), self.target.met(score))
+        if step != "int8":
+            self.log(_describe(p))
+        return p
+
+    def rank(self, max_blocks: int) -> list[dict[str, Any]]:
+        """Units by the OKS they cost alone (on the first tuning people) per share of MACs, costliest first."""
+        rows = []
+        ranking = self.tuning.head(SENSITIVITY_PEOPLE)
+        for name, members in candidate_units(self.qdq, self.quantized, self.scopes, max_blocks).items():
+            alone = ranking.score(G.bypass_qdq(self.qdq, set(members), self.float_weights))
+            rows.append({"block": name, "convs": len(members), "members": members,
+                         "mac_share": round(self.share(members), 5), "oks": round(alone.oks, 5)})
+        rows.sort(key=lambda r: -(1.0 - r["oks"]) / (r["mac_share"] + MAC_FLOOR))
+        self.log(f"int8 search: {len(rows)} units ranked on {len(ranking.crops)} tuning people; first to leave "
+                 "INT8: " + ", ".join(f"{r['block']} (OKS {r['oks']:.3f})" for r in rows[:3]))
+        return rows
+
+    def walk(self, rows: list[dict[str, Any]], float_set: set[str], points: list[Point]) -> set[str]:
+        """The costliest units leave INT8, one after another, until the target is met."""
+        for row in rows:
+            if points[-1].within:
+                break
+            float_set = float_set | set(row["members"])
+            points.append(self.evaluate("walk", row["block"], float_set))
+        return float_set
+
+    def refine(self, rows: list[dict[str, Any]], float_set: set[str], points: list[Point]) -> None:
+        """Parts of the MAC-heavy float units go back to INT8 while the target holds."""
+        heavy = sorted((r for r in rows if set(r["members"]) <= float_set and r["mac_share"] >= REFINE_MIN_MACS),
+                       key=lambda r: -r["mac_share"])
+        parts = [members for r in heavy
+                 for members in G.group_blocks(r["members"], self.scopes, max_blocks=REFINE_PARTS).values()]
+        for members in sorted(parts, key=lambda m: -self.share(m))[:REFINE_TRIALS]:
+            trial = float_set - set(members)
+            p = self.evaluate("refine", _common_scope(members, self.scopes), trial)
+            points.append(p)
+            if p.within:
+                float_set = trial
 
 
 def _common_scope(names: Sequence[str], scopes: dict[str, str]) -> str:
