@@ -20,6 +20,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -139,14 +140,37 @@ def find_people(
     when more than one person is wanted) are refined REFINE times to the box of their confident joints and kept
     in that order unless one overlaps a kept box or scores below EXTRA_PERSON_SCORE (the first is kept always).
     """
-    images = images or ImageCache()
+    finder = _Finder(run, input_hw, mean, std, images or ImageCache(), fixed_batch)
+    chosen = []
+    for i, f in enumerate(files):
+        image_hw = finder.images(f).shape[:2]
+        cands = [PersonBox(i, f, box) for box in candidate_boxes(image_hw, input_hw)]
+        kp = finder.keypoints(cands)
+        order = np.argsort([-_person_score(k) for k in kp], kind="stable")[:1 if per_photo == 1 else WINDOWS_TRIED]
+        kps = [kp[j] for j in order]
+        boxes = finder.refine([cands[j] for j in order], kps, image_hw)
+        chosen.extend(_distinct_people(boxes, kps, per_photo))
+    return chosen
 
-    def keypoints(boxes: list[PersonBox]) -> np.ndarray:
-        x, mats = crop_people(boxes, input_hw, mean, std, images)
-        heatmaps, _ = run_heatmaps(run, x, fixed_batch or FIND_BATCH, fixed_batch=fixed_batch is not None)
-        return decode_people(heatmaps, mats, input_hw)
 
-    def refine(boxes: list[PersonBox], kps: list[np.ndarray], image_hw: tuple[int, int]) -> list[PersonBox]:
+@dataclass
+class _Finder:
+    """The model's keypoints on person windows, and the windows moved to the box of their confident joints."""
+
+    run: Callable[[np.ndarray], np.ndarray]
+    input_hw: tuple[int, int]
+    mean: Sequence[float]
+    std: Sequence[float]
+    images: ImageCache
+    fixed_batch: int | None
+
+    def keypoints(self, boxes: list[PersonBox]) -> np.ndarray:
+        x, mats = crop_people(boxes, self.input_hw, self.mean, self.std, self.images)
+        fixed = self.fixed_batch is not None
+        heatmaps, _ = run_heatmaps(self.run, x, self.fixed_batch or FIND_BATCH, fixed_batch=fixed)
+        return decode_people(heatmaps, mats, self.input_hw)
+
+    def refine(self, boxes: list[PersonBox], kps: list[np.ndarray], image_hw: tuple[int, int]) -> list[PersonBox]:
         """Each box REFINE times to the box of its confident joints (all windows of a photo in one batch)."""
         active = list(range(len(boxes)))
         for _ in range(REFINE):
@@ -158,26 +182,20 @@ def find_people(
                     moved.append(i)
             if not moved:
                 break
-            for i, k in zip(moved, keypoints([boxes[i] for i in moved]), strict=True):
+            for i, k in zip(moved, self.keypoints([boxes[i] for i in moved]), strict=True):
                 kps[i] = k
             active = moved
         return boxes
 
-    chosen = []
-    for i, f in enumerate(files):
-        image_hw = images(f).shape[:2]
-        cands = [PersonBox(i, f, box) for box in candidate_boxes(image_hw, input_hw)]
-        kp = keypoints(cands)
-        order = np.argsort([-_person_score(k) for k in kp], kind="stable")[:1 if per_photo == 1 else WINDOWS_TRIED]
-        kps = [kp[j] for j in order]
-        boxes = refine([cands[j] for j in order], kps, image_hw)
-        kept: list[PersonBox] = []
-        for box, k in zip(boxes, kps, strict=True):
-            if len(kept) == per_photo:
-                break
-            if kept and (_person_score(k) < EXTRA_PERSON_SCORE
-                         or any(_overlap(box.box, other.box) > MAX_OVERLAP for other in kept)):
-                continue
-            kept.append(box)
-        chosen.extend(kept)
-    return chosen
+
+def _distinct_people(boxes: list[PersonBox], kps: list[np.ndarray], per_photo: int) -> list[PersonBox]:
+    """The first box, then up to `per_photo` in order that score as a person and overlap no kept box."""
+    kept: list[PersonBox] = []
+    for box, k in zip(boxes, kps, strict=True):
+        if len(kept) == per_photo:
+            break
+        if kept and (_person_score(k) < EXTRA_PERSON_SCORE
+                     or any(_overlap(box.box, other.box) > MAX_OVERLAP for other in kept)):
+            continue
+        kept.append(box)
+    return kept
