@@ -8,6 +8,7 @@ the dynamo exporter, the static one with the default (TorchScript), so both loca
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -239,6 +240,18 @@ def test_bad_inputs_are_one_line_errors(cli_runner, tiny_bundles, tmp_path) -> N
     manifest["artifacts"] = {}
     (empty / MANIFEST).write_text(json.dumps(manifest))
     _one_line_error(cli_runner.invoke(cli, ["validate", str(empty)]), "has no artifacts")
+
+
+def test_validate_config_checks_the_options_before_the_bundle_is_read(tmp_path) -> None:
+    from hrdeploy.errors import UserError
+    from hrdeploy.validate.run import ValidateConfig, validate_bundle
+
+    ValidateConfig().check()  # the defaults are a valid run
+    cases = [({"ann": "x.json"}, "--ann needs --images"), ({"backends": "cuda"}, "unknown backend 'cuda'"),
+             ({"tolerances": ["speed=1"]}, "bad --tolerance 'speed=1'"), ({"batch": 0}, "--batch must be a positive")]
+    for options, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)):
+            validate_bundle(tmp_path / "nope", **options)  # the option's error, not the missing bundle's
 
 
 def test_batch_option_pads_the_last_batch(tiny_bundles, tmp_path) -> None:
