@@ -271,7 +271,6 @@ class ValidateConfig:
     photos: bool = True
     localize_failures: bool = True
     threads: int | None = None
-    eager: Any = None  # the bundle's eager fp32 model, when the caller has built it already
     ann: str | os.PathLike | None = None
 
     def check(self) -> None:
@@ -299,7 +298,6 @@ def validate_bundle(bundle: str | os.PathLike | Bundle, *, log: Callable[[str], 
     tolerances: overrides of the tolerance table, "[PRECISION.]METRIC=VALUE".
     localize_failures: search a failing ONNX target's first diverging node.
     threads: CPU threads for onnxruntime and eager (torch's global count is restored afterwards).
-    eager: the eager fp32 model, when already built [default: built from the bundle].
     ann: a COCO keypoint json (with `images` its folder) judging fp16/int8 pose targets by COCO AP drop.
     """
     return Validator(bundle, ValidateConfig(**options), log).run()
@@ -318,7 +316,7 @@ class Validator:
         self.b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         self.names = parse_backends(cfg.backends)
         self.tol = parse_tolerances(cfg.tolerances)
-        self.eager: Any = cfg.eager
+        self.eager: Any = None  # the bundle's eager fp32 model, built when the reference first runs
         self.reference: dict[tuple[int, int], Outputs] = {}  # eager fp32 outputs by input size
         self.pose_ref: Any = None
         self.exact_outputs: dict[tuple[int, int], Outputs] = {}  # float64 eager, when an fp32 row needs it
@@ -379,8 +377,7 @@ class Validator:
             import torch
 
             torch.set_num_threads(cfg.threads)
-        if self.eager is None:
-            self.eager = b.eager_model()
+        self.eager = b.eager_model()
         from hrdeploy.runtime.factory import eager_runner
 
         self.say(f"reference: eager {b.model.name} (upstream form) on {len(self.inputs)} inputs")
