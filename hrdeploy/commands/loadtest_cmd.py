@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from hrdeploy.errors import UserError
 from hrdeploy.serve.batching import DEFAULT_MAX_BOXES
+
+if TYPE_CHECKING:
+    from hrdeploy.serve.loadtest import LoadResult, ModelInput, PipelineLoad, Target
 
 
 @click.command("loadtest")
@@ -43,93 +50,173 @@ def loadtest_cmd(ctx: click.Context, url: str, model: str, concurrency: str, req
     people/s, the network's average batch in crops, and with --ann the COCO AP of the served keypoints.
     Exit status 1 when any request failed.
     """
-    from hrdeploy.bench.harness import cpu_name
-    from hrdeploy.errors import UserError
-    from hrdeploy.io import write_json, write_text
-    from hrdeploy.serve.loadtest import (
-        as_dict,
-        average_batch,
-        check_budget,
-        describe_model,
-        load_pipeline,
-        markdown,
-        parse_concurrency,
-        parse_target,
-        run_load,
-        scrape_metrics,
-        triton_call_factory,
-    )
+    from hrdeploy.serve.loadtest import check_budget, parse_concurrency, parse_target
 
     target = parse_target(url)
     levels = parse_concurrency(concurrency)
     check_budget(requests, duration)
     if json_file.suffix.lower() != ".json":
         raise UserError(f"--json {json_file}: give a .json path (the .md is written beside it)")
-    watched = model
-    if pipeline:
-        from hrdeploy.serve.loadtest import PipelineLoad, check_pipeline_model, photo_requests
-        from hrdeploy.serve.pipeline import network_model_name
-
-        if batch != 1:
-            raise UserError("--batch is for network models; a pipeline request carries one photo and its boxes")
-        if images_dir is None:
-            raise UserError("--pipeline needs --images DIR (photos to send), and --ann COCO.json to score the answers")
-        check_pipeline_model(target, model)
-        watched = network_model or network_model_name(model)
-        photos, coco = photo_requests(images_dir, ann, max_boxes or DEFAULT_MAX_BOXES)
-        load = PipelineLoad(target, model, photos)
-        inp = None
-    else:
-        if images_dir or ann or network_model or max_boxes:
-            raise UserError("--images, --ann, --network-model and --max-boxes drive a keypoint pipeline; "
-                            "add --pipeline")
-        inp = describe_model(target, model, batch)
-    if metrics_url is None:  # `hrdeploy serve` layout: HTTP on PORT, gRPC on PORT + 1, metrics on PORT + 2
-        guess = f"http://{target.address.rsplit(':', 1)[0]}:{target.port + (2 if target.protocol == 'http' else 1)}"
-        try:
-            scrape_metrics(f"{guess}/metrics", watched)
-            metrics_url = f"{guess}/metrics"
-        except UserError:
-            click.echo(f"no Triton metrics at {guess}/metrics; pass --metrics-url for the average batch", err=True)
-    make_call = None if pipeline else triton_call_factory(target, model, inp)
-    results = []
-    for c in levels:
-        before = scrape_metrics(metrics_url, watched) if metrics_url else {}
-        if pipeline:
-            r = load_pipeline(load, c, coco, requests=requests, duration=duration)
-        else:
-            r = run_load(make_call, c, requests=requests, duration=duration, batch=batch)
-        if metrics_url:
-            after = scrape_metrics(metrics_url, watched)
-            if pipeline:
-                r.network_batch = average_batch(before, after, "nv_inference_count")
-                r.network_requests_per_batch = average_batch(before, after)
-            else:
-                r.avg_batch = average_batch(before, after)
-        results.append(r)
-        if pipeline:
-            ap = f", AP {r.ap:.4f} (mean OKS {r.mean_oks:.4f})" if r.ap is not None else ""
-            click.echo(f"concurrency {c:>3}: {r.requests} requests, {r.failures} failed, {r.throughput_rps:.1f} req/s, "
-                       f"{r.people_per_s:.1f} people/s, p50 {r.p50_ms} ms, p90 {r.p90_ms} ms, p99 {r.p99_ms} ms, "
-                       f"network batch {r.network_batch} crops ({r.network_requests_per_batch} requests){ap}")
-        else:
-            click.echo(f"concurrency {c:>3}: {r.requests} requests, {r.failures} failed, {r.throughput_rps:.1f} req/s, "
-                       f"p50 {r.p50_ms} ms, p99 {r.p99_ms} ms, avg batch {r.avg_batch}")
+    prepare = _PipelineLoad.prepare if pipeline else _NetworkLoad.prepare
+    load = prepare(target, model, batch, _PipelineOptions(images_dir, ann, network_model, max_boxes))
+    if metrics_url is None:
+        metrics_url = _default_metrics_url(target, load.watched)
+    results = [_run_level(load, c, requests, duration, metrics_url) for c in levels]
     target_info = {"url": url, "model": model, "protocol": target.protocol, "requests": requests,
-                   "duration_s": duration, "metrics": metrics_url}
-    if pipeline:
-        target_info.update(pipeline=True, network_model=watched, images=str(images_dir),
-                           ann=None if ann is None else str(ann), photo_requests=len(photos),
-                           people=sum(len(p.boxes) for p in photos))
-    else:
-        target_info.update(batch=batch, shape=list(inp.shape), datatype=inp.datatype)
-    report = {"target": target_info, "machine": f"{cpu_name()}", "results": [as_dict(r) for r in results]}
-    write_json(json_file, report)
-    md = json_file.with_suffix(".md")
-    write_text(md, markdown(report))
-    click.echo(f"wrote {json_file}, {md}")
+                   "duration_s": duration, "metrics": metrics_url, **load.info()}
+    _write_report(json_file, target_info, results)
     failed = sum(r.failures for r in results)
     if failed:
         click.echo(f"FAILED: {failed} of {sum(r.requests for r in results)} requests failed: "
                    f"{'; '.join(e for r in results for e in r.errors)}", err=True)
         ctx.exit(1)
+
+
+@dataclass(frozen=True)
+class _PipelineOptions:
+    """The options that drive a keypoint pipeline (all unset for a network model)."""
+
+    images_dir: Path | None
+    ann: Path | None
+    network_model: str | None
+    max_boxes: int | None
+
+    def given(self) -> bool:
+        return bool(self.images_dir or self.ann or self.network_model or self.max_boxes)
+
+
+@dataclass(frozen=True)
+class _NetworkLoad:
+    """Load on a network model: one seeded random tensor of its input shape per request; the model's own
+    metrics give the average batch."""
+
+    model: str
+    batch: int
+    inp: ModelInput
+    make_call: Callable[[], Callable[[], object]]
+
+    @classmethod
+    def prepare(cls, target: Target, model: str, batch: int, options: _PipelineOptions) -> _NetworkLoad:
+        """The load for `model` on the server, after refusing options that only a pipeline takes."""
+        from hrdeploy.serve.loadtest import describe_model, triton_call_factory
+
+        if options.given():
+            raise UserError("--images, --ann, --network-model and --max-boxes drive a keypoint pipeline; "
+                            "add --pipeline")
+        inp = describe_model(target, model, batch)
+        return cls(model, batch, inp, triton_call_factory(target, model, inp))
+
+    @property
+    def watched(self) -> str:
+        """The model whose metrics give the average batch."""
+        return self.model
+
+    def run(self, concurrency: int, requests: int | None, duration: float | None) -> LoadResult:
+        from hrdeploy.serve.loadtest import run_load
+
+        return run_load(self.make_call, concurrency, requests=requests, duration=duration, batch=self.batch)
+
+    def add_batch(self, r: LoadResult, before: dict[str, float], after: dict[str, float]) -> None:
+        from hrdeploy.serve.loadtest import average_batch
+
+        r.avg_batch = average_batch(before, after)
+
+    def line(self, r: LoadResult) -> str:
+        return f"{_counts(r)}, p50 {r.p50_ms} ms, p99 {r.p99_ms} ms, avg batch {r.avg_batch}"
+
+    def info(self) -> dict:
+        return {"batch": self.batch, "shape": list(self.inp.shape), "datatype": self.inp.datatype}
+
+
+@dataclass(frozen=True)
+class _PipelineLoad:
+    """Load on a keypoint pipeline: photos and their person boxes in, keypoints out (scored with --ann); the
+    network model's metrics give its average batch in crops and in requests."""
+
+    load: PipelineLoad
+    coco: Any  # CocoKeypoints of --ann, None without
+    watched: str  # the network model
+    options: _PipelineOptions
+
+    @classmethod
+    def prepare(cls, target: Target, model: str, batch: int, options: _PipelineOptions) -> _PipelineLoad:
+        """The photo requests for pipeline `model` on the server; a UserError when it is not one."""
+        from hrdeploy.serve.loadtest import PipelineLoad, check_pipeline_model, photo_requests
+        from hrdeploy.serve.pipeline import network_model_name
+
+        if batch != 1:
+            raise UserError("--batch is for network models; a pipeline request carries one photo and its boxes")
+        if options.images_dir is None:
+            raise UserError("--pipeline needs --images DIR (photos to send), and --ann COCO.json to score the answers")
+        check_pipeline_model(target, model)
+        watched = options.network_model or network_model_name(model)
+        photos, coco = photo_requests(options.images_dir, options.ann, options.max_boxes or DEFAULT_MAX_BOXES)
+        return cls(PipelineLoad(target, model, photos), coco, watched, options)
+
+    def run(self, concurrency: int, requests: int | None, duration: float | None) -> LoadResult:
+        from hrdeploy.serve.loadtest import load_pipeline
+
+        return load_pipeline(self.load, concurrency, self.coco, requests=requests, duration=duration)
+
+    def add_batch(self, r: LoadResult, before: dict[str, float], after: dict[str, float]) -> None:
+        from hrdeploy.serve.loadtest import average_batch
+
+        r.network_batch = average_batch(before, after, "nv_inference_count")
+        r.network_requests_per_batch = average_batch(before, after)
+
+    def line(self, r: LoadResult) -> str:
+        ap = f", AP {r.ap:.4f} (mean OKS {r.mean_oks:.4f})" if r.ap is not None else ""
+        return (f"{_counts(r)}, {r.people_per_s:.1f} people/s, p50 {r.p50_ms} ms, p90 {r.p90_ms} ms, "
+                f"p99 {r.p99_ms} ms, network batch {r.network_batch} crops ({r.network_requests_per_batch} "
+                f"requests){ap}")
+
+    def info(self) -> dict:
+        photos, ann = self.load.requests, self.options.ann
+        return {"pipeline": True, "network_model": self.watched, "images": str(self.options.images_dir),
+                "ann": None if ann is None else str(ann), "photo_requests": len(photos),
+                "people": sum(len(p.boxes) for p in photos)}
+
+
+def _counts(r: LoadResult) -> str:
+    """The start of a concurrency level's line: requests, failures and throughput."""
+    return f"concurrency {r.concurrency:>3}: {r.requests} requests, {r.failures} failed, {r.throughput_rps:.1f} req/s"
+
+
+def _default_metrics_url(target: Target, model: str) -> str | None:
+    """`hrdeploy serve`'s metrics URL (HTTP on PORT, gRPC on PORT + 1, metrics on PORT + 2) if it answers for
+    `model`; else None, with a note on stderr."""
+    from hrdeploy.serve.loadtest import scrape_metrics
+
+    guess = f"http://{target.address.rsplit(':', 1)[0]}:{target.port + (2 if target.protocol == 'http' else 1)}"
+    try:
+        scrape_metrics(f"{guess}/metrics", model)
+    except UserError:
+        click.echo(f"no Triton metrics at {guess}/metrics; pass --metrics-url for the average batch", err=True)
+        return None
+    return f"{guess}/metrics"
+
+
+def _run_level(load: _NetworkLoad | _PipelineLoad, concurrency: int, requests: int | None, duration: float | None,
+               metrics_url: str | None) -> LoadResult:
+    """One concurrency level, with the average batch from the metrics scraped before and after; printed."""
+    from hrdeploy.serve.loadtest import scrape_metrics
+
+    before = scrape_metrics(metrics_url, load.watched) if metrics_url else {}
+    r = load.run(concurrency, requests, duration)
+    if metrics_url:
+        load.add_batch(r, before, scrape_metrics(metrics_url, load.watched))
+    click.echo(load.line(r))
+    return r
+
+
+def _write_report(json_file: Path, target_info: dict, results: list[LoadResult]) -> None:
+    """The JSON report and its Markdown beside it."""
+    from hrdeploy.bench.harness import cpu_name
+    from hrdeploy.io import write_json, write_text
+    from hrdeploy.serve.loadtest import as_dict, markdown
+
+    report = {"target": target_info, "machine": f"{cpu_name()}", "results": [as_dict(r) for r in results]}
+    write_json(json_file, report)
+    md = json_file.with_suffix(".md")
+    write_text(md, markdown(report))
+    click.echo(f"wrote {json_file}, {md}")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from hrdeploy.serve.batching import DEFAULT_MAX_BOXES, DEFAULT_PIPELINE_INSTANCES
+
+if TYPE_CHECKING:
+    from hrdeploy.serve.batching import Batching
+    from hrdeploy.serve.pipeline import PipelineConfig
+    from hrdeploy.serve.server import Endpoints
+    from hrdeploy.serve.spec import ServeSpec
 
 
 @click.command("serve")
@@ -48,48 +56,75 @@ def serve_cmd(ctx: click.Context, bundle: Path, artifact: str, name: str | None,
     (hrdeploy infer's cropping and decoding on the server; crops of several requests share network batches).
     """
     from hrdeploy.serve.batching import plan_batching, plan_pipeline_batching
-    from hrdeploy.serve.pipeline import pipeline_model_name
     from hrdeploy.serve.server import Endpoints, serve
     from hrdeploy.serve.spec import serve_spec
     from hrdeploy.serve.triton_repo import check_model_name, default_model_name
 
     spec = serve_spec(bundle, artifact)
+    _check_pipeline_options(pipeline, dark, max_boxes, pipeline_instances)
+    cfg = None
+    if pipeline:
+        pipeline_instances = pipeline_instances or DEFAULT_PIPELINE_INSTANCES
+        batching, max_boxes = plan_pipeline_batching(spec, max_batch, max_boxes, max_queue_delay_us)
+        cfg = _pipeline_config(bundle, max_boxes, dark)
+    else:
+        batching = plan_batching(spec, max_batch, max_queue_delay_us)
+    served = _Served(spec, batching, check_model_name(name or default_model_name(spec)), instances, cfg,
+                     pipeline_instances)
+    endpoints = Endpoints(host, port, grpc_port or port + 1, metrics_port or port + 2)
+    code = serve(spec, served.model, batching, endpoints, instances=instances, threads=threads, log_file=log_file,
+                 on_ready=served.announce, pipeline=cfg, pipeline_instances=pipeline_instances or 1)
+    click.echo("stopped", err=True)
+    ctx.exit(code)
+
+
+def _check_pipeline_options(pipeline: bool, dark: bool, max_boxes: int | None, pipeline_instances: int | None) -> None:
+    """A UserError when options of the keypoint pipeline are given without --pipeline."""
     if not pipeline and (dark or max_boxes is not None or pipeline_instances is not None):
         from hrdeploy.errors import UserError
 
         raise UserError("--dark, --max-boxes and --pipeline-instances configure the keypoint pipeline; add --pipeline")
-    cfg = None
-    if pipeline:
-        from hrdeploy.bundle import Bundle
-        from hrdeploy.serve.pipeline import pipeline_config
 
-        pipeline_instances = pipeline_instances or DEFAULT_PIPELINE_INSTANCES
-        batching, max_boxes = plan_pipeline_batching(spec, max_batch, max_boxes, max_queue_delay_us)
-        cfg = pipeline_config(Bundle.open(bundle), max_boxes, dark)
-    else:
-        batching = plan_batching(spec, max_batch, max_queue_delay_us)
-    model = check_model_name(name or default_model_name(spec))
-    endpoints = Endpoints(host, port, grpc_port or port + 1, metrics_port or port + 2)
 
-    def ready(e: Endpoints) -> None:
-        batch = (f"dynamic batching up to {batching.max_batch_size} (preferred {list(batching.preferred)}, "
-                 f"queue delay {batching.max_queue_delay_us} us)" if batching.max_batch_size else
-                 f"static batch {spec.static_batch}, no batching")
-        click.echo(f"serving {spec.path} as model {model!r}: {batch}, {instances} instance(s)")
-        click.echo(f"  HTTP    {e.http}/v2/models/{model}/infer   health {e.http}/v2/health/ready")
+def _pipeline_config(bundle: Path, max_boxes: int, dark: bool) -> PipelineConfig:
+    """The keypoint pipeline's cropping and decoding, from the bundle's model."""
+    from hrdeploy.bundle import Bundle
+    from hrdeploy.serve.pipeline import pipeline_config
+
+    return pipeline_config(Bundle.open(bundle), max_boxes, dark)
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What `serve` serves, to announce once tritonserver is ready: the artifact as `model`, its batching, and
+    the keypoint pipeline (None without --pipeline)."""
+
+    spec: ServeSpec
+    batching: Batching
+    model: str
+    instances: int
+    pipeline: PipelineConfig | None
+    pipeline_instances: int | None
+
+    def announce(self, e: Endpoints) -> None:
+        """Print the models, their endpoints and how to load-test them."""
+        b = self.batching
+        batch = (f"dynamic batching up to {b.max_batch_size} (preferred {list(b.preferred)}, "
+                 f"queue delay {b.max_queue_delay_us} us)" if b.max_batch_size else
+                 f"static batch {self.spec.static_batch}, no batching")
+        click.echo(f"serving {self.spec.path} as model {self.model!r}: {batch}, {self.instances} instance(s)")
+        click.echo(f"  HTTP    {e.http}/v2/models/{self.model}/infer   health {e.http}/v2/health/ready")
         click.echo(f"  gRPC    {e.grpc}")
         click.echo(f"  metrics {e.metrics}")
-        if cfg is not None:
-            h, w = cfg.input_hw
-            click.echo(f"pipeline {pipeline_model_name(model)!r}: IMAGE + BOXES (up to {cfg.max_boxes}) -> KEYPOINTS "
-                       f"[N, {cfg.num_keypoints}, 3], crops {h}x{w}, {cfg.post_process} decoding, "
-                       f"{pipeline_instances} instance(s)")
-            click.echo(f"ready; load test: hrdeploy loadtest {e.http} --model {pipeline_model_name(model)} --pipeline "
-                       "--images DIR [--ann COCO.json]   (Ctrl-C or SIGTERM stops)")
-        else:
-            click.echo(f"ready; load test: hrdeploy loadtest {e.http} --model {model}   (Ctrl-C or SIGTERM stops)")
+        if self.pipeline is None:
+            click.echo(f"ready; load test: hrdeploy loadtest {e.http} --model {self.model}   (Ctrl-C or SIGTERM stops)")
+            return
+        from hrdeploy.serve.pipeline import pipeline_model_name
 
-    code = serve(spec, model, batching, endpoints, instances=instances, threads=threads, log_file=log_file,
-                 on_ready=ready, pipeline=cfg, pipeline_instances=pipeline_instances or 1)
-    click.echo("stopped", err=True)
-    ctx.exit(code)
+        cfg, name = self.pipeline, pipeline_model_name(self.model)
+        h, w = cfg.input_hw
+        click.echo(f"pipeline {name!r}: IMAGE + BOXES (up to {cfg.max_boxes}) -> KEYPOINTS "
+                   f"[N, {cfg.num_keypoints}, 3], crops {h}x{w}, {cfg.post_process} decoding, "
+                   f"{self.pipeline_instances} instance(s)")
+        click.echo(f"ready; load test: hrdeploy loadtest {e.http} --model {name} --pipeline "
+                   "--images DIR [--ann COCO.json]   (Ctrl-C or SIGTERM stops)")

@@ -159,63 +159,87 @@ def collect(
 ) -> Samples:
     """The raw samples of `run_load` (same arguments), to pool several windows before summarising."""
     check_budget(requests, duration)
-    issued = 0
-    lock = threading.Lock()
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    failures = [0] * concurrency
-    errors: list[str] = []
-    start_line = threading.Barrier(concurrency + 1)
-    deadline = [float("inf")]
+    window = _Window(concurrency, requests)
+    threads = [threading.Thread(target=window.work, args=(i, make_call, warmup), daemon=True)
+               for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    window.start_line.wait()
+    t_start = time.perf_counter()
+    if duration is not None:
+        window.deadline = t_start + duration
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t_start
+    return Samples(concurrency, batch, [x for per in window.latencies for x in per], sum(window.failures),
+                   window.errors, seconds)
 
-    def take() -> bool:
-        nonlocal issued
-        with lock:
-            if requests is not None and issued >= requests:
+
+class _Window:
+    """One closed-loop load window: its workers share the request budget, the deadline and the first errors.
+
+    The workers meet at `start_line` once warmed up, with the caller, which then sets `deadline` (with a
+    duration); the budget and the deadline are checked under one lock before each request.
+    """
+
+    def __init__(self, concurrency: int, requests: int | None) -> None:
+        self.requests = requests
+        self.issued = 0
+        self.deadline = float("inf")
+        self.lock = threading.Lock()
+        self.start_line = threading.Barrier(concurrency + 1)
+        self.latencies: list[list[float]] = [[] for _ in range(concurrency)]
+        self.failures = [0] * concurrency
+        self.errors: list[str] = []
+
+    def take(self) -> bool:
+        """Whether one more request may go out (budget and deadline not spent); counts it if so."""
+        with self.lock:
+            if self.requests is not None and self.issued >= self.requests:
                 return False
-            if time.perf_counter() >= deadline[0]:
+            if time.perf_counter() >= self.deadline:
                 return False
-            issued += 1
+            self.issued += 1
             return True
 
-    def worker(i: int) -> None:
-        try:
-            call = make_call()
-            for _ in range(warmup):
-                call()
-        except Exception as err:  # a client that cannot connect: every request of this thread fails
-            call, setup_error = None, err
-        else:
-            setup_error = None
-        start_line.wait()
-        while take():
+    def work(self, i: int, make_call: Callable[[], Callable[[], object]], warmup: int) -> None:
+        """Worker i: its own call, warmed up, then timed calls until `take` says no; closed at the end."""
+        call, setup_error = _warmed_up(make_call, warmup)
+        self.start_line.wait()
+        while self.take():
             t0 = time.perf_counter()
             try:
                 if call is None:
                     raise setup_error  # type: ignore[misc]
                 call()
             except Exception as err:  # noqa: BLE001 - any client or server error is a failed request
-                failures[i] += 1
-                message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
-                with lock:
-                    if message not in errors and len(errors) < 5:
-                        errors.append(message)
+                self.fail(i, err)
                 continue
-            latencies[i].append(time.perf_counter() - t0)
+            self.latencies[i].append(time.perf_counter() - t0)
         close = getattr(call, "close", None)
         if close is not None:
             close()
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    start_line.wait()
-    t_start = time.perf_counter()
-    if duration is not None:
-        deadline[0] = t_start + duration
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - t_start
-    return Samples(concurrency, batch, [x for per in latencies for x in per], sum(failures), errors, seconds)
+    def fail(self, i: int, err: Exception) -> None:
+        """Count a failed request of worker i and keep its message among the first five distinct ones."""
+        self.failures[i] += 1
+        message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+        with self.lock:
+            if message not in self.errors and len(self.errors) < 5:
+                self.errors.append(message)
+
+
+def _warmed_up(make_call: Callable[[], Callable[[], object]],
+               warmup: int) -> tuple[Callable[[], object] | None, Exception | None]:
+    """A worker's call after its untimed warm-up calls, or (None, the error) when it cannot connect or answer:
+    then every request of that worker fails with that error."""
+    try:
+        call = make_call()
+        for _ in range(warmup):
+            call()
+    except Exception as err:
+        return None, err
+    return call, None
 
 
 def summarize(s: Samples) -> LoadResult:

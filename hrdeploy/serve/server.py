@@ -21,12 +21,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from hrdeploy.errors import UserError, missing_dependency
 from hrdeploy.runtime.base import Runner
 from hrdeploy.serve.batching import Batching
-from hrdeploy.serve.pipeline import PipelineConfig
+from hrdeploy.serve.pipeline import BOXES, IMAGE, KEYPOINTS, PipelineConfig, pipeline_model_name
 from hrdeploy.serve.spec import ServeSpec
+
+if TYPE_CHECKING:
+    from pytriton.model_config import ModelConfig
+    from pytriton.triton import Triton, TritonConfig
 
 EXIT_TIMEOUT_S = 5  # how long tritonserver waits for in-flight requests and open connections when stopping
 _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 0}
@@ -151,99 +158,172 @@ def serve(
     (requests in flight to the network at once). A UserError when PyTriton is missing or tritonserver dies
     while serving.
     """
-    try:
-        import numpy as np
-        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-        from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
-    except ImportError as err:
-        raise missing_dependency("nvidia-pytriton", "serve", f"hrdeploy serve; {PYTHON_NOTE}") from err
+    _require_pytriton()
     from hrdeploy.runtime.factory import open_runner
+
     if instances < 1:
         raise UserError(f"--instances {instances}: give 1 or more")
     if pipeline_instances < 1:
         raise UserError(f"--pipeline-instances {pipeline_instances}: give 1 or more")
     logging.getLogger("pytriton").setLevel(logging.WARNING)
-
-    received: list[int] = []
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        received.append(signum)
-        stop.set()
-
     check_ports_free(endpoints)
-    previous = {s: signal.signal(s, on_signal) for s in _SIGNAL_EXIT}
-    static = batching.max_batch_size == 0
+    with _StopSignals() as signals, tempfile.TemporaryDirectory(prefix="hrdeploy-serve-") as work, \
+            contextlib.ExitStack() as stack:
+        # Runners first, so the stack stops tritonserver before it closes them.
+        runners = [stack.enter_context(open_runner(spec.path, threads=threads)) for _ in range(instances)]
+        models = _Models(spec, name, batching, endpoints, runners, pipeline, pipeline_instances)
+        launch = _Launch(models, Path(work), log_file, signals.stop)
+        triton = launch.start()
+        stack.callback(triton.stop)
+        if not signals.stop.is_set():
+            on_ready(endpoints)
+        launch.watch(triton)
+    return signals.exit_code
 
-    def tensor(t) -> Tensor:  # noqa: ANN001 - TensorSpec
-        shape = spec.whole_shape(t) if static else t.dims
-        return Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=tuple(shape))
 
-    if static:
-        config = ModelConfig(batching=False)
-    else:
-        config = ModelConfig(max_batch_size=batching.max_batch_size, batcher=DynamicBatcher(
-            max_queue_delay_microseconds=batching.max_queue_delay_us, preferred_batch_size=list(batching.preferred)))
+def _require_pytriton() -> None:
+    """A UserError saying how to install the serve extra when PyTriton is missing."""
     try:
-        with tempfile.TemporaryDirectory(prefix="hrdeploy-serve-") as work, contextlib.ExitStack() as stack:
-            triton_config = TritonConfig(
-                http_address=endpoints.host, http_port=endpoints.http_port, grpc_address=endpoints.host,
-                grpc_port=endpoints.grpc_port, metrics_address=endpoints.host, metrics_port=endpoints.metrics_port,
-                allow_gpu_metrics=False, exit_timeout_secs=EXIT_TIMEOUT_S,
-                log_file=log_file or Path(work) / "tritonserver.log",
-            )
-            where = log_file or "rerun with --log-file FILE"
-            # Runners first, so the stack stops tritonserver before it closes them.
-            runners = [stack.enter_context(open_runner(spec.path, threads=threads)) for _ in range(instances)]
+        import pytriton.model_config  # noqa: F401
+        import pytriton.triton  # noqa: F401
+    except ImportError as err:
+        raise missing_dependency("nvidia-pytriton", "serve", f"hrdeploy serve; {PYTHON_NOTE}") from err
 
-            def start(attempt: int) -> Triton:
-                """Write the model into the model store (bind), then start tritonserver (run()), which loads it
-                before it answers: its readiness (/v2/health/ready) then means the model is ready, so a
-                readiness probe never routes traffic to a server without it. Stopped again on failure."""
-                model_first = TritonLifecyclePolicy(launch_triton_on_startup=False, local_model_store=True)
-                triton = Triton(config=triton_config, workspace=Path(work) / f"pytriton-{attempt}",
-                                triton_lifecycle_policy=model_first)
-                try:
-                    triton.bind(model_name=name, infer_func=[make_infer_func(spec, batching, r) for r in runners],
-                                inputs=[tensor(spec.input)], outputs=[tensor(t) for t in spec.outputs],
-                                config=config, strict=True)
-                    if pipeline is not None:
-                        from hrdeploy.serve.pipeline import BOXES, IMAGE, KEYPOINTS, pipeline_model_name
 
-                        triton.bind(
-                            model_name=pipeline_model_name(name),
-                            infer_func=[make_pipeline_func(spec, pipeline, name, endpoints)
-                                        for _ in range(pipeline_instances)],
-                            inputs=[Tensor(name=IMAGE, dtype=np.bytes_, shape=(1,)),
-                                    Tensor(name=BOXES, dtype=np.float32, shape=(-1, 4))],
-                            outputs=[Tensor(name=KEYPOINTS, dtype=np.float32, shape=(-1, pipeline.num_keypoints, 3))],
-                            config=ModelConfig(batching=False), strict=True)
-                    if not stop.is_set():
-                        triton.run()
-                except BaseException:
-                    triton.stop()
-                    raise
-                return triton
+class _StopSignals:
+    """While entered, SIGINT and SIGTERM set `stop` instead of interrupting; the previous handlers come back on
+    exit. `exit_code` is that of the first signal received."""
 
-            for attempt in range(1, START_ATTEMPTS + 1):
-                try:
-                    triton = start(attempt)
-                    break
-                except Exception as err:  # PyTriton raises its own, tritonclient's and socket errors here
-                    if HANDSHAKE_FAILURE in str(err) and attempt < START_ATTEMPTS and not stop.is_set():
-                        logging.getLogger("hrdeploy.serve").warning(
-                            "the Python backend's handshake with PyTriton failed (a race at start); retrying")
-                        continue
-                    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-                    raise UserError(f"tritonserver could not serve {name!r}: {first}; see its log ({where}); "
-                                    f"{PYTHON_NOTE}") from err
-            stack.callback(triton.stop)
-            if not stop.is_set():
-                on_ready(endpoints)
-            while not stop.wait(0.5):
-                if not triton.is_alive():
-                    raise UserError(f"tritonserver stopped unexpectedly; see its log ({where})")
-    finally:
-        for s, handler in previous.items():
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.received: list[int] = []
+        self._previous: dict = {}
+
+    def __enter__(self) -> _StopSignals:
+        self._previous = {s: signal.signal(s, self._on_signal) for s in _SIGNAL_EXIT}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
             signal.signal(s, handler)
-    return _SIGNAL_EXIT[received[0]]
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+        self.stop.set()
+
+    @property
+    def exit_code(self) -> int:
+        return _SIGNAL_EXIT[self.received[0]]
+
+
+def _network_config(batching: Batching) -> ModelConfig:
+    """The network model's config: Triton's dynamic batcher as planned, or no batching for a static batch."""
+    from pytriton.model_config import DynamicBatcher, ModelConfig
+
+    if batching.max_batch_size == 0:
+        return ModelConfig(batching=False)
+    return ModelConfig(max_batch_size=batching.max_batch_size, batcher=DynamicBatcher(
+        max_queue_delay_microseconds=batching.max_queue_delay_us, preferred_batch_size=list(batching.preferred)))
+
+
+@dataclass(frozen=True)
+class _Models:
+    """What tritonserver serves: the network model `name` (one runner per instance) and, with `pipeline`, the
+    keypoint pipeline NAME_pipeline with `pipeline_instances` instances."""
+
+    spec: ServeSpec
+    name: str
+    batching: Batching
+    endpoints: Endpoints
+    runners: list[Runner]
+    pipeline: PipelineConfig | None
+    pipeline_instances: int
+
+    def bind(self, triton: Triton) -> None:
+        """Write the models into `triton`'s model store (strict: their configs must be what it loads)."""
+        from pytriton.model_config import ModelConfig, Tensor
+
+        static = self.batching.max_batch_size == 0
+
+        def tensor(t) -> Tensor:  # noqa: ANN001 - TensorSpec
+            shape = self.spec.whole_shape(t) if static else t.dims
+            return Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=tuple(shape))
+
+        triton.bind(model_name=self.name,
+                    infer_func=[make_infer_func(self.spec, self.batching, r) for r in self.runners],
+                    inputs=[tensor(self.spec.input)], outputs=[tensor(t) for t in self.spec.outputs],
+                    config=_network_config(self.batching), strict=True)
+        if self.pipeline is not None:
+            triton.bind(
+                model_name=pipeline_model_name(self.name),
+                infer_func=[make_pipeline_func(self.spec, self.pipeline, self.name, self.endpoints)
+                            for _ in range(self.pipeline_instances)],
+                inputs=[Tensor(name=IMAGE, dtype=np.bytes_, shape=(1,)),
+                        Tensor(name=BOXES, dtype=np.float32, shape=(-1, 4))],
+                outputs=[Tensor(name=KEYPOINTS, dtype=np.float32, shape=(-1, self.pipeline.num_keypoints, 3))],
+                config=ModelConfig(batching=False), strict=True)
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """Starting tritonserver for `models` in the work folder `work`, and watching it until `stop` is set."""
+
+    models: _Models
+    work: Path
+    log_file: Path | None
+    stop: threading.Event
+
+    @property
+    def where(self) -> Path | str:
+        """Where tritonserver's log is, for error messages."""
+        return self.log_file or "rerun with --log-file FILE"
+
+    def start(self) -> Triton:
+        """A running tritonserver; a start that fails in the Python backend's handshake race is tried again."""
+        attempt = 1
+        while True:
+            try:
+                return self._start_once(attempt)
+            except Exception as err:  # PyTriton raises its own, tritonclient's and socket errors here
+                if HANDSHAKE_FAILURE not in str(err) or attempt >= START_ATTEMPTS or self.stop.is_set():
+                    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+                    raise UserError(f"tritonserver could not serve {self.models.name!r}: {first}; see its log "
+                                    f"({self.where}); {PYTHON_NOTE}") from err
+            logging.getLogger("hrdeploy.serve").warning(
+                "the Python backend's handshake with PyTriton failed (a race at start); retrying")
+            attempt += 1
+
+    def _start_once(self, attempt: int) -> Triton:
+        """Write the models into the model store (bind), then start tritonserver (run()), which loads them
+        before it answers: its readiness (/v2/health/ready) then means the model is ready, so a readiness
+        probe never routes traffic to a server without it. Stopped again on failure."""
+        from pytriton.triton import Triton, TritonLifecyclePolicy
+
+        model_first = TritonLifecyclePolicy(launch_triton_on_startup=False, local_model_store=True)
+        triton = Triton(config=self._config(), workspace=self.work / f"pytriton-{attempt}",
+                        triton_lifecycle_policy=model_first)
+        try:
+            self.models.bind(triton)
+            if not self.stop.is_set():
+                triton.run()
+        except BaseException:
+            triton.stop()
+            raise
+        return triton
+
+    def _config(self) -> TritonConfig:
+        """tritonserver's listen addresses and ports, its stop timeout and its log file."""
+        from pytriton.triton import TritonConfig
+
+        e = self.models.endpoints
+        return TritonConfig(
+            http_address=e.host, http_port=e.http_port, grpc_address=e.host, grpc_port=e.grpc_port,
+            metrics_address=e.host, metrics_port=e.metrics_port, allow_gpu_metrics=False,
+            exit_timeout_secs=EXIT_TIMEOUT_S, log_file=self.log_file or self.work / "tritonserver.log",
+        )
+
+    def watch(self, triton: Triton) -> None:
+        """Return once `stop` is set; a UserError if tritonserver dies before."""
+        while not self.stop.wait(0.5):
+            if not triton.is_alive():
+                raise UserError(f"tritonserver stopped unexpectedly; see its log ({self.where})")
