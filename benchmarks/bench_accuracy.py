@@ -4,8 +4,9 @@ and the crop gate's thresholds derived from measured pairs.
 For each input size (128x96, 256x192): export the trained checkpoint (dynamic batch), then add fp16 and INT8
 variants with `quantize_bundle`, calibrated (and, for the search, tuned) on ../shared/data/coco-train: the
 accuracy search with annotations (the default), the search from photos alone, no search (wide-range depthwise
-convs fp32, all people or the first 32 photos), max calibration, and two deliberately broken builds (every
-depthwise conv INT8; one flat gray calibration image). Each variant's crop gate (keypoint agreement with eager
+convs fp32, all people or the first 32 photos), max calibration, each of the search and no search also with
+depthwise input equalization (`--equalize`), and two deliberately broken builds (every depthwise conv INT8,
+unequalized; one flat gray calibration image). Each variant's crop gate (keypoint agreement with eager
 and heatmap cosine, no annotations) runs on the person crops the fp32 model finds in the coco-train photos;
 every artifact is then scored on ../shared/data/coco-val (149 people) by `evaluate_bundle` (pycocotools COCO AP,
 dAP with a paired bootstrap 95 % interval) and timed on onnxruntime CPU (p50, batch 1 and 8).
@@ -43,13 +44,18 @@ GATE_METRICS = ("oks", "pck@0.05", "cosine")
 # variant -> (precision, quantize_bundle keyword arguments; calibration on coco-train unless given)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "fp16": ("fp16", {}),
-    "int8 search": ("int8", {"annotated": True}),
-    "int8 search, photos only": ("int8", {}),
-    "int8 no search": ("int8", {"annotated": True, "search": False}),
-    "int8 no search, 32 photos": ("int8", {"annotated": True, "search": False, "calib_samples": 32}),
-    "int8 no search, max": ("int8", {"annotated": True, "search": False, "method": "max"}),
-    "int8 broken: depthwise int8": ("int8", {"annotated": True, "search": False, "auto_exclude": False}),
-    "int8 broken: gray calibration": ("int8", {"search": False, "calib": "gray"}),
+    "int8 search": ("int8", {"annotated": True, "equalize": False}),
+    "int8 search, equalized": ("int8", {"annotated": True, "equalize": True}),
+    "int8 search, photos only": ("int8", {"equalize": False}),
+    "int8 search, photos only, equalized": ("int8", {"equalize": True}),
+    "int8 no search": ("int8", {"annotated": True, "search": False, "equalize": False}),
+    "int8 no search, equalized": ("int8", {"annotated": True, "search": False, "equalize": True}),
+    "int8 no search, 32 photos": ("int8", {"annotated": True, "search": False, "calib_samples": 32,
+                                           "equalize": False}),
+    "int8 no search, max": ("int8", {"annotated": True, "search": False, "method": "max", "equalize": False}),
+    "int8 broken: depthwise int8": ("int8", {"annotated": True, "search": False, "auto_exclude": False,
+                                             "equalize": False}),
+    "int8 broken: gray calibration": ("int8", {"search": False, "calib": "gray", "equalize": False}),
     # run in .venv-modelopt (`make test-modelopt` sets it up) with --variants ... --append
     "int8 ModelOpt search": ("int8", {"annotated": True, "backend": "modelopt", "method": "entropy"}),
     "int8 ModelOpt no search": ("int8", {"annotated": True, "search": False, "backend": "modelopt",
@@ -263,13 +269,13 @@ def bars_table(bars: dict[str, dict], bar: float) -> list[str]:
 
 
 def search_table(result: dict) -> list[str]:
-    """The INT8 search's path (the Pareto walk) of the annotated search at each size."""
+    """The INT8 search's path (the Pareto walk) of the annotated searches at each size."""
     lines = []
     for r in result["rows"]:
         s = r.get("search")
-        if not s or r["variant"] != "int8 search":
+        if not s or r["variant"] not in ("int8 search", "int8 search, equalized"):
             continue
-        lines += ["", f"**{r['size']}**: target {s['target']} on {s['tuning_people']} tuning people "
+        lines += ["", f"**{r['size']}, {r['variant']}**: target {s['target']} on {s['tuning_people']} tuning people "
                   f"({s['split']}); the chosen point scores dAP {r['dAP']:+.2f} "
                   f"[{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}] on coco-val.", "",
                   "| # | step | change | convs int8 | MACs int8 | tuning dAP | OKS vs fp32 | latency / fp32 | |",
@@ -300,7 +306,8 @@ def render(result: dict, args: argparse.Namespace) -> None:
         "x1.25, no flip), as `hrdeploy eval`; dAP in AP points against eager fp32 with its paired bootstrap 95 % "
         "interval (1000 resamples of the people). Crop OKS / PCK / cosine: the quantize gate without annotations, "
         "on the person crops `quantize --calib-ann` gates the search's INT8 on (the tuning people of coco-train, "
-        "the default split), the same crops for every variant; found OKS: keypoint agreement on the tuning crops "
+        "the default split), the same crops for every variant; `equalized`: depthwise input equalization "
+        "(`quantize --equalize`) before calibration; found OKS: keypoint agreement on the tuning crops "
         "the fp32 model finds in the same photos (up to three per photo), the photos-only search's measure; "
         "`crop gate` is its verdict with the current tolerance table, `eval gate` the AP-drop verdict. Latency: "
         f"onnxruntime CPU, {result['threads']} thread(s), p50 at batch 1 and 8."

@@ -31,6 +31,7 @@ import onnx
 
 from hrdeploy.errors import UserError
 from hrdeploy.precision import graph as G
+from hrdeploy.precision.equalize import depthwise_nodes, equalize_depthwise, input_channel_ranges
 
 METHODS = ("entropy", "max", "percentile")
 DEFAULT_METHOD = {"ort": "percentile", "modelopt": "entropy"}
@@ -43,10 +44,6 @@ DW_RANGE_RATIO = 8.0
 ORT_OP_TYPES = ["Conv", "ConvTranspose", "Gemm", "MatMul"]
 
 
-def _group(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "group"), 1)
-
-
 def wide_range_depthwise(
     model: onnx.ModelProto, data_batches: list[np.ndarray], ratio: float = DW_RANGE_RATIO
 ) -> dict[str, float]:
@@ -54,25 +51,10 @@ def wide_range_depthwise(
 
     Returns node name -> (max |x| over the tensor) / (median over channels of max |x| per channel).
     """
-    from hrdeploy.precision.evaluate import run_model
-
-    inits = {init.name: init for init in model.graph.initializer}
-    dws = []
-    for node in model.graph.node:
-        if node.op_type != "Conv" or node.input[1] not in inits:
-            continue
-        shape = inits[node.input[1]].dims  # [out, in/groups, k, k]
-        if _group(node) > 1 and shape[1] == 1:
-            dws.append(node)
+    dws = depthwise_nodes(model)
     if not dws:
         return {}
-    probe = G.with_outputs(model, sorted({n.input[0] for n in dws}))
-    per_channel: dict[str, np.ndarray] = {}
-    for batch in data_batches:
-        outs = run_model(probe, batch)
-        for name in {n.input[0] for n in dws}:
-            value = np.abs(outs[name]).max(axis=(0, *range(2, outs[name].ndim)))
-            per_channel[name] = np.maximum(per_channel.get(name, value), value)
+    per_channel = input_channel_ranges(model, [n.input[0] for n in dws], data_batches)
     result = {}
     for node in dws:
         pc = per_channel[node.input[0]]
@@ -153,8 +135,10 @@ def quantize_ort(
     src_scopes: dict[str, str],
     workdir: str | os.PathLike,
     auto_exclude: bool = True,
+    equalize: bool = False,
 ) -> dict[str, Any]:
-    """Q/DQ graph by onnxruntime quantize_static. Returns the backend's record (excluded nodes etc.)."""
+    """Q/DQ graph by onnxruntime quantize_static, with `equalize` after depthwise input equalization
+    (hrdeploy.precision.equalize). Returns the backend's record (excluded nodes etc.)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     workdir = Path(workdir)
@@ -163,6 +147,11 @@ def quantize_ort(
     scopes = {**G.node_scopes(pre), **{k: v for k, v in src_scopes.items() if v}}
     excluded = sorted({n for names in G.match_nodes(pre, exclude_patterns, scopes).values() for n in names})
     runtime_weights = G.non_constant_weight_convs(pre)
+    equalized: dict[str, str] = {}
+    if equalize:
+        pre, equalized = equalize_depthwise(pre, data_batches, skip=set(excluded))
+        onnx.save(pre, os.fspath(pre_path))
+        scopes = {**G.node_scopes(pre), **scopes}
     auto = wide_range_depthwise(pre, data_batches) if auto_exclude else {}
 
     with _cwd(workdir):  # calibration writes augmented models; keep anything stray out of the user's folder
@@ -187,6 +176,7 @@ def quantize_ort(
         "converter": "onnxruntime.quantization.quantize_static",
         "excluded_nodes": excluded,
         "auto_excluded": auto,
+        "equalized": equalized,
         "runtime_weight_convs": runtime_weights,
         "float_reference": os.fspath(pre_path),
         "scopes": scopes,

@@ -194,6 +194,7 @@ class QuantizeConfig:
     exclude: Sequence[str] = ()
     calib_ann: str | os.PathLike | None = None
     auto_exclude: bool = True
+    equalize: bool = False
     val_dir: str | os.PathLike | None = None
     val_samples: int = DEFAULT_VAL_SAMPLES
     ann: str | os.PathLike | None = None
@@ -263,6 +264,8 @@ def quantize_bundle(bundle: str | os.PathLike | Bundle, precision: str, *, log: 
     backend: "modelopt" (NVIDIA ModelOpt), "ort" (onnxruntime / onnxconverter-common) or "auto".
     exclude: globs over node names, op types or module paths to keep in fp32.
     auto_exclude: int8 only, keep depthwise convs with wide-range inputs in fp32 (int8.wide_range_depthwise).
+    equalize: int8 with ort, equalize the input channels of depthwise convs before calibration
+        (hrdeploy.precision.equalize; the same fp32 function).
     ann / images: COCO keypoint annotations and their images: the gate is the COCO AP drop against eager fp32,
         with a paired bootstrap interval from `bootstrap` resamples of the people (0: none).
     val_dir / val_samples: without `ann`, photos whose person crops the keypoint-agreement gate runs on
@@ -296,6 +299,9 @@ class Quantizer:
             raise UserError("--search picks INT8 layers by keypoint accuracy: it needs --precision int8, a top-down "
                             "pose model and annotated calibration people (--calib-ann) or a trained --checkpoint")
         self.searching = searchable and cfg.search is not False and cfg.calib_dir is not None
+        if cfg.equalize and (cfg.precision != "int8" or self.backend != "ort"):
+            raise UserError("--equalize rescales the inputs of depthwise convs for onnxruntime's INT8 calibration: "
+                            "use it with --precision int8 and --backend ort, or drop it")
         if cfg.ann is not None and not self.topdown:
             raise UserError(f"--ann scores top-down pose models; {self.b.model.name} is a {self.b.model.task} "
                             "model, so drop --ann/--images (it is checked on tensors)")
@@ -430,9 +436,9 @@ class Quantizer:
         from hrdeploy.precision.int8 import qdq_summary, quantize_modelopt, quantize_ort
 
         cfg = self.cfg
-        quantizer = quantize_modelopt if self.backend == "modelopt" else quantize_ort
-        conv = quantizer(self.src, out_path, calib_batches, self.method, list(cfg.exclude), self.scopes, work,
-                         cfg.auto_exclude and not self.searching)
+        args = (self.src, out_path, calib_batches, self.method, list(cfg.exclude), self.scopes, work,
+                cfg.auto_exclude and not self.searching)
+        conv = quantize_modelopt(*args) if self.backend == "modelopt" else quantize_ort(*args, equalize=cfg.equalize)
         self.scopes = conv.pop("scopes")
         float_ref_path = conv.pop("float_reference")
         if self.searching:
@@ -504,6 +510,7 @@ def _result(bundle: Path, precision: str, backend: str, method: str, report: dic
             "convs_unquantized": conv["convs_unquantized"],
             "unquantized_convs": conv["unquantized_convs"],
             "auto_excluded": conv.get("auto_excluded", {}),
+            "equalized": conv.get("equalized", {}),
             "runtime_weight_convs": conv.get("runtime_weight_convs", []),
         })
         if "search" in conv:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hrdeploy.precision.int8 import DW_RANGE_RATIO
+
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
     if value is None:
@@ -38,11 +40,15 @@ def _conversion(model_name: str, report: dict[str, Any]) -> list[str]:
             f"{conv['per_channel_weights']}; non-zero zero points: {conv['nonzero_zero_points']}; "
             f"quantized outputs: {len(conv['outputs_quantized'])}",
         ]
+        if conv.get("equalized"):
+            placed = list(conv["equalized"].values())
+            lines.append(f"- depthwise convs reading equalized inputs: {len(placed)} (scales folded into the "
+                         f"producing conv: {placed.count('folded')}, by a Mul: {placed.count('mul')})")
         if conv.get("auto_excluded"):
             auto = conv["auto_excluded"]
             shown = ", ".join(f"{k} {v:g}x" for k, v in list(auto.items())[:4]) + (", ..." if len(auto) > 4 else "")
             lines.append(
-                f"- depthwise convs left fp32 for wide-range inputs (loudest / median channel > 8): "
+                f"- depthwise convs left fp32 for wide-range inputs (loudest / median channel > {DW_RANGE_RATIO:g}): "
                 f"{len(auto)} ({shown})"
             )
         if conv.get("runtime_weight_convs"):

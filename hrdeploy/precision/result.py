@@ -60,6 +60,7 @@ class QuantizeResult(_Frozen):
     convs_unquantized: int | None = None
     unquantized_convs: list[Any] | None = None
     auto_excluded: dict[str, Any] | None = None
+    equalized: dict[str, str] | None = None  # depthwise conv -> "folded" | "mul" (hrdeploy.precision.equalize)
     runtime_weight_convs: list[Any] | None = None
     search: dict[str, Any] | None = None
     # fp16
