@@ -5,7 +5,8 @@ For each input size (128x96, 256x192): export the trained checkpoint (dynamic ba
 variants with `quantize_bundle`, calibrated (and, for the search, tuned) on ../shared/data/coco-train: the
 accuracy search with annotations (the default), the search from photos alone, no search (wide-range depthwise
 convs fp32, all people or the first 32 photos), max calibration, each of the search and no search also with
-depthwise input equalization (`--equalize`), and two deliberately broken builds (every depthwise conv INT8,
+depthwise input equalization (`--equalize`), the searches also without their dense-conv input equalization
+(`--no-equalize-dense`), and two deliberately broken builds (every depthwise conv INT8,
 unequalized; one flat gray calibration image). Each variant's crop gate (keypoint agreement with eager
 and heatmap cosine, no annotations) runs on the person crops the fp32 model finds in the coco-train photos;
 every artifact is then scored on ../shared/data/coco-val (149 people) by `evaluate_bundle` (pycocotools COCO AP,
@@ -45,8 +46,10 @@ GATE_METRICS = ("oks", "pck@0.05", "cosine")
 VARIANTS: dict[str, tuple[str, dict]] = {
     "fp16": ("fp16", {}),
     "int8 search": ("int8", {"annotated": True, "equalize": False}),
+    "int8 search, dense unequalized": ("int8", {"annotated": True, "equalize": False, "equalize_dense": False}),
     "int8 search, equalized": ("int8", {"annotated": True, "equalize": True}),
     "int8 search, photos only": ("int8", {"equalize": False}),
+    "int8 search, photos only, dense unequalized": ("int8", {"equalize": False, "equalize_dense": False}),
     "int8 search, photos only, equalized": ("int8", {"equalize": True}),
     "int8 no search": ("int8", {"annotated": True, "search": False, "equalize": False}),
     "int8 no search, equalized": ("int8", {"annotated": True, "search": False, "equalize": True}),
@@ -268,12 +271,18 @@ def bars_table(bars: dict[str, dict], bar: float) -> list[str]:
     return lines
 
 
+def _row_order(row: dict) -> tuple[bool, int]:
+    """Sizes in turn; within a size the references first, then the variants in VARIANTS order."""
+    order = list(VARIANTS)
+    return row["size"] != "128x96", order.index(row["variant"]) if row["variant"] in order else -1
+
+
 def search_table(result: dict) -> list[str]:
     """The INT8 search's path (the Pareto walk) of the annotated searches at each size."""
     lines = []
     for r in result["rows"]:
         s = r.get("search")
-        if not s or r["variant"] not in ("int8 search", "int8 search, equalized"):
+        if not s or r["variant"] not in ("int8 search", "int8 search, dense unequalized", "int8 search, equalized"):
             continue
         lines += ["", f"**{r['size']}, {r['variant']}**: target {s['target']} on {s['tuning_people']} tuning people "
                   f"({s['split']}); the chosen point scores dAP {r['dAP']:+.2f} "
@@ -292,6 +301,7 @@ def render(result: dict, args: argparse.Namespace) -> None:
     from hrdeploy.parity.tolerances import TOLERANCES
 
     bar = TOLERANCES["int8"].max_ap_drop
+    result["rows"].sort(key=_row_order)
     bars = derive_bars(result["rows"], bar)
     result["derived_bars"] = bars
     int8 = [r for r in result["rows"] if r["precision"] == "int8"]
@@ -307,12 +317,15 @@ def render(result: dict, args: argparse.Namespace) -> None:
         "interval (1000 resamples of the people). Crop OKS / PCK / cosine: the quantize gate without annotations, "
         "on the person crops `quantize --calib-ann` gates the search's INT8 on (the tuning people of coco-train, "
         "the default split), the same crops for every variant; `equalized`: depthwise input equalization "
-        "(`quantize --equalize`) before calibration; found OKS: keypoint agreement on the tuning crops "
+        "(`quantize --equalize`) before calibration; `dense unequalized`: without the dense-conv input "
+        "equalization every search applies by default (`--no-equalize-dense`); found OKS: keypoint agreement on the "
+        "tuning crops "
         "the fp32 model finds in the same photos (up to three per photo), the photos-only search's measure; "
         "`crop gate` is its verdict with the current tolerance table, `eval gate` the AP-drop verdict. Latency: "
         f"onnxruntime CPU, {result['threads']} thread(s), p50 at batch 1 and 8."
-        + (" Rows added in `.venv-modelopt` (NVIDIA ModelOpt's Q/DQ, entropy calibration) by "
-           + "; ".join(f"`{a}`" for a in result["appended"]) + "." if result.get("appended") else ""))
+        + (" Rows added or re-measured later (the ModelOpt rows, NVIDIA ModelOpt's Q/DQ with entropy calibration, "
+           "in `.venv-modelopt`) by " + "; ".join(f"`{a}`" for a in result["appended"]) + "."
+           if result.get("appended") else ""))
     md = [BEGIN, f"## Accuracy of the trained network per precision ({result['date']})", "", intro, "", *table(result),
           "", f"### The crop gate, derived from these pairs ({len(int8)} INT8 variants)", "",
           f"For each crop metric, the INT8 variants that lose more than {bar:g} AP on coco-val against those that do "
@@ -374,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             result = json.loads(Path(args.json).read_text())
             new = {(r["size"], r["variant"]): r for r in rows}
             kept = [new.pop((r["size"], r["variant"]), r) for r in result["rows"]]
-            result["rows"] = sorted(kept + list(new.values()), key=lambda r: r["size"] != "128x96")
+            result["rows"] = kept + list(new.values())
             result.setdefault("appended", []).append(
                 "python benchmarks/bench_accuracy.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
             render(result, args)

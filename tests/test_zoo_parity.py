@@ -5,18 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from zoo_sizes import small_input
 
 from hrdeploy.export import export_bundle
 from hrdeploy.registry import get_spec, list_models
-
-
-def small_input(name: str) -> tuple[int, int]:
-    """The smallest input at which every branch has at least 2x2 pixels (2 x the network stride)."""
-    spec = get_spec(name)
-    h, w = spec.default_input_size
-    scale = 2 * spec.stride / min(h, w)
-    return round(h * scale / spec.stride) * spec.stride, round(w * scale / spec.stride) * spec.stride
-
 
 # Exported by other tests, whose bundles this file checks instead of exporting again (exports are most of
 # the suite's time): lite_hrnet_18 by the session fixture `lite18_bundle` (128x96), dite_hrnet_18

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 @click.option("--equalize/--no-equalize", default=False,
               help="INT8 (ort): bring the input channels of each depthwise conv to one range before calibration, "
                    "the scales moved into its weights (the same fp32 function) [default: off].")
+@click.option("--equalize-dense/--no-equalize-dense", default=None,
+              help="INT8 (ort): the same for dense convs whose input another conv alone produces, the scales folded "
+                   "into both convs' weights [default: on when the INT8 search runs].")
 @click.option("--ann", type=click.Path(), help="COCO keypoint json: gate on the COCO AP drop against eager fp32 "
               "on its annotated people [default bars: fp16 0.5, int8 2 AP points].")
 @click.option("--images", type=click.Path(), help="Folder of the --ann images.")
@@ -77,9 +80,9 @@ if TYPE_CHECKING:
 def quantize_cmd(
     ctx: click.Context, bundle: str, precision: str | None, calib_dir: str | None, calib_ann: str | None,
     calib_samples: int, method: str | None, backend: str, exclude: tuple[str, ...], auto_exclude: bool,
-    equalize: bool, ann: str | None, images: str | None, val_dir: str | None, val_samples: int,
-    tolerances: tuple[str, ...], sensitivity: bool, search: bool | None, max_ap_drop: float, min_oks: float | None,
-    tune_share: float, seed: int, bootstrap: int, threads: int | None,
+    equalize: bool, equalize_dense: bool | None, ann: str | None, images: str | None, val_dir: str | None,
+    val_samples: int, tolerances: tuple[str, ...], sensitivity: bool, search: bool | None, max_ap_drop: float,
+    min_oks: float | None, tune_share: float, seed: int, bootstrap: int, threads: int | None,
 ) -> None:
     """Write model.fp16.onnx or model.int8.onnx into BUNDLE and check it against the eager fp32 model.
 
@@ -108,7 +111,8 @@ def quantize_cmd(
     with console.status(f"quantizing {bundle} to {precision} ..."):
         result = quantize_bundle(
             b, precision, calib_dir=calib_dir, calib_samples=calib_samples, method=method, backend=backend,
-            exclude=exclude, calib_ann=calib_ann, auto_exclude=auto_exclude, equalize=equalize, val_dir=val_dir,
+            exclude=exclude, calib_ann=calib_ann, auto_exclude=auto_exclude, equalize=equalize,
+            equalize_dense=equalize_dense, val_dir=val_dir,
             val_samples=val_samples, ann=ann, images=images, tolerance=tol, sensitivity=sensitivity, search=search,
             max_ap_drop=max_ap_drop, min_oks=min_oks, tune_share=tune_share, seed=seed, bootstrap=bootstrap,
             threads=threads, log=console.log,
@@ -128,7 +132,8 @@ def _print_summary(console, bundle: str, r: QuantizeResult) -> None:  # noqa: AN
     console.print(f"images: {cal.count} of {cal.available} from {cal.source}")
     if r.precision == "int8":
         console.print(
-            f"method {r.method}; depthwise inputs equalized {len(r.equalized or {})}; convs quantized "
+            f"method {r.method}; inputs equalized: depthwise {len(r.equalized or {})}, dense "
+            f"{len(r.equalized_dense or {})}; convs quantized "
             f"{r.convs_quantized}, left fp32 {r.convs_unquantized} (excluded "
             f"{len(r.excluded_nodes)}, wide-range depthwise {len(r.auto_excluded or {})}, run-time weights "
             f"{len(r.runtime_weight_convs or [])})"

@@ -1,17 +1,23 @@
-"""Depthwise input equalization: per-channel scales moved from a depthwise conv's input into its weights.
+"""Input equalization: per-channel scales moved from a conv's input into its weights, the same fp32 function.
 
-INT8 activations have one scale per tensor (all TensorRT takes). A depthwise conv mixes no channels, so the
-channels of its input much quieter than the loudest keep only a few INT8 steps and the folded BN scales that
-rounding back up. Dividing input channel c by s_c and multiplying the conv's weights of channel c by s_c leaves
-the fp32 function unchanged (the conv is linear in each channel), and per-channel weight quantization absorbs
-the weight scaling; s_c = (r_c / max r) ** alpha, with r_c the channel's max |x| on the calibration data,
-brings the channels' ranges together (alpha 1: all equal). This is the activation-side equalization of Nagel et
-al., "Data-Free Quantization Through Weight Equalization and Bias Correction" (ICCV 2019) and of SmoothQuant
-(Xiao et al., ICML 2023), applied where it costs nothing in INT8:
-- where the input is a Conv's output used by this depthwise conv alone (directly or through a ReLU, which
-  commutes with a positive scale), 1/s is folded into that Conv's weights and bias: no node is added;
-- elsewhere (a residual sum or a shuffled tensor several branches read) a Mul by 1/s is inserted on this
-  depthwise conv's input alone.
+INT8 activations have one scale per tensor (all TensorRT takes), so the channels of a tensor much quieter than its
+loudest keep only a few INT8 steps. Dividing input channel c by s_c and multiplying the consuming conv's weights
+of channel c by s_c leaves the fp32 function unchanged (a conv is linear in each input channel), and per-channel
+weight quantization absorbs the weight scaling; s_c = (r_c / max r) ** alpha, with r_c the channel's max |x| on
+the calibration data, brings the channels' ranges together (alpha 1: all equal). This is the activation-side
+equalization of Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias Correction" (ICCV
+2019) and of SmoothQuant (Xiao et al., ICML 2023), applied where it costs nothing in INT8:
+- where the input is a Conv's output used by this conv alone (directly or through a ReLU, which commutes with a
+  positive scale), 1/s is folded into that Conv's weights and bias: no node is added;
+- for a depthwise conv, elsewhere (a residual sum or a shuffled tensor several branches read) a Mul by 1/s is
+  inserted on its input alone.
+
+`equalize_depthwise` treats depthwise convs (every input channel its own filter; the scale may also be a Mul);
+`equalize_dense_convs` treats dense convs (group 1, e.g. the 1x1 convs after each depthwise conv), folded only. A
+dense conv's INT8 weights share one scale per output channel across all input channels, so there it trades some
+weight precision for activation precision: worth it where activation rounding carries the INT8 loss, as on the
+trained network (floating its activations recovers most of the searched INT8's keypoint error, floating its
+weights almost none).
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from onnx import helper, numpy_helper
 from hrdeploy.precision import graph as G
 
 # 1: every channel of an equalized input spans the same range. Chosen on the trained network's coco-train tuning
-# people, where every-conv INT8 kept its keypoints closer to fp32 with 1 than with 0.5.
+# people, where INT8 kept its keypoints closer to fp32 with 1 than with 0.5 (depthwise: every conv INT8;
+# dense: the searched mixed precision).
 DEFAULT_ALPHA = 1.0
 # No channel is amplified more than this many times: a channel that was almost silent on the calibration
 # people keeps some headroom for louder inputs.
@@ -39,10 +46,13 @@ def depthwise_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     for node in model.graph.node:
         if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
             continue
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if group > 1 and inits[node.input[1]].dims[1] == 1:
+        if _group(node) > 1 and inits[node.input[1]].dims[1] == 1:
             out.append(node)
     return out
+
+
+def _group(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "group"), 1)
 
 
 def input_channel_ranges(model: onnx.ModelProto, tensors: list[str], data_batches: list[np.ndarray],
@@ -143,6 +153,39 @@ def equalize_depthwise(model: onnx.ModelProto, data_batches: list[np.ndarray], a
         placed[dw.name] = "mul"
     _insert_before(out, new_nodes)
     return out, placed
+
+
+def equalize_dense_convs(model: onnx.ModelProto, data_batches: list[np.ndarray], alpha: float = DEFAULT_ALPHA,
+                         skip: set[str] | frozenset[str] = frozenset(), threads: int | None = None,
+                         ) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of `model` whose dense convs (group 1, but those in `skip`) read equalized inputs wherever the
+    scales fold into the conv that produces the input; the same fp32 function. Returns it and, per equalized
+    conv, the conv its input scales were folded into."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = _Graph(out)
+    pairs: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []
+    for node in out.graph.node:
+        if (node.op_type != "Conv" or node.name in skip or _group(node) != 1 or len(node.input) < 2
+                or node.input[1] not in g.inits or g.uses[node.input[1]] != 1):
+            continue
+        producer = g.foldable_producer(node.input[0])
+        if producer is not None:
+            pairs.append((node, producer))
+    ranges = input_channel_ranges(out, [n.input[0] for n, _ in pairs], data_batches, threads)
+    folded: dict[str, str] = {}
+    for conv, producer in pairs:
+        s = channel_scales(ranges[conv.input[0]], alpha)
+        if np.all(s == 1.0):
+            continue
+        weights = g.inits[conv.input[1]]
+        value = numpy_helper.to_array(weights)
+        scaled = value * s.reshape(1, -1, *([1] * (value.ndim - 2)))  # input channels are axis 1
+        weights.CopyFrom(numpy_helper.from_array(scaled.astype(value.dtype), weights.name))
+        for param in producer.input[1:]:
+            g.scale(param, 1.0 / s, len(s))
+        folded[conv.name] = producer.name
+    return out, folded
 
 
 def _insert_before(model: onnx.ModelProto, before: dict[str, onnx.NodeProto]) -> None:

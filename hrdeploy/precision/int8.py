@@ -31,7 +31,7 @@ import onnx
 
 from hrdeploy.errors import UserError
 from hrdeploy.precision import graph as G
-from hrdeploy.precision.equalize import depthwise_nodes, equalize_depthwise, input_channel_ranges
+from hrdeploy.precision.equalize import depthwise_nodes, equalize_dense_convs, equalize_depthwise, input_channel_ranges
 
 METHODS = ("entropy", "max", "percentile")
 DEFAULT_METHOD = {"ort": "percentile", "modelopt": "entropy"}
@@ -136,9 +136,11 @@ def quantize_ort(
     workdir: str | os.PathLike,
     auto_exclude: bool = True,
     equalize: bool = False,
+    equalize_dense: bool = False,
 ) -> dict[str, Any]:
-    """Q/DQ graph by onnxruntime quantize_static, with `equalize` after depthwise input equalization
-    (hrdeploy.precision.equalize). Returns the backend's record (excluded nodes etc.)."""
+    """Q/DQ graph by onnxruntime quantize_static, with `equalize` after depthwise input equalization, with
+    `equalize_dense` after dense-conv input equalization (hrdeploy.precision.equalize). Returns the backend's
+    record (excluded nodes etc.)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     workdir = Path(workdir)
@@ -148,8 +150,12 @@ def quantize_ort(
     excluded = sorted({n for names in G.match_nodes(pre, exclude_patterns, scopes).values() for n in names})
     runtime_weights = G.non_constant_weight_convs(pre)
     equalized: dict[str, str] = {}
+    equalized_dense: dict[str, str] = {}
     if equalize:
         pre, equalized = equalize_depthwise(pre, data_batches, skip=set(excluded))
+    if equalize_dense:
+        pre, equalized_dense = equalize_dense_convs(pre, data_batches, skip=set(excluded))
+    if equalize or equalize_dense:
         onnx.save(pre, os.fspath(pre_path))
         scopes = {**G.node_scopes(pre), **scopes}
     auto = wide_range_depthwise(pre, data_batches) if auto_exclude else {}
@@ -177,6 +183,7 @@ def quantize_ort(
         "excluded_nodes": excluded,
         "auto_excluded": auto,
         "equalized": equalized,
+        "equalized_dense": equalized_dense,
         "runtime_weight_convs": runtime_weights,
         "float_reference": os.fspath(pre_path),
         "scopes": scopes,

@@ -195,6 +195,7 @@ class QuantizeConfig:
     calib_ann: str | os.PathLike | None = None
     auto_exclude: bool = True
     equalize: bool = False
+    equalize_dense: bool | None = None
     val_dir: str | os.PathLike | None = None
     val_samples: int = DEFAULT_VAL_SAMPLES
     ann: str | os.PathLike | None = None
@@ -266,6 +267,10 @@ def quantize_bundle(bundle: str | os.PathLike | Bundle, precision: str, *, log: 
     auto_exclude: int8 only, keep depthwise convs with wide-range inputs in fp32 (int8.wide_range_depthwise).
     equalize: int8 with ort, equalize the input channels of depthwise convs before calibration
         (hrdeploy.precision.equalize; the same fp32 function).
+    equalize_dense: int8 with ort, equalize the input channels of dense convs where the scales fold into the
+        conv producing them [default: on when the search runs, off otherwise: on the trained network's coco-train
+        tuning people it brought the searched INT8's keypoints closer to fp32's at the same INT8 share, but moved
+        those of the plain INT8 (`search=False`) further away].
     ann / images: COCO keypoint annotations and their images: the gate is the COCO AP drop against eager fp32,
         with a paired bootstrap interval from `bootstrap` resamples of the people (0: none).
     val_dir / val_samples: without `ann`, photos whose person crops the keypoint-agreement gate runs on
@@ -299,9 +304,12 @@ class Quantizer:
             raise UserError("--search picks INT8 layers by keypoint accuracy: it needs --precision int8, a top-down "
                             "pose model and annotated calibration people (--calib-ann) or a trained --checkpoint")
         self.searching = searchable and cfg.search is not False and cfg.calib_dir is not None
-        if cfg.equalize and (cfg.precision != "int8" or self.backend != "ort"):
-            raise UserError("--equalize rescales the inputs of depthwise convs for onnxruntime's INT8 calibration: "
-                            "use it with --precision int8 and --backend ort, or drop it")
+        for flag, on in (("--equalize", cfg.equalize), ("--equalize-dense", cfg.equalize_dense)):
+            if on and (cfg.precision != "int8" or self.backend != "ort"):
+                raise UserError(f"{flag} rescales conv inputs for onnxruntime's INT8 calibration: use it with "
+                                "--precision int8 and --backend ort, or drop it")
+        self.equalize_dense = (self.searching and self.backend == "ort") if cfg.equalize_dense is None else (
+            cfg.equalize_dense)
         if cfg.ann is not None and not self.topdown:
             raise UserError(f"--ann scores top-down pose models; {self.b.model.name} is a {self.b.model.task} "
                             "model, so drop --ann/--images (it is checked on tensors)")
@@ -438,7 +446,8 @@ class Quantizer:
         cfg = self.cfg
         args = (self.src, out_path, calib_batches, self.method, list(cfg.exclude), self.scopes, work,
                 cfg.auto_exclude and not self.searching)
-        conv = quantize_modelopt(*args) if self.backend == "modelopt" else quantize_ort(*args, equalize=cfg.equalize)
+        conv = quantize_modelopt(*args) if self.backend == "modelopt" else quantize_ort(
+            *args, equalize=cfg.equalize, equalize_dense=self.equalize_dense)
         self.scopes = conv.pop("scopes")
         float_ref_path = conv.pop("float_reference")
         if self.searching:
@@ -511,6 +520,7 @@ def _result(bundle: Path, precision: str, backend: str, method: str, report: dic
             "unquantized_convs": conv["unquantized_convs"],
             "auto_excluded": conv.get("auto_excluded", {}),
             "equalized": conv.get("equalized", {}),
+            "equalized_dense": conv.get("equalized_dense", {}),
             "runtime_weight_convs": conv.get("runtime_weight_convs", []),
         })
         if "search" in conv:

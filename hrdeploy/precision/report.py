@@ -44,6 +44,9 @@ def _conversion(model_name: str, report: dict[str, Any]) -> list[str]:
             placed = list(conv["equalized"].values())
             lines.append(f"- depthwise convs reading equalized inputs: {len(placed)} (scales folded into the "
                          f"producing conv: {placed.count('folded')}, by a Mul: {placed.count('mul')})")
+        if conv.get("equalized_dense"):
+            lines.append(f"- dense convs reading equalized inputs: {len(conv['equalized_dense'])} (scales folded into "
+                         "the producing conv)")
         if conv.get("auto_excluded"):
             auto = conv["auto_excluded"]
             shown = ", ".join(f"{k} {v:g}x" for k, v in list(auto.items())[:4]) + (", ..." if len(auto) > 4 else "")

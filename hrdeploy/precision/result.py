@@ -61,6 +61,7 @@ class QuantizeResult(_Frozen):
     unquantized_convs: list[Any] | None = None
     auto_excluded: dict[str, Any] | None = None
     equalized: dict[str, str] | None = None  # depthwise conv -> "folded" | "mul" (hrdeploy.precision.equalize)
+    equalized_dense: dict[str, str] | None = None  # dense conv -> the conv its input scales were folded into
     runtime_weight_convs: list[Any] | None = None
     search: dict[str, Any] | None = None
     # fp16
