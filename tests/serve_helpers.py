@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+# `hrdeploy serve` ready within this: a start that loses PyTriton's instance handshake race can first wait out
+# PyTriton's own 120 s startup timeout before hrdeploy starts tritonserver again.
+START_TIMEOUT_S = 300.0
+
 
 def one_line_error(result, *needles: str) -> None:  # noqa: ANN001 - a click.testing.Result
     assert result.exit_code == 2, result.output
@@ -59,7 +63,7 @@ class Server:
                "--threads", "1", "--log-file", os.fspath(self.log), *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         ready = f"http://127.0.0.1:{self.http}/v2/models/{self.model}/ready"  # the model, not only the server
         while time.monotonic() < deadline:

@@ -465,3 +465,50 @@ def test_static_batch_bundle_is_served_whole_and_ctrl_c_exits_130(tmp_path: Path
         code, out = s.stop(signal.SIGINT)
     assert code == 130, out
     assert "static batch 1, no batching" in out and "stopped" in out
+
+
+def test_a_start_is_retried_when_tritonserver_logged_the_handshake_race(tmp_path: Path) -> None:
+    """The race shows in the error, or only in tritonserver's log when it exited while loading the model."""
+    import threading
+
+    from hrdeploy.serve.server import HANDSHAKE_FAILURE, _Launch
+
+    log = tmp_path / "tritonserver.log"
+    launch = _Launch(None, tmp_path, log, threading.Event())  # type: ignore[arg-type]  # models: not used here
+    timeout = TimeoutError("Triton Inference Server is not ready after timeout.")
+    assert not launch.handshake_failed(timeout)  # no log yet
+    assert launch.handshake_failed(RuntimeError(f"Model initialize error: in {HANDSHAKE_FAILURE}"))
+    log.write_text('E1206 failed to load: ConnectionRefusedError: [Errno 111] Connection refused\n')
+    assert not launch.handshake_failed(timeout)
+    log.write_text(f'I1206 "Failed to initialize Python stub: ... line 550, in {HANDSHAKE_FAILURE}\\n"\n')
+    assert launch.handshake_failed(timeout)
+    assert not launch.handshake_failed(timeout, logged=log.stat().st_size)  # logged by an earlier attempt
+    work = tmp_path / "work"  # without --log-file, tritonserver logs into the work folder
+    work.mkdir()
+    default = _Launch(None, work, None, threading.Event())  # type: ignore[arg-type]
+    assert not default.handshake_failed(timeout)
+    (work / "tritonserver.log").write_text(log.read_text())
+    assert default.handshake_failed(timeout)
+
+
+def test_kill_strays_stops_only_programs_run_from_the_folder(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from hrdeploy.serve.server import kill_strays
+
+    ours, other = tmp_path / "work", tmp_path / "elsewhere"
+    procs = []
+    for folder in (ours, other):
+        folder.mkdir()
+        program = folder / "sleeper"
+        shutil.copy("/bin/sleep", program)
+        procs.append(subprocess.Popen([program, "60"]))
+    try:
+        assert kill_strays(ours) == [procs[0].pid]
+        assert procs[0].wait(timeout=10) == -signal.SIGKILL
+        assert procs[1].poll() is None
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

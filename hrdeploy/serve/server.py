@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import tempfile
@@ -40,7 +41,8 @@ _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 0}
 # With several instances, PyTriton's Python-backend stubs start in parallel: instance 0 opens a handshake socket
 # and the others connect to it within 1 s (pytriton.proxy.communication.get_config_from_handshake_server). On a
 # busy CPU they can time out, or connect between the socket's bind and listen (ConnectionRefusedError); both fail
-# inside that function, and a fresh start usually succeeds.
+# inside that function (named in PyTriton's error, or only in tritonserver's log when tritonserver exits on the
+# failed model load and PyTriton's wait for it times out), and a fresh start usually succeeds.
 HANDSHAKE_FAILURE = "get_config_from_handshake_server"
 START_ATTEMPTS = 5
 PYTHON_NOTE = ("PyTriton's Python backend needs a venv made with Debian's /usr/bin/python3.11, "
@@ -173,12 +175,30 @@ def serve(
         runners = [stack.enter_context(open_runner(spec.path, threads=threads)) for _ in range(instances)]
         models = _Models(spec, name, batching, endpoints, runners, pipeline, pipeline_instances)
         launch = _Launch(models, Path(work), log_file, signals.stop)
+        stack.callback(kill_strays, Path(work))  # after tritonserver stops: a Python-backend stub can outlive it
         triton = launch.start()
         stack.callback(triton.stop)
         if not signals.stop.is_set():
             on_ready(endpoints)
         launch.watch(triton)
     return signals.exit_code
+
+
+def kill_strays(folder: Path) -> list[int]:
+    """SIGKILL the processes running a program from `folder` (a work folder of ours), e.g. the Python-backend
+    stubs a tritonserver that exited on a failed model load leaves running. Returns their pids. Reads Linux's
+    /proc, as tritonserver runs only there (psutil would be a dependency for this one scan)."""
+    prefix = os.fsencode(folder.resolve()) + b"/"
+    killed = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            program = (proc / "cmdline").read_bytes().split(b"\0", 1)[0]
+            if program.startswith(prefix):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return killed
 
 
 def _require_pytriton() -> None:
@@ -282,16 +302,37 @@ class _Launch:
         """A running tritonserver; a start that fails in the Python backend's handshake race is tried again."""
         attempt = 1
         while True:
+            logged = self._log_size()
             try:
                 return self._start_once(attempt)
             except Exception as err:  # PyTriton raises its own, tritonclient's and socket errors here
-                if HANDSHAKE_FAILURE not in str(err) or attempt >= START_ATTEMPTS or self.stop.is_set():
+                if not self.handshake_failed(err, logged) or attempt >= START_ATTEMPTS or self.stop.is_set():
                     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
                     raise UserError(f"tritonserver could not serve {self.models.name!r}: {first}; see its log "
                                     f"({self.where}); {PYTHON_NOTE}") from err
             logging.getLogger("hrdeploy.serve").warning(
                 "the Python backend's handshake with PyTriton failed (a race at start); retrying")
             attempt += 1
+
+    @property
+    def log(self) -> Path:
+        """tritonserver's log: --log-file, else one in the work folder."""
+        return self.log_file or self.work / "tritonserver.log"
+
+    def _log_size(self) -> int:
+        return self.log.stat().st_size if self.log.is_file() else 0
+
+    def handshake_failed(self, err: BaseException, logged: int = 0) -> bool:
+        """Whether a failed start is PyTriton's handshake race: named in the error, or in what tritonserver logged
+        after the first `logged` bytes, when it gave up loading the model and exited (PyTriton then only reports
+        its wait timing out)."""
+        if HANDSHAKE_FAILURE in str(err):
+            return True
+        if not self.log.is_file():
+            return False
+        with self.log.open("rb") as f:
+            f.seek(logged if logged <= self._log_size() else 0)  # a log started afresh is read whole
+            return HANDSHAKE_FAILURE.encode() in f.read()
 
     def _start_once(self, attempt: int) -> Triton:
         """Write the models into the model store (bind), then start tritonserver (run()), which loads them
@@ -308,6 +349,7 @@ class _Launch:
                 triton.run()
         except BaseException:
             triton.stop()
+            kill_strays(self.work / f"pytriton-{attempt}")
             raise
         return triton
 
@@ -319,7 +361,7 @@ class _Launch:
         return TritonConfig(
             http_address=e.host, http_port=e.http_port, grpc_address=e.host, grpc_port=e.grpc_port,
             metrics_address=e.host, metrics_port=e.metrics_port, allow_gpu_metrics=False,
-            exit_timeout_secs=EXIT_TIMEOUT_S, log_file=self.log_file or self.work / "tritonserver.log",
+            exit_timeout_secs=EXIT_TIMEOUT_S, log_file=self.log,
         )
 
     def watch(self, triton: Triton) -> None:
