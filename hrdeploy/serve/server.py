@@ -185,8 +185,8 @@ def serve(
 
 
 def kill_strays(folder: Path) -> list[int]:
-    """SIGKILL the processes running a program from `folder` (a work folder of ours), e.g. the Python-backend
-    stubs a tritonserver that exited on a failed model load leaves running. Returns their pids. Reads Linux's
+    """SIGKILL the processes running a program from `folder` (a work folder of ours): Python-backend stubs still
+    running after tritonserver stopped or exited on a failed model load. Returns their pids. Reads Linux's
     /proc, as tritonserver runs only there (psutil would be a dependency for this one scan)."""
     prefix = os.fsencode(folder.resolve()) + b"/"
     killed = []
