@@ -49,6 +49,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "int8 search, dense unequalized": ("int8", {"annotated": True, "equalize": False, "equalize_dense": False}),
     "int8 search, equalized": ("int8", {"annotated": True, "equalize": True}),
     "int8 search, min OKS 0.99": ("int8", {"annotated": True, "equalize": False, "min_oks": 0.99}),
+    "int8 search, signed activations": ("int8", {"annotated": True, "equalize": False, "shift_activations": False}),
     "int8 search, photos only": ("int8", {"equalize": False}),
     "int8 search, photos only, dense unequalized": ("int8", {"equalize": False, "equalize_dense": False}),
     "int8 search, photos only, equalized": ("int8", {"equalize": True}),
@@ -285,8 +286,10 @@ def search_table(result: dict) -> list[str]:
         s = r.get("search")
         if not s or not s["annotated"] or "ModelOpt" in r["variant"]:
             continue
+        tried = ", ".join(f"{k} {v['oks']:.4f}" for k, v in s.get("encodings", {}).items())
+        encoding = f"; activations {s['activations']} (chosen points' OKS: {tried})" if "activations" in s else ""
         lines += ["", f"**{r['size']}, {r['variant']}**: target {s['target']} on {s['tuning_people']} tuning people "
-                  f"({s['split']}); the chosen point scores dAP {r['dAP']:+.2f} "
+                  f"({s['split']}){encoding}; the chosen point scores dAP {r['dAP']:+.2f} "
                   f"[{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}] on coco-val.", "",
                   "| # | step | change | convs int8 | MACs int8 | tuning dAP | OKS vs fp32 | latency / fp32 | |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -320,7 +323,9 @@ def render(result: dict, args: argparse.Namespace) -> None:
         "the default split), the same crops for every variant; `equalized`: depthwise input equalization "
         "(`quantize --equalize`) before calibration; `dense unequalized`: without the dense-conv input "
         "equalization every search applies by default (`--no-equalize-dense`); `min OKS 0.99`: the annotated "
-        "search held to keypoint agreement 0.99 with fp32 (`--min-oks 0.99`) instead of its default; found OKS: "
+        "search held to keypoint agreement 0.99 with fp32 (`--min-oks 0.99`) instead of its default; `signed "
+        "activations`: the annotated search without the shifted encoding it otherwise also tries and may keep "
+        "(`--no-shift-activations`); found OKS: "
         "keypoint agreement on the "
         "tuning crops "
         "the fp32 model finds in the same photos (up to three per photo), the photos-only search's measure; "

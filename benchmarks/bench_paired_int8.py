@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "coco-val"
 BEGIN, END = "<!-- bench_paired_int8:begin -->", "<!-- bench_paired_int8:end -->"
 # (candidate, reference): each default search against the same search without dense-conv input equalization,
-# and depthwise equalization on top of the default
+# the default search against the same search held to signed activations, and depthwise equalization on top of
+# the default
 PAIRS = [("int8 search", "int8 search, dense unequalized"),
+         ("int8 search", "int8 search, signed activations"),
          ("int8 search, photos only", "int8 search, photos only, dense unequalized"),
          ("int8 search, equalized", "int8 search")]
 

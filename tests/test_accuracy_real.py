@@ -72,6 +72,12 @@ def test_int8_search_walks_to_the_target_on_tuning_people(quantized: Path) -> No
     # the search ran on dense convs reading equalized inputs (the scales folded into their producing convs)
     assert len(int8["equalized_dense"]) >= 50 and not int8["equalized"]
     assert "dense convs reading equalized inputs" in (quantized / "quantize.int8.md").read_text()
+    # both activation encodings searched, the one kept met the target closest to fp32 (hrdeploy.precision.shift)
+    encodings = search["encodings"]
+    assert set(encodings) == {"signed", "shifted"} and encodings[search["activations"]]["oks"] == chosen["oks"]
+    assert all(chosen["oks"] >= e["oks"] for e in encodings.values() if e["within"])
+    shifted_graph = search["activations"] == "shifted"
+    assert (int8["shifted_convs"] > 0) == shifted_graph
 
 
 def test_eval_on_coco_val_keeps_accuracy_with_paired_intervals(evaluated: tuple[dict, str], shared_data: Path,

@@ -370,8 +370,9 @@ CASES += [
     ("quantize {w}/good --precision int8 --calib-dir {w}/img --tune-share 1.5", "tune-share.: 1.5 is not in"),
     ("quantize {w}/good --precision int8 --calib-dir {w}/img --min-oks 0", "min-oks.: 0.0 is not in"),
     ("quantize {w}/good --precision int8 --calib-dir {w}/img --search", "--search picks INT8 layers"),
-    ("quantize {w}/good --precision fp16 --equalize", "--equalize rescales conv inputs for onnxruntime's INT8"),
-    ("quantize {w}/good --precision fp16 --equalize-dense", "--equalize-dense rescales conv inputs for onnxruntime's"),
+    ("quantize {w}/good --precision fp16 --equalize", "--equalize changes how conv inputs are quantized"),
+    ("quantize {w}/good --precision fp16 --equalize-dense", "--equalize-dense changes how conv inputs are"),
+    ("quantize {w}/good --precision fp16 --shift-activations", "--shift-activations changes how conv inputs are"),
 ]
 
 

@@ -77,7 +77,7 @@ def test_int8_ort_quantizes_most_convs_and_reports_parity(bundle: Path, photos: 
     result = cli_runner.invoke(cli, [
         "quantize", str(bundle), "--precision", "int8", "--calib-dir", str(photos), "--calib-samples", "4",
         "--val-samples", str(VAL_IMAGES), "--backend", "ort", "--exclude", "*spatial_weighting*",
-        "--tolerance", "int8.min_cosine=1.5,int8.min_oks=1.5",
+        "--tolerance", "int8.min_cosine=1.5,int8.min_oks=1.5", "--shift-activations",
     ])
     assert result.exit_code == 1, result.output
     assert "FAIL" in result.output and "needs >= 1.5" in result.output
@@ -101,6 +101,8 @@ def test_int8_ort_quantizes_most_convs_and_reports_parity(bundle: Path, photos: 
     assert entry["convs_quantized"] > n_convs / 2  # "quantizes most convolutions"
     assert summary["per_channel_weights"] == summary["convs_quantized"]
     assert summary["nonzero_zero_points"] == 0 and summary["outputs_quantized"] == []
+    # --shift-activations: the INT8 convs reading ReLU outputs read them shifted onto all 256 codes
+    assert 0 < entry["shifted_convs"] == summary["shifted_convs"] < entry["convs_quantized"]
     # the excluded attention convs and the auto-excluded depthwise convs are exactly the fp32 ones
     excluded_convs = set(entry["excluded_nodes"]) & {n.name for n in fp32.graph.node if n.op_type == "Conv"}
     assert excluded_convs and excluded_convs | set(entry["auto_excluded"]) == set(entry["unquantized_convs"])
@@ -116,12 +118,14 @@ def test_int8_ort_quantizes_most_convs_and_reports_parity(bundle: Path, photos: 
 
     report = json.loads((bundle / "quantize.int8.json").read_text())
     sens = report["validation"]["sensitivity"]
+    # every conv back in float (the shifts undone): the fp32 graph
     assert sens["bypass_rel_l2"] < 1e-4 and len(sens["blocks"]) >= 5
     assert [b["rel_l2"] for b in sens["blocks"]] == sorted((b["rel_l2"] for b in sens["blocks"]), reverse=True)
     assert len(report["validation"]["drift"]) == 5
     assert 0 < report["validation"]["input_noise"]["cosine"] <= 1
     md = (bundle / "quantize.int8.md").read_text()
     assert "Block sensitivity" in md and "Layers that drift most" in md
+    assert f"INT8 convs reading shifted non-negative inputs (all 256 codes): {entry['shifted_convs']}" in md
 
 
 @pytest.mark.slow

@@ -48,6 +48,10 @@ if TYPE_CHECKING:
 @click.option("--equalize-dense/--no-equalize-dense", default=None,
               help="INT8 (ort): the same for dense convs whose input another conv alone produces, the scales folded "
                    "into both convs' weights [default: on when the INT8 search runs].")
+@click.option("--shift-activations/--no-shift-activations", default=None,
+              help="INT8 (ort): quantize non-negative conv inputs (ReLU outputs) shifted by half their range, on all "
+                   "256 INT8 codes instead of 128, the shift added back after the conv [default: the INT8 search "
+                   "tries both and keeps the one closer to fp32 on its tuning people; off without the search].")
 @click.option("--ann", type=click.Path(), help="COCO keypoint json: gate on the COCO AP drop against eager fp32 "
               "on its annotated people [default bars: fp16 0.5, int8 2 AP points].")
 @click.option("--images", type=click.Path(), help="Folder of the --ann images.")
@@ -80,9 +84,10 @@ if TYPE_CHECKING:
 def quantize_cmd(
     ctx: click.Context, bundle: str, precision: str | None, calib_dir: str | None, calib_ann: str | None,
     calib_samples: int, method: str | None, backend: str, exclude: tuple[str, ...], auto_exclude: bool,
-    equalize: bool, equalize_dense: bool | None, ann: str | None, images: str | None, val_dir: str | None,
-    val_samples: int, tolerances: tuple[str, ...], sensitivity: bool, search: bool | None, max_ap_drop: float,
-    min_oks: float | None, tune_share: float, seed: int, bootstrap: int, threads: int | None,
+    equalize: bool, equalize_dense: bool | None, shift_activations: bool | None, ann: str | None,
+    images: str | None, val_dir: str | None, val_samples: int, tolerances: tuple[str, ...], sensitivity: bool,
+    search: bool | None, max_ap_drop: float, min_oks: float | None, tune_share: float, seed: int, bootstrap: int,
+    threads: int | None,
 ) -> None:
     """Write model.fp16.onnx or model.int8.onnx into BUNDLE and check it against the eager fp32 model.
 
@@ -112,7 +117,7 @@ def quantize_cmd(
         result = quantize_bundle(
             b, precision, calib_dir=calib_dir, calib_samples=calib_samples, method=method, backend=backend,
             exclude=exclude, calib_ann=calib_ann, auto_exclude=auto_exclude, equalize=equalize,
-            equalize_dense=equalize_dense, val_dir=val_dir,
+            equalize_dense=equalize_dense, shift_activations=shift_activations, val_dir=val_dir,
             val_samples=val_samples, ann=ann, images=images, tolerance=tol, sensitivity=sensitivity, search=search,
             max_ap_drop=max_ap_drop, min_oks=min_oks, tune_share=tune_share, seed=seed, bootstrap=bootstrap,
             threads=threads, log=console.log,
@@ -133,7 +138,7 @@ def _print_summary(console, bundle: str, r: QuantizeResult) -> None:  # noqa: AN
     if r.precision == "int8":
         console.print(
             f"method {r.method}; inputs equalized: depthwise {len(r.equalized or {})}, dense "
-            f"{len(r.equalized_dense or {})}; convs quantized "
+            f"{len(r.equalized_dense or {})}; shifted inputs {r.shifted_convs or 0}; convs quantized "
             f"{r.convs_quantized}, left fp32 {r.convs_unquantized} (excluded "
             f"{len(r.excluded_nodes)}, wide-range depthwise {len(r.auto_excluded or {})}, run-time weights "
             f"{len(r.runtime_weight_convs or [])})"
@@ -186,3 +191,8 @@ def _print_search(console, search: dict) -> None:  # noqa: ANN001 - rich Console
         table.add_row(p["step"], p["change"] or "(every conv int8)", str(p["convs_int8"]),
                       f"{100 * p['mac_share_int8']:.1f} %", *dap, f"{p['oks']:.4f}", ratio, mark)
     console.print(table)
+    encodings = search.get("encodings", {})
+    if len(encodings) > 1:
+        tried = ", ".join(f"{k} {v['oks']:.4f}{'' if v['within'] else ' (target not met)'}"
+                          for k, v in encodings.items())
+        console.print(f"activations: {search['activations']} (chosen points' OKS vs fp32: {tried})")

@@ -12,6 +12,7 @@ import ast
 import fnmatch
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -20,6 +21,9 @@ from onnx import numpy_helper
 from hrdeploy.optimize.graph import GraphIndex
 
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Node-name suffixes of hrdeploy.precision.shift: the shift before an activation's Q, the add-back after a conv.
+SHIFT_SUFFIX = "/int8_shift"
+SHIFT_BACK_SUFFIX = "/int8_shift_back"
 _SCOPE_KEY = "pkg.torch.onnx.name_scopes"
 
 
@@ -52,6 +56,30 @@ def ensure_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
             node.name = name
             used.add(name)
     return model
+
+
+def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """The value of a node's attribute, or `default`."""
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def static_shapes(model: onnx.ModelProto, input_hw: tuple[int, int]) -> dict[str, list[int]]:
+    """Tensor shapes at batch 1 and `input_hw` (shape inference on a copy whose input is made static)."""
+    from onnx import shape_inference
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    for i, value in zip((0, 2, 3), (1, *input_hw), strict=True):
+        dims[i].Clear()
+        dims[i].dim_value = int(value)
+    del m.graph.value_info[:]
+    m = shape_inference.infer_shapes(m)
+    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (*m.graph.input, *m.graph.value_info, *m.graph.output)}
 
 
 def _module_of_weight(name: str) -> str | None:
@@ -287,7 +315,7 @@ def prune_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _dequantize_constant(model: onnx.ModelProto, dq: onnx.NodeProto) -> np.ndarray:
+def dequantize_constant(model: onnx.ModelProto, dq: onnx.NodeProto) -> np.ndarray:
     """Numerically dequantize a DQ node whose input is an int8 initializer."""
     inits = {init.name: init for init in model.graph.initializer}
     q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float32)
@@ -309,7 +337,8 @@ def bypass_qdq(
 ) -> onnx.ModelProto:
     """Copy of a Q/DQ model where only the nodes in `keep` stay quantized.
 
-    Every other node reads its float activation (the Q's input) and its float weight: the
+    Every other node reads its float activation (the Q's input, unshifted where hrdeploy.precision.shift shifted
+    it, and without the shift's add-back after the node) and its float weight: the
     original initializer from `float_weights` (node name -> weight tensor, from the fp32 graph), else the
     dequantized int8 weight. Dangling Q/DQ nodes are pruned. With keep=set() and the fp32 weights, the
     result computes what the fp32 graph computes.
@@ -337,14 +366,32 @@ def bypass_qdq(
                 node.input[idx] = tensor.name
             elif src in init_names and prod[name].input[0] == src:
                 # DQ straight from an int8 initializer: no float original available, dequantize it
-                arr = _dequantize_constant(out, prod[name])
+                arr = dequantize_constant(out, prod[name])
                 tensor = numpy_helper.from_array(arr, f"{node.name}.dq_input{idx}")
                 new_inits.append(tensor)
                 node.input[idx] = tensor.name
             else:
+                shift = prod.get(src)
+                if shift is not None and shift.op_type == "Sub" and shift.name.endswith(SHIFT_SUFFIX):
+                    src = shift.input[0]  # a float node reads the tensor before hrdeploy.precision.shift
                 node.input[idx] = src
+    _drop_shift_backs(out, keep)
     out.graph.initializer.extend(new_inits)
     return prune_dead_nodes(out)
+
+
+def _drop_shift_backs(model: onnx.ModelProto, keep: set[str]) -> None:
+    """Remove the add-back of hrdeploy.precision.shift after every conv that is no longer quantized."""
+    prod = producers(model)
+    drop = []
+    for node in model.graph.node:
+        if node.op_type == "Add" and node.name.endswith(SHIFT_BACK_SUFFIX):
+            conv = prod[node.input[0]]
+            if conv.name not in keep:
+                conv.output[0] = node.output[0]
+                drop.append(node)
+    for node in drop:
+        model.graph.node.remove(node)
 
 
 def conv_float_weights(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:

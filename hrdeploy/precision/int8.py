@@ -32,6 +32,7 @@ import onnx
 from hrdeploy.errors import UserError
 from hrdeploy.precision import graph as G
 from hrdeploy.precision.equalize import depthwise_nodes, equalize_dense_convs, equalize_depthwise, input_channel_ranges
+from hrdeploy.precision.shift import shift_activations
 
 METHODS = ("entropy", "max", "percentile")
 DEFAULT_METHOD = {"ort": "percentile", "modelopt": "entropy"}
@@ -137,9 +138,11 @@ def quantize_ort(
     auto_exclude: bool = True,
     equalize: bool = False,
     equalize_dense: bool = False,
+    shift: bool = False,
 ) -> dict[str, Any]:
     """Q/DQ graph by onnxruntime quantize_static, with `equalize` after depthwise input equalization, with
-    `equalize_dense` after dense-conv input equalization (hrdeploy.precision.equalize). Returns the backend's
+    `equalize_dense` after dense-conv input equalization (hrdeploy.precision.equalize), with `shift` its
+    non-negative conv inputs shifted onto all 256 codes (hrdeploy.precision.shift). Returns the backend's
     record (excluded nodes etc.)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -177,7 +180,14 @@ def quantize_ort(
     # quantize_static puts one Q/DQ pair on a tensor for all its consumers, so a residual Add, ReLU or Slice that
     # reads a conv's input would read it rounded to INT8 too: only the quantized ops keep reading through Q/DQ
     qdq = onnx.load(os.fspath(dst))
-    onnx.save(G.bypass_qdq(qdq, {n.name for n in qdq.graph.node if n.op_type in ORT_OP_TYPES}), os.fspath(dst))
+    qdq = G.bypass_qdq(qdq, {n.name for n in qdq.graph.node if n.op_type in ORT_OP_TYPES})
+    if shift:
+        height, width = (d.dim_value for d in pre.graph.input[0].type.tensor_type.shape.dim[2:4])
+        if not (height and width):
+            raise UserError("--shift-activations adds back a map of the input's size: it needs a fixed input "
+                            "height and width (export without dynamic spatial axes), or drop it")
+        qdq, _ = shift_activations(qdq, (height, width))
+    onnx.save(qdq, os.fspath(dst))
     return {
         "converter": "onnxruntime.quantization.quantize_static",
         "excluded_nodes": excluded,
@@ -286,4 +296,5 @@ def qdq_summary(model: onnx.ModelProto) -> dict[str, Any]:
         "per_channel_weights": per_channel_weights,
         "per_tensor_weights": per_tensor_weights,
         "outputs_quantized": outputs_quantized,
+        "shifted_convs": sum(n.op_type == "Add" and n.name.endswith(G.SHIFT_BACK_SUFFIX) for n in model.graph.node),
     }

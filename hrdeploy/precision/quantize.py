@@ -196,6 +196,7 @@ class QuantizeConfig:
     auto_exclude: bool = True
     equalize: bool = False
     equalize_dense: bool | None = None
+    shift_activations: bool | None = None
     val_dir: str | os.PathLike | None = None
     val_samples: int = DEFAULT_VAL_SAMPLES
     ann: str | os.PathLike | None = None
@@ -271,6 +272,9 @@ def quantize_bundle(bundle: str | os.PathLike | Bundle, precision: str, *, log: 
         conv producing them [default: on when the search runs, off otherwise: on the trained network's coco-train
         tuning people it brought the searched INT8's keypoints closer to fp32's at the same INT8 share, but moved
         those of the plain INT8 (`search=False`) further away].
+    shift_activations: int8 with ort, quantize the non-negative conv inputs shifted by half their range, on all
+        256 codes instead of 128 (hrdeploy.precision.shift) [default: the search tries both and keeps the
+        encoding whose chosen point agrees better with fp32 on the tuning people; off without the search].
     ann / images: COCO keypoint annotations and their images: the gate is the COCO AP drop against eager fp32,
         with a paired bootstrap interval from `bootstrap` resamples of the people (0: none).
     val_dir / val_samples: without `ann`, photos whose person crops the keypoint-agreement gate runs on
@@ -304,12 +308,14 @@ class Quantizer:
             raise UserError("--search picks INT8 layers by keypoint accuracy: it needs --precision int8, a top-down "
                             "pose model and annotated calibration people (--calib-ann) or a trained --checkpoint")
         self.searching = searchable and cfg.search is not False and cfg.calib_dir is not None
-        for flag, on in (("--equalize", cfg.equalize), ("--equalize-dense", cfg.equalize_dense)):
+        for flag, on in (("--equalize", cfg.equalize), ("--equalize-dense", cfg.equalize_dense),
+                         ("--shift-activations", cfg.shift_activations)):
             if on and (cfg.precision != "int8" or self.backend != "ort"):
-                raise UserError(f"{flag} rescales conv inputs for onnxruntime's INT8 calibration: use it with "
+                raise UserError(f"{flag} changes how conv inputs are quantized by onnxruntime's INT8: use it with "
                                 "--precision int8 and --backend ort, or drop it")
         self.equalize_dense = (self.searching and self.backend == "ort") if cfg.equalize_dense is None else (
             cfg.equalize_dense)
+        self.shift = cfg.shift_activations  # None: the search chooses (tuning.search_int8), else no shift
         if cfg.ann is not None and not self.topdown:
             raise UserError(f"--ann scores top-down pose models; {self.b.model.name} is a {self.b.model.task} "
                             "model, so drop --ann/--images (it is checked on tensors)")
@@ -447,14 +453,15 @@ class Quantizer:
         args = (self.src, out_path, calib_batches, self.method, list(cfg.exclude), self.scopes, work,
                 cfg.auto_exclude and not self.searching)
         conv = quantize_modelopt(*args) if self.backend == "modelopt" else quantize_ort(
-            *args, equalize=cfg.equalize, equalize_dense=self.equalize_dense)
+            *args, equalize=cfg.equalize, equalize_dense=self.equalize_dense, shift=bool(self.shift))
         self.scopes = conv.pop("scopes")
         float_ref_path = conv.pop("float_reference")
         if self.searching:
             assert people.tune_crops is not None
             found = search_int8(out_path, float_ref_path, self.scopes, people.tune_crops, people.tune_coco,
                                 max_ap_drop=cfg.max_ap_drop, min_oks=cfg.target_oks, batch=self.batch,
-                                threads=cfg.threads, log=self.say)
+                                threads=cfg.threads, log=self.say,
+                                choose_shift=self.shift is None and self.backend == "ort")
             onnx.save(found.model, os.fspath(out_path))
             conv["search"] = {**found.record, "split": people.split, "seed": cfg.seed, "tune_share": cfg.tune_share}
         conv.update(qdq_summary(onnx.load(os.fspath(out_path))))
@@ -521,6 +528,7 @@ def _result(bundle: Path, precision: str, backend: str, method: str, report: dic
             "auto_excluded": conv.get("auto_excluded", {}),
             "equalized": conv.get("equalized", {}),
             "equalized_dense": conv.get("equalized_dense", {}),
+            "shifted_convs": conv.get("shifted_convs", 0),
             "runtime_weight_convs": conv.get("runtime_weight_convs", []),
         })
         if "search" in conv:

@@ -47,6 +47,8 @@ def _conversion(model_name: str, report: dict[str, Any]) -> list[str]:
         if conv.get("equalized_dense"):
             lines.append(f"- dense convs reading equalized inputs: {len(conv['equalized_dense'])} (scales folded into "
                          "the producing conv)")
+        if conv.get("shifted_convs"):
+            lines.append(f"- INT8 convs reading shifted non-negative inputs (all 256 codes): {conv['shifted_convs']}")
         if conv.get("auto_excluded"):
             auto = conv["auto_excluded"]
             shown = ", ".join(f"{k} {v:g}x" for k, v in list(auto.items())[:4]) + (", ..." if len(auto) > 4 else "")

@@ -62,6 +62,7 @@ class QuantizeResult(_Frozen):
     auto_excluded: dict[str, Any] | None = None
     equalized: dict[str, str] | None = None  # depthwise conv -> "folded" | "mul" (hrdeploy.precision.equalize)
     equalized_dense: dict[str, str] | None = None  # dense conv -> the conv its input scales were folded into
+    shifted_convs: int | None = None  # INT8 convs reading a shifted input (hrdeploy.precision.shift)
     runtime_weight_convs: list[Any] | None = None
     search: dict[str, Any] | None = None
     # fp16

@@ -51,22 +51,11 @@ MAC_FLOOR = 0.005
 
 def conv_macs(model: onnx.ModelProto, input_hw: tuple[int, int]) -> dict[str, int]:
     """Multiply-accumulates of every Conv node at batch 1 and `input_hw` (shape inference on a static copy)."""
-    from onnx import shape_inference
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    dims = m.graph.input[0].type.tensor_type.shape.dim
-    for i, value in zip((0, 2, 3), (1, *input_hw), strict=True):
-        dims[i].Clear()
-        dims[i].dim_value = int(value)
-    del m.graph.value_info[:]
-    m = shape_inference.infer_shapes(m)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in (*m.graph.value_info, *m.graph.output)}
-    inits = {i.name: i for i in m.graph.initializer}
-    prod = G.producers(m)
+    shapes = G.static_shapes(model, input_hw)
+    inits = {i.name: i for i in model.graph.initializer}
+    prod = G.producers(model)
     macs = {}
-    for node in m.graph.node:
+    for node in model.graph.node:
         if node.op_type != "Conv":
             continue
         weight = node.input[1]

@@ -20,6 +20,7 @@ from hrdeploy.errors import UserError
 from hrdeploy.parity.coco import CocoKeypoints, CropSet, PersonBox
 from hrdeploy.precision import graph as G
 from hrdeploy.precision.search import (
+    SearchResult,
     Target,
     TuningSet,
     conv_macs,
@@ -27,6 +28,7 @@ from hrdeploy.precision.search import (
     search_mixed_precision,
     with_float_convs,
 )
+from hrdeploy.precision.shift import shift_activations
 from hrdeploy.precision.targets import MIN_TUNING_PEOPLE
 
 
@@ -65,12 +67,21 @@ class SearchOutcome:
 def search_int8(
     qdq_path: str | os.PathLike, float_ref_path: str | os.PathLike, scopes: dict[str, str], tuning_crops: CropSet,
     coco: CocoKeypoints | None, *, max_ap_drop: float, min_oks: float, batch: int | None, threads: int | None,
-    log: Callable[[str], None],
+    log: Callable[[str], None], choose_shift: bool = False,
 ) -> SearchOutcome:
-    """Run the search on the tuning people; the chosen graph and the manifest's record of the path."""
+    """Run the search on the tuning people; the chosen graph and the manifest's record of the path.
+
+    choose_shift: search the graph as it is (signed activations) and shifted (hrdeploy.precision.shift, the same
+    calibration), and keep the chosen point that meets the target with the higher tuning OKS (neither meets it:
+    the higher OKS). The encoding is a property of the trained weights like the float layers, so the tuning
+    people decide it too.
+    """
     from hrdeploy.runtime.onnxruntime import ort_session
 
     qdq, float_ref = onnx.load(os.fspath(qdq_path)), onnx.load(os.fspath(float_ref_path))
+    graphs = {"shifted" if _is_shifted(qdq) else "signed": qdq}
+    if choose_shift:
+        graphs["shifted"] = shift_activations(qdq, tuning_crops.input_hw)[0]
 
     def runner(model: onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:
         sess = ort_session(model, threads)
@@ -80,8 +91,18 @@ def search_int8(
     tuning = TuningSet(tuning_crops, coco, runner, float_ref, batch or 8, batch is not None)
     target = Target(min_oks, max_ap_drop if coco is not None else None)
     weights = G.conv_float_weights(float_ref)
-    result = search_mixed_precision(qdq, weights, scopes, conv_macs(float_ref, tuning_crops.input_hw), tuning,
-                                    target, log=log)
+    macs = conv_macs(float_ref, tuning_crops.input_hw)
+    results = {}
+    for encoding, graph in graphs.items():
+        if len(graphs) > 1:
+            log(f"int8 search: {encoding} activations")
+        results[encoding] = search_mixed_precision(graph, weights, scopes, macs, tuning, target, log=log)
+    encoding = max(results, key=lambda k: encoding_merit(results[k]))
+    result, qdq = results[encoding], graphs[encoding]
+    if len(graphs) > 1:
+        log(f"int8 search: keeping the {encoding} activations (" + ", ".join(
+            f"{k}: OKS {r.points[r.chosen].oks:.4f}{'' if r.points[r.chosen].within else ', target not met'}"
+            for k, r in results.items()) + ")")
     path = result.points
     probe = np.ascontiguousarray(tuning_crops.x[: batch or 1])
     log(f"int8 search: timing {len(path)} points against fp32 on onnxruntime")
@@ -89,9 +110,24 @@ def search_int8(
     for p, r in zip(path, ratios, strict=True):
         p.latency_ratio = round(r, 3)
     record = result.as_dict()
-    record.update(tuning_people=len(tuning_crops), tuning_fp32_ap=tuning.fp32_ap, annotated=coco is not None)
+    encodings = {k: {key: getattr(r.points[r.chosen], key) for key in _SUMMARY} for k, r in results.items()}
+    record.update(tuning_people=len(tuning_crops), tuning_fp32_ap=tuning.fp32_ap, annotated=coco is not None,
+                  activations=encoding, encodings=encodings)
     chosen = with_float_convs(qdq, result.float_convs, weights)
     return SearchOutcome(G.prune_dead_nodes(chosen), record)
+
+
+_SUMMARY = ("convs_int8", "mac_share_int8", "oks", "ap_drop", "within")
+
+
+def encoding_merit(result: SearchResult) -> tuple[bool, float]:
+    """How a search's chosen point ranks against another encoding's: meeting the target first, then OKS."""
+    point = result.points[result.chosen]
+    return point.within, point.oks
+
+
+def _is_shifted(model: onnx.ModelProto) -> bool:
+    return any(n.name.endswith(G.SHIFT_BACK_SUFFIX) for n in model.graph.node)
 
 
 def describe_split(calib: Sequence[PersonBox], tuning: Sequence[PersonBox], source: str | Path) -> str:
