@@ -8,7 +8,8 @@ quantizing puts it on all 256 codes: t' = t - c with c = 128 s, s = a/255, quant
     conv(t) = conv(t' + c) = conv(t') + c * conv(1)
 
 where conv(1) is the conv of a tensor of ones under the conv's own zero padding (per output channel the sum of
-its weights inside the picture, less at the padded borders), a constant map added right after the conv. This is
+its weights inside the picture, less at the padded borders), a constant added right after the conv (a full map
+for padded convs, one value per channel otherwise). This is
 the numerics of an unsigned INT8 activation (zero point -128) with TensorRT's symmetric Q/DQ: rounding noise
 halves for the same range. It is exact up to float rounding in the shift (tests/test_precision_shift.py).
 
