@@ -119,7 +119,7 @@ def quantize_variant(base: Path, work: Path, size_text: str, name: str, args: ar
     return row
 
 
-def _tuning_crops(bundle: str | Path, found: bool) -> object:
+def tuning_crops(bundle: str | Path, found: bool) -> object:
     """The tuning people of coco-train (the default seeded split by photo) as `quantize` tunes on them: the
     annotated boxes (`--calib-ann`), or the people the fp32 ONNX finds in the photos (photos only)."""
     from hrdeploy.bundle import Bundle
@@ -158,7 +158,7 @@ def crop_metrics(bundle: str | Path, precision: str, threads: int) -> dict[str, 
     out = {}
     with open_runner(b.artifact(precision), threads=threads) as runner:
         for found in (False, True):
-            ref = Reference.compute(lambda x: eager.run(x)[b.output_names[0]], _tuning_crops(bundle, found))
+            ref = Reference.compute(lambda x: eager.run(x)[b.output_names[0]], tuning_crops(bundle, found))
             res = check_pose(ref, lambda x: runner.run(x)[b.output_names[0]], TOLERANCES[precision])
             if found:
                 out["found_oks"] = res["agreement"]["oks"]
