@@ -1,10 +1,11 @@
 """What the heatmap decoder does to the accuracy bench's figures: every bench artifact scored on coco-val with the
 quarter-pixel shift (`hrdeploy eval`'s default) and with DARK (`eval --dark`), against eager fp32 decoded the same way.
 
-PP-TinyPose's own post-processing decodes with DARK (PaddleDetection's `HRNetPostProcess(use_dark=True)`), so
-`eval --dark` is the trained network's own protocol. A continuous decoder also turns fewer small heatmap
-perturbations into keypoint jumps, which is what INT8 makes: the `tune OKS` columns are each artifact's keypoint
-agreement with fp32 on the coco-train tuning people (the default split, the people the INT8 search tunes on) under
+PP-TinyPose's own post-processing decodes with DARK (PaddleDetection's `HRNetPostProcess(use_dark=True)`, a 3x3 blur
+where `--dark` uses mmpose's 11x11), so `eval --dark` is close to the trained network's own protocol. A continuous
+decoder also turns fewer small heatmap perturbations into keypoint jumps, which is what INT8 makes: the `tune OKS`
+columns are each artifact's keypoint agreement with fp32 on the coco-train tuning people (the default split, the
+people the INT8 search tunes on) under
 each decoder. The artifacts are the onnxruntime-backend ones `bench_accuracy.py` built (read from
 benchmarks/results/accuracy.json; the ModelOpt rows live in their own workdir); nothing is re-quantized. Writes
 benchmarks/results/decoder.json and the section between the `bench_decoder` markers of RESULTS.md (the default

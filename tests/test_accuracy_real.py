@@ -116,7 +116,7 @@ def test_eval_on_coco_val_keeps_accuracy_with_paired_intervals(evaluated: tuple[
 
 def test_pp_tinypose_decoder_keeps_int8_within_the_issue_bar(quantized: Path, evaluated: tuple[dict, str],
                                                              shared_data: Path, tmp_path: Path, cli_runner) -> None:
-    """`eval --dark` decodes as PP-TinyPose's own post-processing does (PaddleDetection's
+    """`eval --dark` refines with DARK, as PP-TinyPose's own post-processing does (PaddleDetection's
     HRNetPostProcess(use_dark=True)). A continuous decoder turns fewer INT8 heatmap perturbations into keypoint
     jumps than the quarter-pixel shift: under it the searched INT8 at 128x96 keeps the issue's dAP >= -1.0, and
     fp32 itself scores higher."""
