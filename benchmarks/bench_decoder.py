@@ -5,11 +5,10 @@ PP-TinyPose's own post-processing decodes with DARK (PaddleDetection's `HRNetPos
 where `--dark` uses mmpose's 11x11), so `eval --dark` is close to the trained network's own protocol. A continuous
 decoder also turns fewer small heatmap perturbations into keypoint jumps, which is what INT8 makes: the `tune OKS`
 columns are each artifact's keypoint agreement with fp32 on the coco-train tuning people (the default split, the
-people the INT8 search tunes on) under
-each decoder. The artifacts are the onnxruntime-backend ones `bench_accuracy.py` built (read from
-benchmarks/results/accuracy.json; the ModelOpt rows live in their own workdir); nothing is re-quantized. Writes
-benchmarks/results/decoder.json and the section between the `bench_decoder` markers of RESULTS.md (the default
-variants' rows also into the README's).
+people the INT8 search tunes on) under each decoder. The artifacts are the onnxruntime-backend ones
+`bench_accuracy.py` built (read from benchmarks/results/accuracy.json; the ModelOpt rows live in their own workdir);
+nothing is re-quantized. Writes benchmarks/results/decoder.json and the section between the `bench_decoder` markers
+of RESULTS.md (the default variants' rows also into the README's).
 
     python benchmarks/bench_decoder.py [--threads 2]
     python benchmarks/bench_decoder.py --render   # re-render --json
