@@ -90,7 +90,8 @@ def render(result: dict, args: argparse.Namespace) -> None:
           f"Measured by `{result['command']}`: the artifacts of the accuracy table above (not re-quantized), each "
           "scored on the 149 coco-val people (GT boxes, no flip, onnxruntime CPU) against eager fp32 decoded the "
           "same way, with the paired bootstrap 95 % interval of `eval`. `quarter` is `hrdeploy eval`'s default "
-          "decoder, `DARK` is `eval --dark`, the decoder PP-TinyPose's own post-processing uses. `tune OKS`: "
+          "decoder, `DARK` is `eval --dark` (mmpose's DARK, 11x11 blur; PP-TinyPose's own post-processing refines with "
+          "DARK too, with a 3x3 blur). `tune OKS`: "
           "keypoint agreement with the fp32 ONNX on the coco-train tuning people under that decoder. Eager fp32 AP: "
           + "; ".join(f"{s} {eager[s, 'quarter']:.4f} (quarter), {eager[s, 'DARK']:.4f} (DARK)" for s in sizes) + ".",
           "", *table(rows), END]
